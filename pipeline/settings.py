@@ -1,0 +1,135 @@
+"""The one frozen settings object: the only code in stockflow that reads the environment."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+ProcessingGuarantee = Literal["exactly_once", "at_least_once"]
+SecurityProtocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
+
+
+class Settings(BaseSettings):
+    """Every knob of stockflow; defaults point at the local stack (`stockflow stack up`)."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="STOCKFLOW_", frozen=True, extra="ignore", env_file=None
+    )
+
+    # --- Kafka -----------------------------------------------------------------
+    kafka_bootstrap_servers: str = "127.0.0.1:9092"
+    kafka_security_protocol: SecurityProtocol = "PLAINTEXT"
+    kafka_sasl_mechanism: str | None = None
+    kafka_sasl_username: str | None = None
+    kafka_sasl_password: SecretStr | None = None
+    kafka_ssl_cafile: Path | None = None
+    kafka_ssl_certfile: Path | None = None
+    kafka_ssl_keyfile: Path | None = None
+    kafka_replication_factor: int = Field(default=1, ge=1)
+    partitions: int = Field(default=4, ge=1, le=1024)
+    topic_prefix: str = ""
+    deltas_retention_ms: int = Field(
+        default=-1, description="retention of inventory.deltas, the replay log; -1 = forever"
+    )
+
+    # --- Cassandra ---------------------------------------------------------------
+    cassandra_contact_points: tuple[str, ...] = ("127.0.0.1",)
+    cassandra_port: int = 9042
+    cassandra_keyspace: str = "stockflow"
+    cassandra_username: str | None = None
+    cassandra_password: SecretStr | None = None
+    cassandra_local_dc: str | None = None
+    cassandra_replication: str = Field(
+        default="{'class': 'SimpleStrategy', 'replication_factor': 1}",
+        description="CQL replication map used by `stockflow db migrate`",
+    )
+
+    # --- Redis --------------------------------------------------------------------
+    redis_url: SecretStr = SecretStr("redis://127.0.0.1:6379/0")
+
+    # --- Faust --------------------------------------------------------------------
+    app_id: str = "stockflow"
+    processing_guarantee: ProcessingGuarantee = "exactly_once"
+    commit_interval_s: float = Field(default=0.1, gt=0)
+    store: str = "rocksdb://"
+    data_dir: Path = Path(".stockflow/worker")
+    web_port: int = 6066
+    metrics_port: int = 9108
+
+    # --- Local stack (`stockflow stack ...`) ------------------------------------------
+    stack_dir: Path = Path(".stockflow/stack")
+    stack_kafka_heap: str = "512m"
+    stack_cassandra_heap: str = "1G"
+    stack_start_timeout_s: float = 240.0
+
+    # --- Logging ------------------------------------------------------------------
+    log_json: bool | None = None
+    log_level: str = "INFO"
+    environment: Literal["development", "production"] = "development"
+
+    @field_validator("cassandra_contact_points", mode="before")
+    @classmethod
+    def _split_hosts(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return tuple(h.strip() for h in value.split(",") if h.strip())
+        return value
+
+    @property
+    def kafka_broker_url(self) -> str:
+        """The bootstrap servers in Faust's URL form."""
+        return ";".join(f"kafka://{h.strip()}" for h in self.kafka_bootstrap_servers.split(","))
+
+    def confluent_config(self) -> dict[str, Any]:
+        """librdkafka configuration for confluent-kafka clients (secrets included, never log it)."""
+        conf: dict[str, Any] = {
+            "bootstrap.servers": self.kafka_bootstrap_servers,
+            "security.protocol": self.kafka_security_protocol.lower(),
+        }
+        if self.kafka_sasl_mechanism:
+            conf["sasl.mechanism"] = self.kafka_sasl_mechanism
+        if self.kafka_sasl_username:
+            conf["sasl.username"] = self.kafka_sasl_username
+        if self.kafka_sasl_password:
+            conf["sasl.password"] = self.kafka_sasl_password.get_secret_value()
+        if self.kafka_ssl_cafile:
+            conf["ssl.ca.location"] = str(self.kafka_ssl_cafile)
+        if self.kafka_ssl_certfile:
+            conf["ssl.certificate.location"] = str(self.kafka_ssl_certfile)
+        if self.kafka_ssl_keyfile:
+            conf["ssl.key.location"] = str(self.kafka_ssl_keyfile)
+        return conf
+
+    def aiokafka_config(self) -> dict[str, Any]:
+        """Keyword arguments for aiokafka clients (secrets included, never log it)."""
+        conf: dict[str, Any] = {
+            "bootstrap_servers": self.kafka_bootstrap_servers,
+            "security_protocol": self.kafka_security_protocol,
+        }
+        if self.kafka_sasl_mechanism:
+            conf["sasl_mechanism"] = self.kafka_sasl_mechanism
+            conf["sasl_plain_username"] = self.kafka_sasl_username
+            if self.kafka_sasl_password:
+                conf["sasl_plain_password"] = self.kafka_sasl_password.get_secret_value()
+        if self.kafka_security_protocol in ("SSL", "SASL_SSL"):
+            from aiokafka.helpers import create_ssl_context
+
+            conf["ssl_context"] = create_ssl_context(
+                cafile=str(self.kafka_ssl_cafile) if self.kafka_ssl_cafile else None,
+                certfile=str(self.kafka_ssl_certfile) if self.kafka_ssl_certfile else None,
+                keyfile=str(self.kafka_ssl_keyfile) if self.kafka_ssl_keyfile else None,
+            )
+        return conf
+
+    def topic(self, name: str) -> str:
+        """The physical topic name for a logical one (a prefix isolates tests and tenants)."""
+        return f"{self.topic_prefix}{name}"
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings, read from the environment once."""
+    return Settings()

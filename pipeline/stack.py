@@ -1,0 +1,565 @@
+"""The local stack without a container engine: Kafka (KRaft), Cassandra and Redis as processes.
+
+Kafka and Cassandra jars are resolved from Maven Central with `mvn` (one POM per server, so
+their shared dependencies keep their own versions) and cached under the stack folder;
+Redis is Debian's `redis-server`. Everything `up` creates lives under one git-ignored folder:
+`<stack_dir>/<service>/{libs,conf,data}`, `<stack_dir>/logs/<service>.log` and
+`<stack_dir>/run/<service>.pid`. `down` stops exactly the PIDs `up` recorded.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+import uuid
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from pipeline.errors import PrerequisiteMissing, StackError
+from pipeline.log import get_logger
+from pipeline.settings import Settings
+
+log = get_logger(__name__)
+
+# The versions of the local stack, pinned here and nowhere else (docker/compose.yml is
+# checked against them by tests/unit/test_compose.py).
+KAFKA_VERSION = "4.1.1"
+KAFKA_SCALA = "2.13"
+LOG4J_VERSION = "2.24.3"
+CASSANDRA_VERSION = "5.0.8"
+REDIS_MIN_MAJOR = 6
+DEPENDENCY_PLUGIN = "org.apache.maven.plugins:maven-dependency-plugin:3.8.1"
+
+KAFKA_PORT = 9092
+KAFKA_CONTROLLER_PORT = 9093
+CASSANDRA_PORT = 9042
+CASSANDRA_STORAGE_PORT = 7000
+CASSANDRA_JMX_PORT = 7199
+REDIS_PORT = 6379
+
+SERVICES = ("kafka", "cassandra", "redis")
+
+# Cassandra's own conf/jvm17-server.options, reduced to what 5.0 needs on Java 17.
+_CASSANDRA_JAVA17_FLAGS = [
+    "-Djdk.attach.allowAttachSelf=true",
+    "--add-exports=java.base/jdk.internal.misc=ALL-UNNAMED",
+    "--add-exports=java.management.rmi/com.sun.jmx.remote.internal.rmi=ALL-UNNAMED",
+    "--add-exports=java.management/com.sun.jmx.remote.security=ALL-UNNAMED",
+    "--add-exports=java.rmi/sun.rmi.registry=ALL-UNNAMED",
+    "--add-exports=java.rmi/sun.rmi.server=ALL-UNNAMED",
+    "--add-exports=java.sql/java.sql=ALL-UNNAMED",
+    "--add-exports=java.base/java.lang.ref=ALL-UNNAMED",
+    "--add-exports=jdk.unsupported/sun.misc=ALL-UNNAMED",
+    "--add-opens=java.base/java.lang.module=ALL-UNNAMED",
+    "--add-opens=java.base/jdk.internal.loader=ALL-UNNAMED",
+    "--add-opens=java.base/jdk.internal.ref=ALL-UNNAMED",
+    "--add-opens=java.base/jdk.internal.reflect=ALL-UNNAMED",
+    "--add-opens=java.base/jdk.internal.math=ALL-UNNAMED",
+    "--add-opens=java.base/jdk.internal.module=ALL-UNNAMED",
+    "--add-opens=java.base/jdk.internal.util.jar=ALL-UNNAMED",
+    "--add-opens=java.base/sun.nio.ch=ALL-UNNAMED",
+    "--add-opens=java.base/java.io=ALL-UNNAMED",
+    "--add-opens=java.base/java.lang.reflect=ALL-UNNAMED",
+    "--add-opens=java.base/java.lang=ALL-UNNAMED",
+    "--add-opens=java.base/java.util=ALL-UNNAMED",
+    "--add-opens=java.base/java.nio=ALL-UNNAMED",
+    "--add-opens=jdk.management/com.sun.management.internal=ALL-UNNAMED",
+]
+
+
+@dataclass(frozen=True)
+class ServiceStatus:
+    """One row of `stockflow stack status`."""
+
+    name: str
+    state: str  # "up", "starting", "down", "foreign" (port held by a process we did not start)
+    pid: int | None
+    port: int
+    version: str
+
+
+def _pom(artifact_id: str, deps: Iterable[tuple[str, str, str]]) -> str:
+    body = "".join(
+        f"<dependency><groupId>{g}</groupId><artifactId>{a}</artifactId>"
+        f"<version>{v}</version></dependency>"
+        for g, a, v in deps
+    )
+    return (
+        '<project xmlns="http://maven.apache.org/POM/4.0.0"><modelVersion>4.0.0</modelVersion>'
+        f"<groupId>stockflow.stack</groupId><artifactId>{artifact_id}</artifactId>"
+        f"<version>1</version><packaging>pom</packaging><dependencies>{body}</dependencies>"
+        "</project>\n"
+    )
+
+
+_KAFKA_DEPS = [
+    ("org.apache.kafka", f"kafka_{KAFKA_SCALA}", KAFKA_VERSION),
+    # Kafka logs through slf4j 1.7; this binds it to the log4j2 that Kafka 4 ships.
+    ("org.apache.logging.log4j", "log4j-slf4j-impl", LOG4J_VERSION),
+]
+_CASSANDRA_DEPS = [("org.apache.cassandra", "cassandra-all", CASSANDRA_VERSION)]
+
+
+def port_open(port: int, host: str = "127.0.0.1", timeout: float = 0.5) -> bool:
+    """True when something accepts TCP connections on host:port."""
+    with contextlib.suppress(OSError), socket.create_connection((host, port), timeout=timeout):
+        return True
+    return False
+
+
+class LocalStack:
+    """Starts, checks and stops the three local services under one folder."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.root = settings.stack_dir.resolve()
+        self.run_dir = self.root / "run"
+        self.log_dir = self.root / "logs"
+
+    # ------------------------------------------------------------------ paths
+    def pid_file(self, service: str) -> Path:
+        return self.run_dir / f"{service}.pid"
+
+    def log_file(self, service: str) -> Path:
+        return self.log_dir / f"{service}.log"
+
+    def service_dir(self, service: str) -> Path:
+        return self.root / service
+
+    # ---------------------------------------------------------- prerequisites
+    @staticmethod
+    def check_prerequisites(services: Iterable[str] = SERVICES) -> None:
+        """Fail with what to install when java 17+, mvn or redis-server is missing."""
+        wanted = set(services)
+        problems: list[str] = []
+        if wanted & {"kafka", "cassandra"}:
+            java = shutil.which("java")
+            if java is None:
+                problems.append("java 17 is missing: apt-get install -y openjdk-17-jre-headless")
+            else:
+                major = _java_major(java)
+                if major is not None and not 17 <= major <= 21:
+                    problems.append(
+                        f"java {major} found; Kafka {KAFKA_VERSION} and Cassandra "
+                        f"{CASSANDRA_VERSION} need Java 17 (Cassandra 5.0 runs on 17 only): "
+                        "apt-get install -y openjdk-17-jre-headless and put it first on PATH"
+                    )
+            if shutil.which("mvn") is None:
+                problems.append("Maven is missing (resolves the Kafka/Cassandra jars): "
+                                "apt-get install -y maven")
+        if "redis" in wanted and shutil.which("redis-server") is None:
+            problems.append("redis-server is missing: apt-get install -y redis-server")
+        if problems:
+            raise PrerequisiteMissing("; ".join(problems))
+
+    # ------------------------------------------------------------------ jars
+    def resolve_jars(self, service: str) -> Path:
+        """Resolve a server's runtime jars from Maven Central once; later calls reuse them."""
+        deps = _KAFKA_DEPS if service == "kafka" else _CASSANDRA_DEPS
+        version = KAFKA_VERSION if service == "kafka" else CASSANDRA_VERSION
+        sdir = self.service_dir(service)
+        libs = sdir / "libs"
+        marker = libs / f".resolved-{version}"
+        if marker.exists():
+            return libs
+        if libs.exists():
+            shutil.rmtree(libs)  # another version, or an interrupted resolve
+        sdir.mkdir(parents=True, exist_ok=True)
+        pom = sdir / "pom.xml"
+        pom.write_text(_pom(service, deps))
+        log.info("stack.resolve_jars", service=service, version=version)
+        cmd = [
+            "mvn", "-B", "-q", "-f", str(pom), f"{DEPENDENCY_PLUGIN}:copy-dependencies",
+            "-DincludeScope=runtime", f"-DoutputDirectory={libs}",
+        ]
+        proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+        if proc.returncode != 0:
+            tail = (proc.stdout + proc.stderr)[-3000:]
+            raise StackError(f"mvn could not resolve {service} {version}:\n{tail}")
+        marker.touch()
+        return libs
+
+    # ------------------------------------------------------------- processes
+    def read_pid(self, service: str) -> int | None:
+        """The PID `up` recorded for a service, if that process is still ours and alive."""
+        path = self.pid_file(service)
+        try:
+            pid = int(path.read_text().strip())
+        except (OSError, ValueError):
+            return None
+        if not _alive(pid) or str(self.root) not in _cmdline(pid):
+            return None
+        return pid
+
+    def _spawn(self, service: str, cmd: list[str], cwd: Path) -> int:
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        logf = self.log_file(service).open("ab")
+        proc = subprocess.Popen(
+            cmd, cwd=cwd, stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            start_new_session=True,  # survives the CLI and is not hit by its Ctrl-C
+        )
+        logf.close()
+        self.pid_file(service).write_text(str(proc.pid))
+        return proc.pid
+
+    def _start_kafka(self) -> int:
+        libs = self.resolve_jars("kafka")
+        sdir = self.service_dir("kafka")
+        conf, data = sdir / "conf", sdir / "data"
+        conf.mkdir(parents=True, exist_ok=True)
+        props = conf / "server.properties"
+        props.write_text(_kafka_properties(data))
+        log4j = conf / "log4j2.properties"
+        log4j.write_text(_KAFKA_LOG4J)
+        java = [
+            "java", f"-Xms{self.settings.stack_kafka_heap}", f"-Xmx{self.settings.stack_kafka_heap}",
+            "-XX:+UseG1GC", "-XX:MaxGCPauseMillis=20", "-Djava.awt.headless=true",
+            f"-Dlog4j2.configurationFile={log4j}", "-cp", f"{libs}/*",
+        ]
+        if not (data / "meta.properties").exists():
+            cluster_id_file = sdir / "cluster.id"
+            if not cluster_id_file.exists():
+                cluster_id_file.write_text(_kafka_cluster_id())
+            fmt = subprocess.run(
+                [*java, "kafka.tools.StorageTool", "format", "-t",
+                 cluster_id_file.read_text().strip(), "-c", str(props), "--ignore-formatted"],
+                capture_output=True, text=True, check=False,
+            )
+            if fmt.returncode != 0:
+                raise StackError(f"kafka storage format failed:\n{(fmt.stdout + fmt.stderr)[-3000:]}")
+        # The stack folder on the command line marks the process as ours for read_pid/down.
+        return self._spawn("kafka", [*java, f"-Dstockflow.stack={self.root}", "kafka.Kafka",
+                                     str(props)], sdir)
+
+    def _start_cassandra(self) -> int:
+        libs = self.resolve_jars("cassandra")
+        sdir = self.service_dir("cassandra")
+        conf, data = sdir / "conf", sdir / "data"
+        conf.mkdir(parents=True, exist_ok=True)
+        for sub in ("data", "commitlog", "saved_caches", "hints", "cdc_raw"):
+            (data / sub).mkdir(parents=True, exist_ok=True)
+        yaml_path = conf / "cassandra.yaml"
+        yaml_path.write_text(_cassandra_yaml(data))
+        logback = conf / "logback.xml"
+        logback.write_text(_CASSANDRA_LOGBACK)
+        heap = self.settings.stack_cassandra_heap
+        jamm = sorted(libs.glob("jamm-*.jar"))
+        cmd = [
+            "java", f"-Xms{heap}", f"-Xmx{heap}", "-Xss512k", "-XX:+UseG1GC",
+            "-XX:+HeapDumpOnOutOfMemoryError", "-XX:HeapDumpPath=" + str(data),
+            *([f"-javaagent:{jamm[0]}"] if jamm else []),
+            f"-Dcassandra.config=file://{yaml_path}",
+            f"-Dlogback.configurationFile=file://{logback}",
+            f"-Dcassandra.logdir={self.log_dir}",
+            f"-Dcassandra.storagedir={data}",
+            "-Dcassandra-foreground=yes",
+            f"-Dcassandra.jmx.local.port={CASSANDRA_JMX_PORT}",
+            "-Dcassandra.skip_wait_for_gossip_to_settle=0",
+            "-Dcassandra.ring_delay_ms=100",
+            "-Djava.net.preferIPv4Stack=true",
+            "-Dchronicle.analytics.disable=true",
+            "-Dio.netty.tryReflectionSetAccessible=true",
+            f"-Dstockflow.stack={self.root}",
+            *_CASSANDRA_JAVA17_FLAGS,
+            "-cp", f"{conf}:{libs}/*",
+            "org.apache.cassandra.service.CassandraDaemon",
+        ]
+        return self._spawn("cassandra", cmd, sdir)
+
+    def _start_redis(self) -> int:
+        sdir = self.service_dir("redis")
+        sdir.mkdir(parents=True, exist_ok=True)
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        pidfile = self.pid_file("redis")
+        cmd = [
+            "redis-server", "--daemonize", "yes", "--bind", "127.0.0.1", "--port", str(REDIS_PORT),
+            "--save", "", "--appendonly", "no", "--dir", str(sdir),
+            "--pidfile", str(pidfile), "--logfile", str(self.log_file("redis")),
+            # Not a config key: a marker in the process title, so read_pid knows it is ours.
+            "--proc-title-template", f"{{title}} {{listen-addr}} stockflow:{self.root}",
+        ]
+        proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+        if proc.returncode != 0:
+            raise StackError(f"redis-server did not start: {proc.stdout}{proc.stderr}")
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            pid = self.read_pid("redis")
+            if pid:
+                return pid
+            time.sleep(0.1)
+        raise StackError(f"redis-server wrote no pid file:\n{self.tail('redis')}")
+
+    # ------------------------------------------------------------ readiness
+    def probe(self, service: str) -> str | None:
+        """The server's version when it answers a real request, else None."""
+        try:
+            if service == "kafka":
+                return _probe_kafka(self.settings)
+            if service == "cassandra":
+                return _probe_cassandra()
+            return _probe_redis()
+        except Exception:  # any failure just means "not ready yet"
+            return None
+
+    def _wait_ready(self, service: str, deadline: float) -> str:
+        while True:
+            version = self.probe(service)
+            if version:
+                return version
+            if self.read_pid(service) is None:
+                raise StackError(f"{service} exited during start-up; its log ends:\n"
+                                 f"{self.tail(service)}")
+            if time.monotonic() > deadline:
+                raise StackError(f"{service} was not ready within "
+                                 f"{self.settings.stack_start_timeout_s:.0f}s; its log ends:\n"
+                                 f"{self.tail(service)}")
+            time.sleep(1.0)
+
+    # ------------------------------------------------------------- commands
+    def up(self, services: Iterable[str] = SERVICES,
+           on_ready: Callable[[str, str, float], None] | None = None) -> list[ServiceStatus]:
+        """Start what is not running, wait until every service answers. Idempotent."""
+        wanted = [s for s in SERVICES if s in set(services)]
+        self.check_prerequisites(wanted)
+        ports = {"kafka": KAFKA_PORT, "cassandra": CASSANDRA_PORT, "redis": REDIS_PORT}
+        started_at = time.monotonic()
+        for service in wanted:
+            if self.read_pid(service):
+                continue
+            if port_open(ports[service]):
+                raise StackError(
+                    f"port {ports[service]} is held by a process stockflow did not start; "
+                    f"stop it or point stockflow at it with STOCKFLOW_* settings")
+            starter = {"kafka": self._start_kafka, "cassandra": self._start_cassandra,
+                       "redis": self._start_redis}[service]
+            pid = starter()
+            log.info("stack.started", service=service, pid=pid)
+        deadline = time.monotonic() + self.settings.stack_start_timeout_s
+        for service in wanted:
+            version = self._wait_ready(service, deadline)
+            if on_ready:
+                on_ready(service, version, time.monotonic() - started_at)
+        return self.status()
+
+    def down(self, services: Iterable[str] = SERVICES, timeout: float = 60.0) -> list[str]:
+        """Stop exactly the processes `up` started; returns the services it stopped."""
+        stopped = []
+        for service in reversed([s for s in SERVICES if s in set(services)]):
+            pid = self.read_pid(service)
+            if pid is None:
+                self.pid_file(service).unlink(missing_ok=True)
+                continue
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+            deadline = time.monotonic() + timeout
+            while _alive(pid) and time.monotonic() < deadline:
+                time.sleep(0.2)
+            if _alive(pid):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+                while _alive(pid):
+                    time.sleep(0.1)
+            self.pid_file(service).unlink(missing_ok=True)
+            stopped.append(service)
+            log.info("stack.stopped", service=service, pid=pid)
+        return stopped
+
+    def status(self) -> list[ServiceStatus]:
+        rows = []
+        for service, port in (("kafka", KAFKA_PORT), ("cassandra", CASSANDRA_PORT),
+                              ("redis", REDIS_PORT)):
+            pid = self.read_pid(service)
+            version = self.probe(service) if (pid or port_open(port)) else None
+            if pid and version:
+                state = "up"
+            elif pid:
+                state = "starting"
+            elif port_open(port):
+                state = "foreign"
+            else:
+                state = "down"
+            pinned = {"kafka": KAFKA_VERSION, "cassandra": CASSANDRA_VERSION}.get(service, "-")
+            rows.append(ServiceStatus(service, state, pid, port, version or pinned))
+        return rows
+
+    def tail(self, service: str, lines: int = 40) -> str:
+        path = self.log_file(service)
+        if not path.exists():
+            return "(no log yet)"
+        with path.open("rb") as fh:
+            fh.seek(0, os.SEEK_END)
+            size = fh.tell()
+            fh.seek(max(0, size - 64 * 1024))
+            text = fh.read().decode("utf-8", "replace")
+        return "\n".join(text.splitlines()[-lines:])
+
+
+# ---------------------------------------------------------------------------- probes
+def _probe_kafka(settings: Settings) -> str | None:
+    from confluent_kafka.admin import AdminClient
+
+    admin = AdminClient({"bootstrap.servers": f"127.0.0.1:{KAFKA_PORT}", "socket.timeout.ms": 2000})
+    md = admin.list_topics(timeout=2)
+    return KAFKA_VERSION if md.brokers else None
+
+
+def _probe_cassandra() -> str | None:
+    from cassandra.cluster import Cluster
+    from cassandra.policies import RoundRobinPolicy
+
+    if not port_open(CASSANDRA_PORT):
+        return None
+    cluster = Cluster(["127.0.0.1"], port=CASSANDRA_PORT, connect_timeout=3,
+                      control_connection_timeout=3, protocol_version=5,
+                      load_balancing_policy=RoundRobinPolicy())
+    try:
+        session = cluster.connect()
+        row = session.execute("SELECT release_version FROM system.local", timeout=5).one()
+        return str(row.release_version)
+    finally:
+        cluster.shutdown()
+
+
+def _probe_redis() -> str | None:
+    import redis
+
+    client = redis.Redis(host="127.0.0.1", port=REDIS_PORT, socket_timeout=2)
+    try:
+        if client.ping():
+            return str(client.info("server")["redis_version"])
+        return None
+    finally:
+        client.close()
+
+
+# ----------------------------------------------------------------------- process utils
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # A zombie (exited, not yet reaped) is not alive.
+    with contextlib.suppress(OSError):
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        if stat.rsplit(")", 1)[1].split()[0] == "Z":
+            return False
+    return True
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except OSError:
+        return ""
+
+
+def _java_major(java: str) -> int | None:
+    out = subprocess.run([java, "-version"], capture_output=True, text=True, check=False).stderr
+    for token in out.split('"')[1:2]:
+        head = token.split(".")[0]
+        if head == "1":
+            return int(token.split(".")[1])
+        with contextlib.suppress(ValueError):
+            return int(head)
+    return None
+
+
+def _kafka_cluster_id() -> str:
+    import base64
+
+    return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+
+
+# ------------------------------------------------------------------------- configs
+def _kafka_properties(data: Path) -> str:
+    return f"""# written by `stockflow stack up`; edit pipeline/stack.py instead
+process.roles=broker,controller
+node.id=1
+controller.quorum.voters=1@127.0.0.1:{KAFKA_CONTROLLER_PORT}
+listeners=PLAINTEXT://127.0.0.1:{KAFKA_PORT},CONTROLLER://127.0.0.1:{KAFKA_CONTROLLER_PORT}
+advertised.listeners=PLAINTEXT://127.0.0.1:{KAFKA_PORT}
+controller.listener.names=CONTROLLER
+inter.broker.listener.name=PLAINTEXT
+listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT
+log.dirs={data}
+num.partitions=1
+num.network.threads=2
+num.io.threads=4
+offsets.topic.replication.factor=1
+offsets.topic.num.partitions=8
+transaction.state.log.replication.factor=1
+transaction.state.log.min.isr=1
+transaction.state.log.num.partitions=8
+group.initial.rebalance.delay.ms=0
+auto.create.topics.enable=true
+log.retention.hours=168
+log.segment.bytes=268435456
+"""
+
+
+_KAFKA_LOG4J = """status = warn
+appender.out.type = Console
+appender.out.name = OUT
+appender.out.layout.type = PatternLayout
+appender.out.layout.pattern = [%d] %p %m (%c)%n
+rootLogger.level = INFO
+rootLogger.appenderRef.out.ref = OUT
+logger.request.name = kafka.request.logger
+logger.request.level = WARN
+logger.controller.name = org.apache.kafka.controller
+logger.controller.level = WARN
+logger.state.name = state.change.logger
+logger.state.level = WARN
+"""
+
+
+def _cassandra_yaml(data: Path) -> str:
+    return f"""# written by `stockflow stack up`; edit pipeline/stack.py instead
+cluster_name: stockflow-local
+num_tokens: 1
+initial_token: 0
+partitioner: org.apache.cassandra.dht.Murmur3Partitioner
+endpoint_snitch: SimpleSnitch
+seed_provider:
+  - class_name: org.apache.cassandra.locator.SimpleSeedProvider
+    parameters:
+      - seeds: "127.0.0.1:{CASSANDRA_STORAGE_PORT}"
+listen_address: 127.0.0.1
+rpc_address: 127.0.0.1
+storage_port: {CASSANDRA_STORAGE_PORT}
+native_transport_port: {CASSANDRA_PORT}
+start_native_transport: true
+data_file_directories:
+  - {data}/data
+commitlog_directory: {data}/commitlog
+saved_caches_directory: {data}/saved_caches
+hints_directory: {data}/hints
+cdc_raw_directory: {data}/cdc_raw
+commitlog_sync: periodic
+commitlog_sync_period: 10000ms
+concurrent_reads: 8
+concurrent_writes: 16
+concurrent_compactors: 1
+auto_snapshot: false
+snapshot_on_duplicate_row_detection: false
+"""
+
+
+_CASSANDRA_LOGBACK = """<configuration scan="false">
+  <appender name="OUT" class="ch.qos.logback.core.ConsoleAppender">
+    <encoder><pattern>%-5level [%thread] %date{ISO8601} %F:%L - %msg%n</pattern></encoder>
+  </appender>
+  <root level="INFO"><appender-ref ref="OUT"/></root>
+  <logger name="org.apache.cassandra.service.StartupChecks" level="ERROR"/>
+</configuration>
+"""
