@@ -123,16 +123,9 @@ def stack_logs(
 
 def _register_commands() -> None:
     """Sub-commands that live next to their area (imported lazily inside their bodies)."""
-    import importlib
+    from pipeline import commands
 
-    for module in ("pipeline.commands",):
-        try:
-            mod = importlib.import_module(module)
-        except ModuleNotFoundError as exc:
-            if exc.name != module:
-                raise
-            continue
-        mod.register(app)
+    commands.register(app)
 
 
 def main() -> None:
