@@ -48,8 +48,17 @@ class Settings(BaseSettings):
         description="CQL replication map used by `stockflow db migrate`",
     )
 
+    # --- Cassandra sink (connectors/cassandra_sink.py) -------------------------------
+    # (sink settings go here)
+
     # --- Redis --------------------------------------------------------------------
     redis_url: SecretStr = SecretStr("redis://127.0.0.1:6379/0")
+
+    # --- Redis cache (connectors/redis_cache.py) ---------------------------------------
+    # (cache settings go here)
+
+    # --- Supplier connectors and simulator (connectors/) -------------------------------
+    # (connector settings go here)
 
     # --- Faust --------------------------------------------------------------------
     app_id: str = "stockflow"
