@@ -1,0 +1,42 @@
+"""Prometheus metrics of the stockflow processes, declared once here."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+EVENTS = Counter(
+    "stockflow_events_total", "Events handled per stage and outcome", ["stage", "outcome"]
+)
+DROPPED = Counter(
+    "stockflow_dropped_total",
+    "Events dropped, by reason: duplicate, stale, invalid:<code>",
+    ["reason"],
+)
+DEAD_LETTERS = Counter("stockflow_dead_letters_total", "Records sent to inventory.deadletter",
+                       ["reason"])
+GAPS = Counter("stockflow_sequence_gaps_total", "Sequence gaps seen (a resync was requested)",
+               ["supplier"])
+CLAMPED = Counter("stockflow_clamped_total", "Adjustments clamped at zero", ["supplier"])
+CHANGES = Counter("stockflow_changes_emitted_total", "InventoryChange records emitted")
+TABLE_KEYS = Gauge("stockflow_table_keys", "Keys written to a table since start", ["table"])
+SINK_BATCH_SIZE = Histogram(
+    "stockflow_sink_batch_size", "Records per sink batch", ["sink"],
+    buckets=(1, 5, 10, 50, 100, 250, 500, 1000, 2500, 5000),
+)
+SINK_LATENCY = Histogram(
+    "stockflow_sink_batch_seconds", "Time to write one batch including retries", ["sink"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+)
+SINK_RETRIES = Counter("stockflow_sink_retries_total", "Retried sink writes", ["sink"])
+SINK_ERRORS = Counter("stockflow_sink_errors_total", "Failed sink attempts", ["sink", "error"])
+FRESHNESS = Histogram(
+    "stockflow_freshness_seconds",
+    "Time from the delta's produce time to the stage's write",
+    ["stage"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.15, 0.2, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+)
+SUPPLIER_LAST_SEEN = Gauge(
+    "stockflow_supplier_last_event_timestamp_seconds",
+    "Time of the last accepted event per supplier (a silent feed shows as an old value)",
+    ["supplier"],
+)
