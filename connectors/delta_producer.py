@@ -20,6 +20,9 @@ PRODUCER_DEFAULTS: dict[str, Any] = {
     "linger.ms": 5,
     "compression.type": "lz4",
     "message.timeout.ms": 120_000,
+    # The Java client's (and aiokafka's, so Faust's) partitioner: every producer of a key
+    # must pick the same partition, or co-partitioned tables would see keys move.
+    "partitioner": "murmur2_random",
 }
 
 

@@ -49,16 +49,64 @@ class Settings(BaseSettings):
     )
 
     # --- Cassandra sink (connectors/cassandra_sink.py) -------------------------------
-    # (sink settings go here)
+    cassandra_max_in_flight: int = Field(
+        default=128, ge=1, le=4096, description="async requests in flight per sink"
+    )
+    cassandra_retry_base_delay_s: float = Field(default=0.05, gt=0)
+    cassandra_max_retry_delay_s: float = Field(
+        default=5.0, gt=0, description="cap of the sink's exponential backoff between retries"
+    )
+    cassandra_request_timeout_s: float = Field(default=10.0, gt=0)
+    cassandra_reconnect_max_delay_s: float = Field(
+        default=5.0, gt=0, description="cap of the driver's reconnection backoff to a down node"
+    )
+    cassandra_outage_log_interval_s: float = Field(
+        default=10.0, gt=0, description="while Cassandra is unreachable, log at most this often"
+    )
+    cassandra_consistency: str = Field(default="LOCAL_QUORUM", pattern=r"^[A-Z_]+$")
+    cassandra_history_ttl_s: int = Field(
+        default=30 * 24 * 3600, ge=0, description="default TTL of change_history; 0 = keep"
+    )
+    cassandra_stock_buckets: int = Field(
+        default=64, ge=1, le=65536,
+        description="buckets of stock_by_supplier; fixed at first migrate (recorded in schema_version)",
+    )
+    cassandra_ssl_cafile: Path | None = None
+    cassandra_ssl_certfile: Path | None = None
+    cassandra_ssl_keyfile: Path | None = None
 
     # --- Redis --------------------------------------------------------------------
     redis_url: SecretStr = SecretStr("redis://127.0.0.1:6379/0")
 
     # --- Redis cache (connectors/redis_cache.py) ---------------------------------------
     # (cache settings go here)
+    redis_cache_key_prefix: str = Field(
+        default="stockflow:", description="prefix of every cache key (isolates tests and tenants)"
+    )
+    redis_cache_ttl_s: int | None = Field(
+        default=7 * 24 * 3600, ge=1,
+        description="safety-net expiry of a platform SKU hash after its last write; None = never",
+    )
+    redis_cache_initial_retry_delay_s: float = Field(default=0.05, gt=0)
+    redis_cache_max_retry_delay_s: float = Field(
+        default=5.0, gt=0, description="cap of the backoff between retries while Redis is down"
+    )
+    redis_cache_socket_timeout_s: float = Field(default=5.0, gt=0)
 
     # --- Supplier connectors and simulator (connectors/) -------------------------------
     # (connector settings go here)
+
+    # --- Pipeline semantics ---------------------------------------------------------
+    catalog_path: Path | None = Field(
+        default=None, description="CSV/YAML mapping (supplier_id, sku) -> platform_sku")
+    dedup_ttl_s: int = Field(default=7 * 24 * 3600, gt=0,
+                             description="how long an event_id is remembered for dedup")
+    sink_batch_size: int = Field(default=1000, ge=1)
+    sink_batch_within_s: float = Field(default=0.05, gt=0)
+    cache_batch_size: int = Field(default=1000, ge=1)
+    cache_batch_within_s: float = Field(default=0.02, gt=0)
+    sink_enabled: bool = True
+    cache_enabled: bool = True
 
     # --- Faust --------------------------------------------------------------------
     app_id: str = "stockflow"

@@ -1,0 +1,60 @@
+"""The composition root: the one Faust app of stockflow; agents are discovered from topologies/."""
+
+from __future__ import annotations
+
+import ssl
+from typing import Any
+
+import faust
+
+from pipeline.settings import Settings, get_settings
+
+
+def _credentials(settings: Settings) -> Any:
+    if settings.kafka_security_protocol == "PLAINTEXT":
+        return None
+    ssl_context: ssl.SSLContext | None = None
+    if settings.kafka_security_protocol in ("SSL", "SASL_SSL"):
+        ssl_context = ssl.create_default_context(
+            cafile=str(settings.kafka_ssl_cafile) if settings.kafka_ssl_cafile else None)
+        if settings.kafka_ssl_certfile:
+            ssl_context.load_cert_chain(
+                str(settings.kafka_ssl_certfile),
+                str(settings.kafka_ssl_keyfile) if settings.kafka_ssl_keyfile else None)
+    if settings.kafka_security_protocol.startswith("SASL"):
+        password = settings.kafka_sasl_password.get_secret_value() \
+            if settings.kafka_sasl_password else ""
+        return faust.SASLCredentials(
+            username=settings.kafka_sasl_username or "", password=password,
+            mechanism=settings.kafka_sasl_mechanism or "PLAIN", ssl_context=ssl_context)
+    return faust.SSLCredentials(ssl_context)
+
+
+def create_app(settings: Settings) -> faust.App:
+    """Build the Faust app from settings (tests pass their own settings: memory store etc.)."""
+    return faust.App(
+        settings.app_id,
+        broker=settings.kafka_broker_url,
+        broker_credentials=_credentials(settings),
+        store=settings.store,
+        datadir=str(settings.data_dir),
+        processing_guarantee=settings.processing_guarantee,
+        broker_commit_interval=settings.commit_interval_s,
+        topic_partitions=settings.partitions,
+        topic_replication_factor=settings.kafka_replication_factor,
+        topic_allow_declare=True,
+        consumer_auto_offset_reset="earliest",
+        table_standby_replicas=0,
+        web_port=settings.web_port,
+        web_bind="127.0.0.1",
+        autodiscover=["topologies"],
+        origin="pipeline",
+        # The Kafka timestamp of each delta starts the freshness clock; keep it from the
+        # producer rather than the broker.
+        producer_acks=-1,
+        stream_wait_empty=False,
+    )
+
+
+settings = get_settings()
+app = create_app(settings)

@@ -1,0 +1,125 @@
+"""The topic registry: every stockflow topic declared once, with partitions, key, schema, config."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from pipeline.errors import StockflowError
+from pipeline.log import get_logger
+from pipeline.settings import Settings
+
+log = get_logger(__name__)
+
+DAY_MS = 24 * 3600 * 1000
+
+
+@dataclass(frozen=True)
+class TopicSpec:
+    """One topic: its logical name, key, value record and broker configuration."""
+
+    name: str
+    key: str
+    value_record: str
+    doc: str
+    cleanup_policy: str = "delete"
+    retention_ms: int | None = 7 * DAY_MS
+    internal: bool = False
+    extra_config: dict[str, str] = field(default_factory=dict)
+
+    def partitions(self, settings: Settings) -> int:
+        # Every topic that is joined by key with a table has the same partition count.
+        return settings.partitions
+
+    def config(self, settings: Settings) -> dict[str, str]:
+        retention = settings.deltas_retention_ms if self.name == DELTAS.name else self.retention_ms
+        conf = {"cleanup.policy": self.cleanup_policy, **self.extra_config}
+        if retention is not None and "delete" in self.cleanup_policy:
+            conf["retention.ms"] = str(retention)
+        return conf
+
+
+DELTAS = TopicSpec(
+    "inventory.deltas", key="supplier_id|sku", value_record="SupplierDelta",
+    doc="The persisted log of supplier facts; retention long enough to replay (default forever).",
+    retention_ms=-1,
+)
+DEADLETTER = TopicSpec(
+    "inventory.deadletter", key="the original key", value_record="DeadLetter",
+    doc="Records stockflow rejected, with a reason code and the original bytes.",
+    retention_ms=30 * DAY_MS,
+)
+RESYNC = TopicSpec(
+    "inventory.resync", key="supplier_id|sku", value_record="ResyncRequest",
+    doc="Gaps in a supplier's dense sequence: connectors answer with a SNAPSHOT.",
+)
+STOCK_UPDATES = TopicSpec(
+    "inventory.stock-updates", key="platform_sku", value_record="StockUpdate",
+    doc="Internal: effective changes per (supplier, sku), repartitioned by platform SKU.",
+    internal=True,
+)
+CHANGES = TopicSpec(
+    "inventory.changes", key="platform_sku", value_record="InventoryChange",
+    doc="Public: one record per effective availability change, after Cassandra acknowledged it.",
+    retention_ms=7 * DAY_MS,
+)
+
+TOPICS: tuple[TopicSpec, ...] = (DELTAS, DEADLETTER, RESYNC, STOCK_UPDATES, CHANGES)
+
+
+def create_topics(settings: Settings, specs: tuple[TopicSpec, ...] = TOPICS,
+                  timeout: float = 30.0) -> list[tuple[str, str]]:
+    """Create missing topics and bring existing ones to their declared config. Idempotent.
+
+    Returns (physical topic name, action) pairs; action is "created", "updated" or "ok".
+    Partitions are never changed on an existing topic: that would move keys between
+    partitions and break the per (supplier, sku) order; a mismatch is reported instead.
+    """
+    from confluent_kafka.admin import (
+        AdminClient,
+        AlterConfigOpType,
+        ConfigEntry,
+        ConfigResource,
+        NewTopic,
+    )
+
+    admin = AdminClient(settings.confluent_config())
+    existing = admin.list_topics(timeout=timeout).topics
+    results: list[tuple[str, str]] = []
+    to_create = []
+    for spec in specs:
+        name = settings.topic(spec.name)
+        if name not in existing:
+            to_create.append(NewTopic(
+                name, num_partitions=spec.partitions(settings),
+                replication_factor=settings.kafka_replication_factor,
+                config=spec.config(settings)))
+    if to_create:
+        for name, fut in admin.create_topics(to_create, operation_timeout=timeout).items():
+            try:
+                fut.result()
+            except Exception as exc:
+                if "TOPIC_ALREADY_EXISTS" not in str(exc):
+                    raise StockflowError(f"cannot create topic {name}: {exc}") from exc
+            results.append((name, "created"))
+    created = {n for n, _ in results}
+    for spec in specs:
+        name = settings.topic(spec.name)
+        if name in created:
+            continue
+        meta = existing[name]
+        if len(meta.partitions) != spec.partitions(settings):
+            log.warning("topics.partition_mismatch", topic=name, actual=len(meta.partitions),
+                        declared=spec.partitions(settings))
+        resource = ConfigResource(ConfigResource.Type.TOPIC, name)
+        current = admin.describe_configs([resource])[resource].result(timeout=timeout)
+        wanted = spec.config(settings)
+        diff = {k: v for k, v in wanted.items() if k not in current or current[k].value != v}
+        if diff:
+            entries = [ConfigEntry(k, v, incremental_operation=AlterConfigOpType.SET)
+                       for k, v in diff.items()]
+            res = ConfigResource(ConfigResource.Type.TOPIC, name, incremental_configs=entries)
+            admin.incremental_alter_configs([res])[res].result(timeout=timeout)
+            results.append((name, "updated"))
+        else:
+            results.append((name, "ok"))
+    return results
