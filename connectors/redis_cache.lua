@@ -1,0 +1,100 @@
+-- stockflow: version-guarded write of supplier entries into one platform-SKU availability hash.
+--
+-- KEYS[1]   the hash of one platform SKU (stockflow:avail:<percent-encoded platform sku>)
+-- ARGV[1]   TTL in milliseconds; "0" = no expiry
+-- ARGV[2]   "1" when the groups are the full supplier set read from Cassandra (cache-aside
+--           fill, rebuild): the hash is then marked complete
+-- ARGV[3..] groups of 6: supplier_id, version, quantity, status, sku, updated_at (epoch ms)
+--
+-- A supplier's entry is written only when the incoming version is strictly newer than the
+-- stored one, so reordering, redelivery and replay never move the cache back in time.
+-- total/best/updated_at are recomputed here from the per-supplier fields, so they are right
+-- whatever order the entries arrived in.
+-- Returns one 0/1 per group: 1 when that entry was newer and written.
+
+-- Versions are compared as canonical decimal strings (Python's str(int)): Lua numbers are
+-- doubles and would round versions above 2^53.
+local function newer(a, b)
+  local a_neg = string.sub(a, 1, 1) == '-'
+  local b_neg = string.sub(b, 1, 1) == '-'
+  if a_neg ~= b_neg then
+    return b_neg
+  end
+  if #a ~= #b then
+    if a_neg then return #a < #b end
+    return #a > #b
+  end
+  if a_neg then return a < b end
+  return a > b
+end
+
+local key = KEYS[1]
+local written = {}
+local changed = false
+
+for i = 3, #ARGV, 6 do
+  local supplier = ARGV[i]
+  local version = ARGV[i + 1]
+  local stored = redis.call('HGET', key, 'v:' .. supplier)
+  if (not stored) or newer(version, stored) then
+    redis.call('HSET', key,
+      'q:' .. supplier, ARGV[i + 2],
+      'v:' .. supplier, version,
+      's:' .. supplier, ARGV[i + 3],
+      'k:' .. supplier, ARGV[i + 4],
+      't:' .. supplier, ARGV[i + 5])
+    written[#written + 1] = 1
+    changed = true
+  else
+    written[#written + 1] = 0
+  end
+end
+
+if ARGV[2] == '1' and redis.call('HGET', key, 'complete') ~= '1' then
+  redis.call('HSET', key, 'complete', '1')
+  changed = true
+end
+
+if changed then
+  local flat = redis.call('HGETALL', key)
+  local fields = {}
+  for j = 1, #flat, 2 do
+    fields[flat[j]] = flat[j + 1]
+  end
+  local total = 0
+  local best = nil
+  local best_q = 0
+  local updated_at = 0
+  for field, value in pairs(fields) do
+    if string.sub(field, 1, 2) == 'q:' then
+      local supplier = string.sub(field, 3)
+      local t = tonumber(fields['t:' .. supplier]) or 0
+      if t > updated_at then updated_at = t end
+      if fields['s:' .. supplier] == 'ACTIVE' then
+        local q = tonumber(value) or 0
+        if q > 0 then
+          total = total + q
+          -- best: the active supplier with the most units; ties go to the smallest id so
+          -- the answer does not depend on hash iteration order.
+          if q > best_q or (q == best_q and supplier < best) then
+            best = supplier
+            best_q = q
+          end
+        end
+      end
+    end
+  end
+  redis.call('HSET', key, 'total', string.format('%d', total),
+    'updated_at', string.format('%d', updated_at))
+  if best then
+    redis.call('HSET', key, 'best', best)
+  else
+    redis.call('HDEL', key, 'best')
+  end
+  local ttl = tonumber(ARGV[1])
+  if ttl and ttl > 0 then
+    redis.call('PEXPIRE', key, ttl)
+  end
+end
+
+return written
