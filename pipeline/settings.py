@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, SecretStr, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 ProcessingGuarantee = Literal["exactly_once", "at_least_once"]
 SecurityProtocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
@@ -37,7 +37,7 @@ class Settings(BaseSettings):
     )
 
     # --- Cassandra ---------------------------------------------------------------
-    cassandra_contact_points: tuple[str, ...] = ("127.0.0.1",)
+    cassandra_contact_points: Annotated[tuple[str, ...], NoDecode] = ("127.0.0.1",)
     cassandra_port: int = 9042
     cassandra_keyspace: str = "stockflow"
     cassandra_username: str | None = None
@@ -69,7 +69,7 @@ class Settings(BaseSettings):
     )
     cassandra_stock_buckets: int = Field(
         default=64, ge=1, le=65536,
-        description="buckets of stock_by_supplier; fixed at first migrate (recorded in schema_version)",
+        description="buckets of stock_by_supplier; fixed by the first migrate (schema_version)",
     )
     cassandra_ssl_cafile: Path | None = None
     cassandra_ssl_certfile: Path | None = None

@@ -1,0 +1,474 @@
+"""Cassandra sink: coalesced, idempotent (USING TIMESTAMP = version), bounded in-flight writes."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import struct
+import threading
+import time
+import zlib
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from connectors.cassandra_cluster import ClusterConfig, build_cluster, check_keyspace_name
+from pipeline.errors import SinkError
+from pipeline.log import get_logger
+
+if TYPE_CHECKING:
+    from cassandra.cluster import Cluster, Session
+    from cassandra.query import PreparedStatement
+
+    from pipeline.settings import Settings
+
+log = get_logger(__name__)
+
+# One row to write: a prepared statement and its bound values (the last one is the write
+# timestamp). Values are bound by the driver, never formatted into CQL.
+Statement = tuple["PreparedStatement", tuple[Any, ...]]
+
+_AVAILABILITY_COLUMNS = ("platform_sku", "supplier_id", "sku", "quantity", "version", "status",
+                         "lead_time_days", "price", "currency", "updated_at")
+_STOCK_COLUMNS = ("supplier_id", "bucket", "sku", "platform_sku", "quantity", "version",
+                  "status", "lead_time_days", "price", "currency", "updated_at")
+_HISTORY_COLUMNS = ("supplier_id", "sku", "version", "platform_sku", "quantity_before",
+                    "quantity_after", "status", "cause", "event_id", "observed_at",
+                    "received_at", "produced_at", "price", "currency", "lead_time_days",
+                    "clamped", "suspect")
+
+
+def insert_cql(keyspace: str, table: str, columns: Sequence[str]) -> str:
+    """INSERT with one bind marker per column and the write timestamp bound last."""
+    return (f"INSERT INTO {check_keyspace_name(keyspace)}.{table} ({', '.join(columns)}) "
+            f"VALUES ({', '.join('?' for _ in columns)}) USING TIMESTAMP ?")
+
+
+def stock_bucket(sku: str, buckets: int) -> int:
+    """The stock_by_supplier bucket of a SKU: CRC-32 of its UTF-8 bytes mod N (stable)."""
+    return zlib.crc32(sku.encode("utf-8")) % buckets
+
+
+def write_timestamp(update: Mapping[str, Any]) -> int:
+    """The Cassandra write timestamp of an update: its version.
+
+    Cassandra keeps, per cell, the value with the highest write timestamp, whatever order the
+    writes arrive in. Versions increase strictly per (supplier, sku), so a replayed, retried or
+    reordered older write can never overwrite a newer one, and a replay writes identical cells.
+    """
+    return int(update["version"])
+
+
+def coalesce(updates: Iterable[Mapping[str, Any]],
+             key: Callable[[Mapping[str, Any]], tuple[str, ...]]) -> list[Mapping[str, Any]]:
+    """The update with the highest version per key, in first-seen key order (later wins ties)."""
+    latest: dict[tuple[str, ...], Mapping[str, Any]] = {}
+    for update in updates:
+        k = key(update)
+        current = latest.get(k)
+        if current is None or update["version"] >= current["version"]:
+            latest[k] = update
+    return list(latest.values())
+
+
+def _availability_key(u: Mapping[str, Any]) -> tuple[str, ...]:
+    return (u["platform_sku"], u["supplier_id"])
+
+
+def _stock_key(u: Mapping[str, Any]) -> tuple[str, ...]:
+    return (u["supplier_id"], u["sku"])
+
+
+def _history_key(u: Mapping[str, Any]) -> tuple[str, ...]:
+    return (u["supplier_id"], u["sku"], str(u["version"]))
+
+
+_KEY_FIELDS = ("platform_sku", "supplier_id", "sku")
+
+
+def check_update(update: Mapping[str, Any]) -> None:
+    """Reject an update the tables cannot key (validation upstream should make this unreachable)."""
+    for name in _KEY_FIELDS:
+        value = update.get(name)
+        if not isinstance(value, str) or not value:
+            raise SinkError(f"StockUpdate {name}={value!r} cannot key a Cassandra row "
+                            f"(event_id={update.get('event_id')!r})")
+    if not isinstance(update.get("version"), int) or isinstance(update.get("version"), bool):
+        raise SinkError(f"StockUpdate version={update.get('version')!r} is not an integer "
+                        f"(event_id={update.get('event_id')!r})")
+
+
+def is_retryable(exc: BaseException) -> bool:
+    """True for errors that may pass (node down, timeouts, overload); False for a wrong request."""
+    from cassandra import AuthenticationFailed, InvalidRequest, Unauthorized
+    from cassandra.protocol import ConfigurationException, SyntaxException
+
+    fatal = (InvalidRequest, Unauthorized, AuthenticationFailed, SyntaxException,
+             ConfigurationException, TypeError, ValueError, KeyError, struct.error)
+    return not isinstance(exc, fatal)
+
+
+def backoff_delay(attempt: int, base_s: float, cap_s: float,
+                  rng: random.Random | None = None) -> float:
+    """Exponential backoff with equal jitter: in [d/2, d] for d = min(cap, base * 2**attempt)."""
+    ceiling = min(cap_s, base_s * (2 ** min(attempt, 30)))
+    return ceiling / 2 + (rng or random).uniform(0, ceiling / 2)
+
+
+@dataclass
+class SinkStats:
+    """Counters of one sink since start (for metrics and tests)."""
+
+    batches: int = 0
+    updates: int = 0
+    rows_written: int = 0
+    retries: int = 0
+    outages: int = 0
+
+
+class _InFlightWindow:
+    """Keeps up to `limit` requests in flight over `items`, like the driver's execute_concurrent.
+
+    The next request is sent from the driver's completion callback, so a row costs no hop
+    through the asyncio loop: the loop is woken once, when the window has drained. The first
+    error stops new sends (when a node is down every request fails at once, and chaining
+    from synchronous errbacks would recurse); the caller retries the failed and unsent rows.
+    """
+
+    def __init__(self, session: Session, items: Sequence[Statement], limit: int,
+                 timeout_s: float, loop: asyncio.AbstractEventLoop) -> None:
+        self._session = session
+        self._items = items
+        self._limit = limit
+        self._timeout_s = timeout_s
+        self._loop = loop
+        self._lock = threading.Lock()
+        self._next = 0
+        self._in_flight = 0
+        self._starting = True
+        self._stopped = False
+        self._finished = False
+        self._failures: list[tuple[Statement, BaseException]] = []
+        self.done: asyncio.Future[tuple[list[tuple[Statement, BaseException]], list[Statement]]]
+        self.done = loop.create_future()
+
+    def start(self) -> None:
+        """Send the first `limit` requests (call from the event loop's thread)."""
+        for _ in range(min(self._limit, len(self._items))):
+            with self._lock:
+                if self._stopped:
+                    break
+                index = self._next
+                self._next += 1
+                self._in_flight += 1
+            self._send(index)
+        with self._lock:
+            self._starting = False
+            finish = self._in_flight == 0 and not self._finished
+            self._finished = self._finished or finish
+        if finish:
+            self._finish()
+
+    def stop(self) -> None:
+        """Send nothing more (the writer was cancelled); in-flight requests complete."""
+        with self._lock:
+            self._stopped = True
+
+    def _send(self, index: int) -> None:
+        statement, params = self._items[index]
+        try:
+            future = self._session.execute_async(statement, params, timeout=self._timeout_s)
+        except Exception as exc:  # encoding errors and a shut-down session raise here
+            self._complete(index, exc)
+            return
+        future.add_callbacks(self._on_success, self._on_error,
+                             callback_args=(index,), errback_args=(index,))
+
+    def _on_success(self, _rows: Any, index: int) -> None:
+        self._complete(index, None)
+
+    def _on_error(self, exc: BaseException, index: int) -> None:
+        self._complete(index, exc)
+
+    def _complete(self, index: int, exc: BaseException | None) -> None:
+        with self._lock:
+            if exc is not None:
+                self._failures.append((self._items[index], exc))
+                self._stopped = True
+            if not self._stopped and self._next < len(self._items):
+                chained: int | None = self._next
+                self._next += 1
+                finish = False
+            else:
+                chained = None
+                self._in_flight -= 1
+                finish = self._in_flight == 0 and not self._starting and not self._finished
+                self._finished = self._finished or finish
+        if chained is not None:
+            self._send(chained)
+        elif finish:
+            self._finish()
+
+    def _finish(self) -> None:
+        outcome = (self._failures, list(self._items[self._next:]))
+        with contextlib.suppress(RuntimeError):  # the loop closed: nobody is waiting any more
+            self._loop.call_soon_threadsafe(_resolve, self.done, outcome)
+
+
+def _resolve(future: asyncio.Future[Any], outcome: Any) -> None:
+    if not future.done():
+        future.set_result(outcome)
+
+
+class _OutageLog:
+    """Logs a failing write at once, then at most once per interval, and the recovery."""
+
+    def __init__(self, interval_s: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self._interval_s = interval_s
+        self._clock = clock
+        self._since: float | None = None
+        self._last_logged = 0.0
+        self._failed_rounds = 0
+
+    def failed(self, exc: BaseException, pending: int, attempt: int, delay_s: float) -> bool:
+        """Record one failed round; True when this round was logged."""
+        now = self._clock()
+        first = self._since is None
+        if first:
+            self._since = now
+        self._failed_rounds += 1
+        if not first and now - self._last_logged < self._interval_s:
+            return False
+        self._last_logged = now
+        assert self._since is not None
+        log.warning("cassandra.write_retrying", error=type(exc).__name__, detail=str(exc)[:300],
+                    pending_rows=pending, attempt=attempt, retry_in_s=round(delay_s, 3),
+                    failing_for_s=round(now - self._since, 1))
+        return True
+
+    def succeeded(self) -> bool:
+        """Record a fully written batch; True when it ended a failure streak (logged)."""
+        if self._since is None:
+            return False
+        log.info("cassandra.write_recovered", failing_for_s=round(self._clock() - self._since, 1),
+                 failed_rounds=self._failed_rounds)
+        self._since = None
+        self._failed_rounds = 0
+        return True
+
+
+class CassandraSink:
+    """Writes StockUpdate batches to availability_by_sku, stock_by_supplier and change_history.
+
+    Lifecycle: `await start()` (connect, read the schema's bucket count, prepare), then
+    `await write_batch(updates)` per batch, `await close()`. write_batch returns only when
+    Cassandra acknowledged every row; on transient errors it retries forever with backoff,
+    which is the backpressure: the caller (the aggregate agent) simply waits.
+    """
+
+    def __init__(
+        self,
+        *,
+        contact_points: Sequence[str] = ("127.0.0.1",),
+        port: int = 9042,
+        keyspace: str = "stockflow",
+        username: str | None = None,
+        password: str | None = None,
+        local_dc: str | None = None,
+        consistency: str = "LOCAL_QUORUM",
+        max_in_flight: int = 128,
+        retry_base_delay_s: float = 0.05,
+        max_retry_delay_s: float = 5.0,
+        request_timeout_s: float = 10.0,
+        reconnect_max_delay_s: float = 5.0,
+        outage_log_interval_s: float = 10.0,
+        cluster_config: ClusterConfig | None = None,
+    ) -> None:
+        if max_in_flight < 1:
+            raise ValueError("max_in_flight must be >= 1")
+        self.keyspace = check_keyspace_name(keyspace)
+        self._config = cluster_config or ClusterConfig(
+            contact_points=tuple(contact_points), port=port, username=username,
+            password=password, local_dc=local_dc, consistency=consistency,
+            request_timeout_s=request_timeout_s, reconnect_max_delay_s=reconnect_max_delay_s)
+        self.max_in_flight = max_in_flight
+        self._retry_base_delay_s = retry_base_delay_s
+        self._max_retry_delay_s = max_retry_delay_s
+        self._request_timeout_s = request_timeout_s
+        self._outage_log = _OutageLog(outage_log_interval_s)
+        self._cluster: Cluster | None = None
+        self._session: Session | None = None
+        self._insert_availability: PreparedStatement | None = None
+        self._insert_stock: PreparedStatement | None = None
+        self._insert_history: PreparedStatement | None = None
+        self._buckets = 0
+        self._write_lock = asyncio.Lock()
+        self.stats = SinkStats()
+
+    @classmethod
+    def from_settings(cls, settings: Settings, **overrides: Any) -> CassandraSink:
+        """A sink configured from stockflow settings; keyword overrides win (tests, bench)."""
+        kwargs: dict[str, Any] = {
+            "keyspace": settings.cassandra_keyspace,
+            "max_in_flight": settings.cassandra_max_in_flight,
+            "retry_base_delay_s": settings.cassandra_retry_base_delay_s,
+            "max_retry_delay_s": settings.cassandra_max_retry_delay_s,
+            "request_timeout_s": settings.cassandra_request_timeout_s,
+            "outage_log_interval_s": settings.cassandra_outage_log_interval_s,
+            "cluster_config": ClusterConfig.from_settings(settings),
+        }
+        kwargs.update(overrides)
+        return cls(**kwargs)
+
+    @property
+    def session(self) -> Session:
+        """The driver session (after start); readers may share it."""
+        if self._session is None:
+            raise SinkError("CassandraSink.start() was not awaited")
+        return self._session
+
+    @property
+    def stock_buckets(self) -> int:
+        """The bucket count of stock_by_supplier, as recorded by the migration."""
+        return self._buckets
+
+    async def start(self) -> None:
+        """Connect (retrying while Cassandra is unreachable) and prepare the statements."""
+        if self._session is not None:
+            return
+        attempt = 0
+        while True:
+            try:
+                cluster, session = await asyncio.to_thread(self._connect)
+                break
+            except SinkError:
+                raise
+            except Exception as exc:
+                if not is_retryable(exc):
+                    raise SinkError(f"cannot connect to Cassandra: {exc}") from exc
+                delay = backoff_delay(attempt, self._retry_base_delay_s * 10,
+                                      self._max_retry_delay_s)
+                self._outage_log.failed(exc, pending=0, attempt=attempt, delay_s=delay)
+                attempt += 1
+                await asyncio.sleep(delay)
+        self._outage_log.succeeded()
+        self._cluster, self._session = cluster, session
+        log.info("cassandra.sink_started", keyspace=self.keyspace, buckets=self._buckets,
+                 max_in_flight=self.max_in_flight)
+
+    def _connect(self) -> tuple[Cluster, Session]:
+        from cassandra import InvalidRequest
+
+        from connectors.cassandra_schema import recorded_stock_buckets
+
+        cluster = build_cluster(self._config)
+        try:
+            session = cluster.connect()
+            buckets = recorded_stock_buckets(session, self.keyspace)
+            if buckets is None:
+                raise SinkError(f"keyspace {self.keyspace} has no stockflow schema: "
+                                "run `stockflow db migrate` first")
+            self._buckets = buckets
+            prepared = []
+            for table, columns in (("availability_by_sku", _AVAILABILITY_COLUMNS),
+                                   ("stock_by_supplier", _STOCK_COLUMNS),
+                                   ("change_history", _HISTORY_COLUMNS)):
+                statement = session.prepare(insert_cql(self.keyspace, table, columns))
+                # USING TIMESTAMP makes every write idempotent: safe to retry anywhere.
+                statement.is_idempotent = True
+                prepared.append(statement)
+        except InvalidRequest as exc:
+            cluster.shutdown()
+            raise SinkError(f"Cassandra rejected the sink's statements: {exc}") from exc
+        except BaseException:
+            cluster.shutdown()
+            raise
+        self._insert_availability, self._insert_stock, self._insert_history = prepared
+        return cluster, session
+
+    def statements_for(self, updates: Sequence[Mapping[str, Any]]) -> list[Statement]:
+        """The rows of a batch: latest state per key in two tables, every change in history."""
+        if self._insert_availability is None or self._insert_stock is None \
+                or self._insert_history is None:
+            raise SinkError("CassandraSink.start() was not awaited")
+        for update in updates:
+            check_update(update)
+        buckets = self._buckets
+        items: list[Statement] = []
+        availability, stock, history = (
+            self._insert_availability, self._insert_stock, self._insert_history)
+        for u in coalesce(updates, _availability_key):
+            items.append((availability, (
+                u["platform_sku"], u["supplier_id"], u["sku"], u["quantity_after"],
+                u["version"], u["status"], u.get("lead_time_days"), u.get("price"),
+                u.get("currency"), u["observed_at"], write_timestamp(u))))
+        for u in coalesce(updates, _stock_key):
+            items.append((stock, (
+                u["supplier_id"], stock_bucket(u["sku"], buckets), u["sku"], u["platform_sku"],
+                u["quantity_after"], u["version"], u["status"], u.get("lead_time_days"),
+                u.get("price"), u.get("currency"), u["observed_at"], write_timestamp(u))))
+        # Every change goes to the audit trail; exact duplicates (a replay inside one batch)
+        # are the same row and written once.
+        for u in coalesce(updates, _history_key):
+            items.append((history, (
+                u["supplier_id"], u["sku"], u["version"], u["platform_sku"],
+                u["quantity_before"], u["quantity_after"], u["status"], u["cause"],
+                u["event_id"], u["observed_at"], u["received_at"], u["produced_at"],
+                u.get("price"), u.get("currency"), u.get("lead_time_days"),
+                bool(u.get("clamped", False)), bool(u.get("suspect", False)),
+                write_timestamp(u))))
+        return items
+
+    async def write_batch(self, updates: Sequence[Mapping[str, Any]]) -> int:
+        """Write a batch of StockUpdates; returns the rows written once Cassandra acked them all.
+
+        Transient errors are retried forever (with backoff, logged once per interval); only a
+        request Cassandra can never accept raises SinkError.
+        """
+        if not updates:
+            return 0
+        items = self.statements_for(updates)
+        async with self._write_lock:  # one batch at a time keeps in-flight <= max_in_flight
+            await self._write(items)
+        self.stats.batches += 1
+        self.stats.updates += len(updates)
+        self.stats.rows_written += len(items)
+        return len(items)
+
+    async def _write(self, items: Sequence[Statement]) -> None:
+        loop = asyncio.get_running_loop()
+        pending: Sequence[Statement] = items
+        attempt = 0
+        while True:
+            window = _InFlightWindow(self.session, pending, self.max_in_flight,
+                                     self._request_timeout_s, loop)
+            window.start()
+            try:
+                failures, unsent = await window.done
+            except asyncio.CancelledError:
+                window.stop()
+                raise
+            if not failures and not unsent:
+                if self._outage_log.succeeded():
+                    self.stats.outages += 1
+                return
+            for _statement, exc in failures:
+                if not is_retryable(exc):
+                    raise SinkError(f"Cassandra rejected a write: {exc}") from exc
+            written = len(pending) - len(failures) - len(unsent)
+            pending = [statement for statement, _exc in failures] + unsent
+            attempt = 0 if written > 0 else attempt + 1
+            delay = backoff_delay(attempt, self._retry_base_delay_s, self._max_retry_delay_s)
+            self.stats.retries += 1
+            self._outage_log.failed(failures[0][1], pending=len(pending), attempt=attempt,
+                                    delay_s=delay)
+            await asyncio.sleep(delay)
+
+    async def close(self) -> None:
+        """Wait for a batch being written, then shut the driver down."""
+        async with self._write_lock:
+            cluster, self._cluster, self._session = self._cluster, None, None
+        if cluster is not None:
+            await asyncio.to_thread(cluster.shutdown)
+            log.info("cassandra.sink_closed", keyspace=self.keyspace, **vars(self.stats))
