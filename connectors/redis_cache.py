@@ -28,9 +28,7 @@ from pipeline.log import get_logger
 from pipeline.metrics import (
     DROPPED,
     FRESHNESS,
-    SINK_BATCH_SIZE,
     SINK_ERRORS,
-    SINK_LATENCY,
     SINK_RETRIES,
 )
 
@@ -237,7 +235,6 @@ class RedisCache:
         """
         if not changes:
             return 0
-        started = time.monotonic()
         # platform_sku -> supplier_id -> (entry, produced_at of every change folded into it)
         grouped: dict[str, dict[str, tuple[SupplierEntry, list[int]]]] = {}
         for change in changes:
@@ -282,8 +279,6 @@ class RedisCache:
                     for ms in produced:
                         if ms > 0:
                             fresh.observe(max(0.0, (now_ms - ms) / 1000.0))
-        SINK_BATCH_SIZE.labels(sink="redis").observe(len(changes))
-        SINK_LATENCY.labels(sink="redis").observe(time.monotonic() - started)
         return keys_written
 
     async def fill(self, platform_sku: str, rows: Iterable[Any]) -> int:
@@ -380,7 +375,7 @@ def _from_rows(platform_sku: str, rows: Sequence[Any]) -> dict[str, Any]:
     fields: dict[str, str] = {"complete": "1"}
     total, best, best_q, updated_at = 0, None, 0, 0
     for e in sorted((entry_from_row(r) for r in rows), key=lambda e: e.supplier_id):
-        for tag, value in zip("qvskt", e.script_args()[1:], strict=True):
+        for tag, value in zip("vqskt", e.script_args()[1:], strict=True):
             fields[f"{tag}:{e.supplier_id}"] = value
         updated_at = max(updated_at, e.updated_at)
         if e.status == "ACTIVE" and e.quantity > 0:
