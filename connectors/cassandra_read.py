@@ -9,6 +9,7 @@ from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 from connectors.cassandra_cluster import CassandraError, check_keyspace_name
+from pipeline.aggregate import best_supplier, total_available
 
 if TYPE_CHECKING:
     from cassandra.cluster import Session
@@ -55,10 +56,9 @@ def row_as_dict(row: Any, columns: tuple[str, ...] = AVAILABILITY_COLUMNS) -> di
 
 
 def summarize(platform_sku: str, rows: list[dict[str, Any]]) -> dict[str, Any]:
-    """Availability of one platform SKU (shape of schemas/availability.avsc, plus price/currency).
+    """Availability of one platform SKU (schemas/availability.avsc shape, plus price/currency).
 
-    total counts ACTIVE suppliers only; the best supplier is the ACTIVE one with stock and the
-    highest quantity, then the shortest lead time, then the smallest supplier id.
+    Total and best supplier are computed by pipeline.aggregate, as the aggregate agent does.
     """
     suppliers: dict[str, dict[str, Any]] = {}
     for r in rows:
@@ -67,16 +67,11 @@ def summarize(platform_sku: str, rows: list[dict[str, Any]]) -> dict[str, Any]:
             "status": r["status"], "lead_time_days": r["lead_time_days"],
             "updated_at": r["updated_at"], "price": r["price"], "currency": r["currency"],
         }
-    active = {s: v for s, v in suppliers.items() if v["status"] == "ACTIVE"}
-    in_stock = [s for s, v in active.items() if (v["quantity"] or 0) > 0]
-    best = min(in_stock, key=lambda s: (-active[s]["quantity"],
-                                        active[s]["lead_time_days"]
-                                        if active[s]["lead_time_days"] is not None else 1 << 30,
-                                        s), default=None)
+    total = total_available(suppliers)
     return {
         "platform_sku": platform_sku,
-        "total": sum(max(v["quantity"] or 0, 0) for v in active.values()),
-        "best_supplier": best,
+        "total": total,
+        "best_supplier": best_supplier(suppliers) if total > 0 else None,
         "suppliers": suppliers,
     }
 
