@@ -309,7 +309,7 @@ def validate_delta(
 
 def _safe_text(value: str, limit: int) -> str:
     # A lone surrogate (possible from JSON) cannot be Avro-encoded as UTF-8: escape it.
-    return value[:limit].encode("utf-8", "backslashreplace").decode("utf-8")
+    return value[:limit].encode("utf-8", "backslashreplace").decode("utf-8")[:limit]
 
 
 def best_effort_ids(record: object) -> tuple[str | None, str | None]:
