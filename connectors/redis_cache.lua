@@ -4,7 +4,8 @@
 -- ARGV[1]   TTL in milliseconds; "0" = no expiry
 -- ARGV[2]   "1" when the groups are the full supplier set read from Cassandra (cache-aside
 --           fill, rebuild): the hash is then marked complete
--- ARGV[3..] groups of 6: supplier_id, version, quantity, status, sku, updated_at (epoch ms)
+-- ARGV[3..] groups of 7: supplier_id, version, quantity, status, sku, updated_at (epoch ms),
+--           lead_time_days ("" = unknown, "-" = not carried by the record: keep the stored one)
 --
 -- A supplier's entry is written only when the incoming version is strictly newer than the
 -- stored one, so reordering, redelivery and replay never move the cache back in time.
@@ -28,11 +29,19 @@ local function newer(a, b)
   return a > b
 end
 
+-- true when candidate (q, lead, id) ranks before the current best (bq, blead, bid)
+local function better(q, lead, id, bq, blead, bid)
+  if q ~= bq then return q > bq end
+  if (lead == nil) ~= (blead == nil) then return blead == nil end
+  if lead ~= nil and lead ~= blead then return lead < blead end
+  return id < bid
+end
+
 local key = KEYS[1]
 local written = {}
 local changed = false
 
-for i = 3, #ARGV, 6 do
+for i = 3, #ARGV, 7 do
   local supplier = ARGV[i]
   local version = ARGV[i + 1]
   local stored = redis.call('HGET', key, 'v:' .. supplier)
@@ -43,6 +52,12 @@ for i = 3, #ARGV, 6 do
       's:' .. supplier, ARGV[i + 3],
       'k:' .. supplier, ARGV[i + 4],
       't:' .. supplier, ARGV[i + 5])
+    local lead = ARGV[i + 6]
+    if lead == '' then
+      redis.call('HDEL', key, 'l:' .. supplier)
+    elseif lead ~= '-' then
+      redis.call('HSET', key, 'l:' .. supplier, lead)
+    end
     written[#written + 1] = 1
     changed = true
   else
@@ -64,6 +79,7 @@ if changed then
   local total = 0
   local best = nil
   local best_q = 0
+  local best_lead = nil
   local updated_at = 0
   for field, value in pairs(fields) do
     if string.sub(field, 1, 2) == 'q:' then
@@ -72,14 +88,14 @@ if changed then
       if t > updated_at then updated_at = t end
       if fields['s:' .. supplier] == 'ACTIVE' then
         local q = tonumber(value) or 0
-        if q > 0 then
-          total = total + q
-          -- best: the active supplier with the most units; ties go to the smallest id so
-          -- the answer does not depend on hash iteration order.
-          if q > best_q or (q == best_q and supplier < best) then
-            best = supplier
-            best_q = q
-          end
+        local lead = tonumber(fields['l:' .. supplier])
+        total = total + q
+        -- best, as pipeline.aggregate ranks it: the most units, then a known and shorter
+        -- lead time, then the smallest id, so the answer never depends on iteration order.
+        if q > 0 and (best == nil or better(q, lead, supplier, best_q, best_lead, best)) then
+          best = supplier
+          best_q = q
+          best_lead = lead
         end
       end
     end

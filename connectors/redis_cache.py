@@ -23,6 +23,7 @@ from redis.exceptions import NoScriptError, ReadOnlyError, RedisError, TryAgainE
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry
 
+from pipeline.aggregate import best_supplier, total_available
 from pipeline.errors import SinkError
 from pipeline.log import get_logger
 from pipeline.metrics import (
@@ -57,6 +58,16 @@ class CacheError(SinkError):
     """Redis refused a cache operation (wrong key type, script error, unreachable on a read)."""
 
 
+class NotCarried:
+    """Marks a lead time the record does not carry: the script keeps the stored one."""
+
+    def __repr__(self) -> str:
+        return "NOT_CARRIED"
+
+
+NOT_CARRIED = NotCarried()
+
+
 @dataclass(frozen=True, slots=True)
 class SupplierEntry:
     """One supplier's availability of one platform SKU, as the Lua script takes it."""
@@ -67,11 +78,16 @@ class SupplierEntry:
     status: str
     sku: str
     updated_at: int
+    lead_time_days: int | NotCarried | None = NOT_CARRIED
 
     def script_args(self) -> tuple[str, ...]:
-        """The 6 ARGV strings of this entry (versions as canonical decimal strings)."""
+        """The 7 ARGV strings of this entry (versions as canonical decimal strings)."""
+        if isinstance(self.lead_time_days, NotCarried):
+            lead = "-"
+        else:
+            lead = "" if self.lead_time_days is None else str(int(self.lead_time_days))
         return (self.supplier_id, str(self.version), str(self.quantity), self.status, self.sku,
-                str(self.updated_at))
+                str(self.updated_at), lead)
 
 
 @dataclass(slots=True)
@@ -124,17 +140,21 @@ def entry_from_change(change: Mapping[str, Any]) -> SupplierEntry:
     """The cache entry an InventoryChange carries (quantity 0 when discontinued)."""
     status = _status(change["status"])
     quantity = int(change["quantity_after"]) if status == "ACTIVE" else 0
+    # InventoryChange has no lead time today; if the record gains `lead_time_days`, it is used.
+    lead = change.get("lead_time_days", NOT_CARRIED)
     return SupplierEntry(str(change["supplier_id"]), int(change["version"]), quantity, status,
-                         str(change["sku"]), _epoch_ms(change["changed_at"]))
+                         str(change["sku"]), _epoch_ms(change["changed_at"]), lead)
 
 
 def entry_from_row(row: Any) -> SupplierEntry:
     """The cache entry of one `availability_by_sku` row (a mapping or a driver Row)."""
     status = _status(_field(row, "status"))
     quantity = int(_field(row, "quantity") or 0) if status == "ACTIVE" else 0
+    lead = _field(row, "lead_time_days")
     return SupplierEntry(str(_field(row, "supplier_id")), int(_field(row, "version")), quantity,
                          status, str(_field(row, "sku") or ""),
-                         _epoch_ms(_field(row, "updated_at")))
+                         _epoch_ms(_field(row, "updated_at")),
+                         None if lead is None else int(lead))
 
 
 def parse_hash(platform_sku: str, fields: Mapping[str, str]) -> dict[str, Any]:
@@ -148,6 +168,7 @@ def parse_hash(platform_sku: str, fields: Mapping[str, str]) -> dict[str, Any]:
                 "quantity": int(value),
                 "version": int(fields.get(f"v:{sid}", "0")),
                 "status": fields.get(f"s:{sid}", "ACTIVE"),
+                "lead_time_days": int(fields[f"l:{sid}"]) if f"l:{sid}" in fields else None,
                 "updated_at": int(fields.get(f"t:{sid}", "0")),
             }
     return {
@@ -373,19 +394,17 @@ CassandraAvailabilityReader = Callable[[str], "Awaitable[Iterable[Any]] | Iterab
 def _from_rows(platform_sku: str, rows: Sequence[Any]) -> dict[str, Any]:
     """The availability dict of Cassandra rows, computed like the Lua script does."""
     fields: dict[str, str] = {"complete": "1"}
-    total, best, best_q, updated_at = 0, None, 0, 0
-    for e in sorted((entry_from_row(r) for r in rows), key=lambda e: e.supplier_id):
-        for tag, value in zip("vqskt", e.script_args()[1:], strict=True):
-            fields[f"{tag}:{e.supplier_id}"] = value
+    updated_at = 0
+    for e in (entry_from_row(r) for r in rows):
+        for tag, value in zip("vqsktl", e.script_args()[1:], strict=True):
+            if value != "":
+                fields[f"{tag}:{e.supplier_id}"] = value
         updated_at = max(updated_at, e.updated_at)
-        if e.status == "ACTIVE" and e.quantity > 0:
-            total += e.quantity
-            if e.quantity > best_q:
-                best, best_q = e.supplier_id, e.quantity
-    fields.update(total=str(total), updated_at=str(updated_at))
-    if best:
-        fields["best"] = best
-    return parse_hash(platform_sku, fields)
+    fields["updated_at"] = str(updated_at)
+    parsed = parse_hash(platform_sku, fields)
+    parsed["total"] = total_available(parsed["suppliers"])
+    parsed["best_supplier"] = best_supplier(parsed["suppliers"]) if parsed["total"] > 0 else None
+    return parsed
 
 
 async def read_availability(

@@ -25,6 +25,7 @@ from connectors.redis_cache import (
     read_availability,
     rebuild_from_rows,
 )
+from pipeline.aggregate import best_supplier, total_available
 from pipeline.metrics import SINK_RETRIES
 
 pytestmark = pytest.mark.integration
@@ -142,7 +143,7 @@ def change(sku: str, supplier: str, version: int, quantity: int, status: str = "
 
 
 def reference(changes: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    """The expected cache values: newest version per (sku, supplier), totals of active ones."""
+    """The expected cache values: newest version per (sku, supplier), totals as aggregated."""
     latest: dict[tuple[str, str], dict[str, Any]] = {}
     for c in changes:
         k = (c["platform_sku"], c["supplier_id"])
@@ -150,19 +151,15 @@ def reference(changes: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
             latest[k] = c
     out: dict[str, dict[str, Any]] = {}
     for (sku, sup), c in sorted(latest.items()):
-        entry = out.setdefault(sku, {"total": 0, "best_supplier": None, "best_q": 0,
-                                     "updated_at": 0, "suppliers": {}})
-        active = c["status"] == "ACTIVE"
-        q = c["quantity_after"] if active else 0
+        entry = out.setdefault(sku, {"updated_at": 0, "suppliers": {}})
+        q = c["quantity_after"] if c["status"] == "ACTIVE" else 0
         entry["suppliers"][sup] = {"sku": c["sku"], "quantity": q, "version": c["version"],
-                                   "status": c["status"], "updated_at": c["changed_at"]}
+                                   "status": c["status"], "lead_time_days": None,
+                                   "updated_at": c["changed_at"]}
         entry["updated_at"] = max(entry["updated_at"], c["changed_at"])
-        if active and q > 0:
-            entry["total"] += q
-            if q > entry["best_q"]:  # suppliers iterate sorted: ties keep the smallest id
-                entry["best_supplier"], entry["best_q"] = sup, q
     for entry in out.values():
-        del entry["best_q"]
+        entry["total"] = total_available(entry["suppliers"])
+        entry["best_supplier"] = best_supplier(entry["suppliers"]) if entry["total"] else None
     return out
 
 
@@ -185,7 +182,7 @@ async def test_script_never_lets_an_older_or_equal_version_overwrite(cache: Redi
     await r.script_load(SCRIPT)
 
     def args(version: int | str, quantity: int, status: str = "ACTIVE") -> list[str]:
-        return ["0", "0", "s1", str(version), str(quantity), status, "sku-1", "1000"]
+        return ["0", "0", "s1", str(version), str(quantity), status, "sku-1", "1000", "-"]
 
     sha = (await r.script_load(SCRIPT))
     assert await r.evalsha(sha, 1, key, *args(5, 10)) == [1]
@@ -228,6 +225,22 @@ async def test_totals_across_suppliers_and_statuses(cache: RedisCache) -> None:
     got = await cache.get("P")
     assert got is not None and (got["total"], got["best_supplier"]) == (0, None)
     assert (await cache.get("Q"))["total"] == 4  # type: ignore[index]
+
+
+@requires_redis
+async def test_best_supplier_ties_rank_by_lead_time_like_the_aggregate(cache: RedisCache) -> None:
+    await cache.fill("P", [cassandra_row("a", 1, 5, lead=None), cassandra_row("b", 1, 5, lead=7),
+                           cassandra_row("c", 1, 5, lead=2), cassandra_row("d", 1, 4, lead=1)])
+    got = await cache.get("P")
+    assert got is not None and (got["total"], got["best_supplier"]) == (19, "c")
+    # A change carries no lead time: c keeps its stored one and stays best on a tie.
+    await cache.apply_batch([change("P", "c", 2, 5)])
+    got = await cache.get("P")
+    assert got is not None and got["best_supplier"] == "c"
+    assert got["suppliers"]["c"]["lead_time_days"] == 2
+    await cache.apply_batch([change("P", "c", 3, 1)])
+    got = await cache.get("P")
+    assert got is not None and got["best_supplier"] == "b"
 
 
 @requires_redis
@@ -356,9 +369,9 @@ async def test_redis_down_20s_mid_stream_converges_and_loses_nothing(
 
 
 def cassandra_row(supplier: str, version: int, quantity: int, status: str = "ACTIVE",
-                  sku: str = "P") -> dict[str, Any]:
+                  sku: str = "P", lead: int | None = None) -> dict[str, Any]:
     return {"platform_sku": sku, "supplier_id": supplier, "sku": f"{supplier}/{sku}",
-            "quantity": quantity, "version": version, "status": status, "lead_time_days": 2,
+            "quantity": quantity, "version": version, "status": status, "lead_time_days": lead,
             "price": None, "currency": None, "updated_at": version * 1000}
 
 
@@ -421,26 +434,22 @@ async def test_cache_aside_falls_back_to_cassandra_when_redis_is_unreachable() -
 
 @pytest.fixture
 def cassandra_keyspace() -> Iterator[tuple[Any, str]]:
-    """A keyspace of the test's own with a minimal availability_by_sku table."""
-    cluster_mod = pytest.importorskip("cassandra.cluster")
-    cluster = cluster_mod.Cluster(["127.0.0.1"], port=9042, protocol_version=5,
-                                  connect_timeout=10)
+    """A keyspace of the test's own, migrated by `stockflow db migrate`'s code."""
+    from connectors.cassandra_cluster import ClusterConfig, connect
+    from connectors.cassandra_schema import migrate
+
     try:
-        session = cluster.connect()
+        cluster, session = connect(ClusterConfig(connect_timeout_s=10))
     except Exception as exc:  # any driver failure means "not running"
-        cluster.shutdown()
         pytest.skip(f"Cassandra not reachable: {exc}")
     keyspace = f"rc_test_{uuid.uuid4().hex[:10]}"
-    session.execute(f"CREATE KEYSPACE {keyspace} WITH replication = "
-                    "{'class': 'SimpleStrategy', 'replication_factor': 1}")
-    session.execute(f"""CREATE TABLE {keyspace}.availability_by_sku (
-        platform_sku text, supplier_id text, sku text, quantity bigint, version bigint,
-        status text, lead_time_days int, price decimal, currency text, updated_at timestamp,
-        PRIMARY KEY ((platform_sku), supplier_id))""")
     try:
+        migrate(session, keyspace,
+                replication="{'class': 'SimpleStrategy', 'replication_factor': 1}",
+                history_ttl_s=0, stock_buckets=4)
         yield session, keyspace
     finally:
-        session.execute(f"DROP KEYSPACE IF EXISTS {keyspace}")
+        session.execute(f"DROP KEYSPACE IF EXISTS {keyspace}", timeout=60)
         cluster.shutdown()
 
 
@@ -448,6 +457,8 @@ async def test_rebuild_after_flushall_gives_identical_values(
     private_redis_factory: Any, cassandra_keyspace: tuple[Any, str]
 ) -> None:
     from datetime import UTC, datetime
+
+    from connectors.cassandra_read import iter_availability
 
     session, keyspace = cassandra_keyspace
     server = private_redis_factory(persistent=False)
@@ -481,8 +492,8 @@ async def test_rebuild_after_flushall_gives_identical_values(
         await cache.client.flushall()
         assert await cache.get("P4") is None
         progress: list[tuple[int, int]] = []
-        rows = session.execute(f"SELECT * FROM {keyspace}.availability_by_sku")
-        stats = await rebuild_from_rows(cache, rows, keys_per_pipeline=40,
+        stats = await rebuild_from_rows(cache, iter_availability(session, keyspace),
+                                        keys_per_pipeline=40,
                                         on_progress=lambda k, r: progress.append((k, r)))
         assert stats.keys == len(before) and progress[-1] == (stats.keys, stats.rows)
         after = await cached_values(cache, set(before))

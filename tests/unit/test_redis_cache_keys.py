@@ -60,7 +60,10 @@ def test_entry_from_change_zeroes_discontinued_quantity() -> None:
     e = entry_from_change(change(status="DISCONTINUED", quantity_after=5))
     assert (e.quantity, e.status) == (0, "DISCONTINUED")
     e = entry_from_change(change())
-    assert e.script_args() == ("sup-a", "3", "7", "ACTIVE", "A 1", "1700000000123")
+    # InventoryChange carries no lead time: "-" tells the script to keep the stored one.
+    assert e.script_args() == ("sup-a", "3", "7", "ACTIVE", "A 1", "1700000000123", "-")
+    assert entry_from_change(change(lead_time_days=None)).script_args()[-1] == ""
+    assert entry_from_change(change(lead_time_days=4)).script_args()[-1] == "4"
 
 
 def test_version_beyond_double_precision_is_sent_exactly() -> None:
@@ -82,7 +85,7 @@ def test_entry_from_row_accepts_driver_style_rows_and_datetimes() -> None:
     assert e.updated_at == int(datetime(2026, 1, 1, tzinfo=UTC).timestamp() * 1000)
 
 
-def test_rows_fold_like_the_script_total_of_active_and_best_tie_to_smallest_id() -> None:
+def test_rows_fold_like_the_aggregate_total_of_active_and_best_tie_to_smallest_id() -> None:
     rows = [
         {"supplier_id": "b", "sku": "1", "quantity": 5, "version": 1, "status": "ACTIVE",
          "updated_at": 10},
@@ -97,6 +100,21 @@ def test_rows_fold_like_the_script_total_of_active_and_best_tie_to_smallest_id()
     assert got["updated_at"] == 30
     assert got["complete"] is True
     assert got["suppliers"]["c"]["quantity"] == 0
+
+
+def test_rows_fold_best_prefers_known_shorter_lead_time_on_equal_stock() -> None:
+    rows = [
+        {"supplier_id": "a", "sku": "1", "quantity": 5, "version": 1, "status": "ACTIVE",
+         "updated_at": 1, "lead_time_days": None},
+        {"supplier_id": "b", "sku": "2", "quantity": 5, "version": 1, "status": "ACTIVE",
+         "updated_at": 1, "lead_time_days": 9},
+        {"supplier_id": "c", "sku": "3", "quantity": 5, "version": 1, "status": "ACTIVE",
+         "updated_at": 1, "lead_time_days": 3},
+    ]
+    got = _from_rows("P", rows)
+    assert got["best_supplier"] == "c"
+    assert got["suppliers"]["a"]["lead_time_days"] is None
+    assert got["suppliers"]["b"]["lead_time_days"] == 9
 
 
 def test_parse_hash_without_suppliers_or_best() -> None:
