@@ -1,0 +1,272 @@
+"""The Cassandra sink against the real Cassandra: reference rows, no regression, exact keys."""
+
+from __future__ import annotations
+
+import random
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from typer.testing import CliRunner
+
+from connectors.cassandra_cluster import ClusterConfig, connect
+from connectors.cassandra_read import (
+    epoch_millis,
+    iter_availability,
+    iter_sku_availability,
+    read_availability,
+)
+from connectors.cassandra_schema import applied_versions, migrate
+from connectors.cassandra_sink import CassandraSink, stock_bucket
+from pipeline.errors import SinkError
+
+pytestmark = pytest.mark.integration
+
+LOCAL_REPLICATION = "{'class': 'SimpleStrategy', 'replication_factor': 1}"
+BUCKETS = 16
+
+
+def stock_update(supplier: str, sku: str, version: int, quantity: int, *,
+                 platform_sku: str | None = None, status: str = "ACTIVE",
+                 quantity_before: int = 0, price: str | None = "9.90",
+                 lead_time_days: int | None = 3) -> dict[str, Any]:
+    """A StockUpdate dict as the apply step produces it."""
+    return {
+        "platform_sku": platform_sku if platform_sku is not None else f"P:{sku}",
+        "supplier_id": supplier, "sku": sku,
+        "quantity_before": quantity_before, "quantity_after": quantity, "version": version,
+        "status": status, "cause": "SNAPSHOT", "event_id": f"{supplier}/{sku}/{version}",
+        "observed_at": 1_760_000_000_000 + version % 997, "received_at": 1_760_000_000_500,
+        "produced_at": 1_760_000_000_900, "price": price,
+        "currency": "EUR" if price else None, "lead_time_days": lead_time_days,
+        "clamped": False, "suspect": version % 11 == 0,
+    }
+
+
+@pytest.fixture(scope="module")
+def keyspace() -> Iterator[tuple[Any, str]]:
+    """A migrated keyspace of this module, dropped afterwards; yields (session, keyspace)."""
+    ks = "sf_sink_" + uuid.uuid4().hex[:10]
+    cluster, session = connect(ClusterConfig())
+    try:
+        migrate(session, ks, replication=LOCAL_REPLICATION, history_ttl_s=3600,
+                stock_buckets=BUCKETS)
+        yield session, ks
+    finally:
+        session.execute(f"DROP KEYSPACE IF EXISTS {ks}", timeout=120)
+        cluster.shutdown()
+
+
+def sink_for(ks: str, **overrides: Any) -> CassandraSink:
+    return CassandraSink(keyspace=ks, max_in_flight=32, **overrides)
+
+
+def availability_row(session: Any, ks: str, platform_sku: str, supplier: str) -> Any:
+    return session.execute(
+        f"SELECT sku, quantity, version, status, lead_time_days, price, currency, updated_at, "
+        f"WRITETIME(quantity) AS written FROM {ks}.availability_by_sku "
+        "WHERE platform_sku = %s AND supplier_id = %s", (platform_sku, supplier)).one()
+
+
+def stock_row(session: Any, ks: str, supplier: str, sku: str) -> Any:
+    return session.execute(
+        f"SELECT platform_sku, quantity, version, status, WRITETIME(quantity) AS written "
+        f"FROM {ks}.stock_by_supplier WHERE supplier_id = %s AND bucket = %s AND sku = %s",
+        (supplier, stock_bucket(sku, BUCKETS), sku)).one()
+
+
+def test_migrate_is_idempotent_and_records_its_version(keyspace: tuple[Any, str]) -> None:
+    session, ks = keyspace
+    again = migrate(session, ks, replication=LOCAL_REPLICATION, history_ttl_s=3600,
+                    stock_buckets=BUCKETS)
+    assert again.applied == []
+    assert again.notes == []
+    assert set(applied_versions(session, ks)) == {1}
+    assert applied_versions(session, ks)[1]["stock_buckets"] == str(BUCKETS)
+    tables = session.cluster.metadata.keyspaces[ks].tables
+    assert {"availability_by_sku", "stock_by_supplier", "change_history",
+            "schema_version"} <= set(tables)
+    assert int(tables["change_history"].options["default_time_to_live"]) == 3600
+
+
+async def test_rows_equal_reference_after_duplicates_and_reordering(
+        keyspace: tuple[Any, str]) -> None:
+    session, ks = keyspace
+    rng = random.Random(20260522)
+    suppliers = [f"sup-{i}" for i in range(5)]
+    skus = [f"sku-{i}" for i in range(60)]
+    # Every (supplier, sku) gets versions 1..6; some are sent twice (replays), then the whole
+    # stream is shuffled so batches see older versions after newer ones.
+    updates = []
+    for supplier in suppliers:
+        for sku in rng.sample(skus, 25):
+            for version in range(1, 7):
+                u = stock_update(supplier, sku, version, rng.randrange(0, 500),
+                                 platform_sku=f"P{int(sku[4:]) % 17}-{sku}",
+                                 status=rng.choice(["ACTIVE", "ACTIVE", "DISCONTINUED"]),
+                                 price=rng.choice([None, "12.50"]),
+                                 lead_time_days=rng.choice([None, 2]))
+                updates.append(u)
+                if rng.random() < 0.3:
+                    updates.append(dict(u))
+    rng.shuffle(updates)
+
+    sink = sink_for(ks)
+    await sink.start()
+    try:
+        for i in range(0, len(updates), 97):
+            assert await sink.write_batch(updates[i:i + 97]) > 0
+    finally:
+        await sink.close()
+
+    expected: dict[tuple[str, str], dict[str, Any]] = {}
+    for u in updates:
+        key = (u["supplier_id"], u["sku"])
+        if key not in expected or u["version"] > expected[key]["version"]:
+            expected[key] = u
+    for (supplier, sku), u in expected.items():
+        row = availability_row(session, ks, u["platform_sku"], supplier)
+        assert row is not None, (supplier, sku)
+        assert (row.sku, row.quantity, row.version, row.status, row.lead_time_days, row.price,
+                row.currency, epoch_millis(row.updated_at)) == (
+            sku, u["quantity_after"], u["version"], u["status"], u["lead_time_days"],
+            u["price"], u["currency"], u["observed_at"])
+        assert row.written == u["version"]
+        srow = stock_row(session, ks, supplier, sku)
+        assert (srow.platform_sku, srow.quantity, srow.version, srow.status) == (
+            u["platform_sku"], u["quantity_after"], u["version"], u["status"])
+
+    # Nothing else was written, and every change is in the audit trail.
+    all_rows = list(iter_availability(session, ks, fetch_size=37))
+    assert len(all_rows) == len(expected)
+    history = {(r.supplier_id, r.sku, r.version) for r in session.execute(
+        f"SELECT supplier_id, sku, version FROM {ks}.change_history")}
+    assert history == {(u["supplier_id"], u["sku"], u["version"]) for u in updates}
+
+    grouped = list(iter_sku_availability(session, ks, fetch_size=7))
+    assert len({a["platform_sku"] for a in grouped}) == len(grouped)  # one entry per SKU
+    for availability in grouped:
+        assert availability == read_availability(session, availability["platform_sku"], ks)
+
+
+async def test_replayed_or_older_writes_do_not_regress_a_newer_row(
+        keyspace: tuple[Any, str]) -> None:
+    session, ks = keyspace
+    sink = sink_for(ks)
+    await sink.start()
+    try:
+        newest = stock_update("s-regress", "k-regress", 1_760_000_000_123_456, 42)
+        await sink.write_batch([newest])
+        # An older version arriving later (reordered), in its own batch and coalesced with
+        # another old one, must not win; neither must a replay of an older micro-timestamp.
+        await sink.write_batch([stock_update("s-regress", "k-regress", 1_760_000_000_000_001, 7,
+                                             status="DISCONTINUED", price=None)])
+        await sink.write_batch([
+            stock_update("s-regress", "k-regress", 1_700_000_000_000_000, 1, price="0.01"),
+            stock_update("s-regress", "k-regress", 1_750_000_000_000_000, 2, lead_time_days=99)])
+        await sink.write_batch([newest])  # an exact replay changes nothing either
+    finally:
+        await sink.close()
+    row = availability_row(session, ks, newest["platform_sku"], "s-regress")
+    assert (row.quantity, row.version, row.status, row.price, row.lead_time_days) == (
+        42, newest["version"], "ACTIVE", "9.90", 3)
+    srow = stock_row(session, ks, "s-regress", "k-regress")
+    assert (srow.quantity, srow.version) == (42, newest["version"])
+    versions = [r.version for r in session.execute(
+        f"SELECT version FROM {ks}.change_history WHERE supplier_id = %s AND sku = %s",
+        ("s-regress", "k-regress"))]
+    assert versions == sorted(versions, reverse=True) and len(versions) == 4
+
+
+AWKWARD = [
+    ("O'Brien \"quoted\"", "it's a \"sku\""),
+    ("'; DROP KEYSPACE stockflow; --", "'); DELETE FROM x; --"),
+    ("SELECT", "WHERE"),
+    ("token", "KEY"),
+    ("ünïcødé-供应商-🚀", "ß-€-😀-\u202e-ﬁ"),
+    ("s" * 63 + "Z", "k" * 127 + "Z"),
+    ("é" * 64, "😀" * 128),
+    ("%s %(x)s ? :name", "{0} %d ? :p \\n \\'"),
+]
+
+
+async def test_awkward_supplier_ids_and_skus_are_stored_exactly(
+        keyspace: tuple[Any, str]) -> None:
+    session, ks = keyspace
+    updates = [stock_update(supplier, sku, 5, 10 + i, platform_sku=f"awk|{sku}")
+               for i, (supplier, sku) in enumerate(AWKWARD)]
+    sink = sink_for(ks)
+    await sink.start()
+    try:
+        assert await sink.write_batch(updates) == 3 * len(updates)
+    finally:
+        await sink.close()
+    for u in updates:
+        availability = read_availability(session, u["platform_sku"], ks)
+        assert availability is not None
+        assert list(availability["suppliers"]) == [u["supplier_id"]]
+        assert availability["suppliers"][u["supplier_id"]]["sku"] == u["sku"]
+        assert availability["total"] == u["quantity_after"]
+        srow = stock_row(session, ks, u["supplier_id"], u["sku"])
+        assert srow.platform_sku == u["platform_sku"]
+        history = session.execute(
+            f"SELECT event_id FROM {ks}.change_history WHERE supplier_id = %s AND sku = %s",
+            (u["supplier_id"], u["sku"])).one()
+        assert history.event_id == u["event_id"]
+    # The keyspace survived the injection attempts.
+    assert ks in session.cluster.metadata.keyspaces
+
+
+def test_inventory_get_prints_availability_across_suppliers(
+        keyspace: tuple[Any, str], monkeypatch: pytest.MonkeyPatch) -> None:
+    import asyncio
+
+    import typer
+
+    from pipeline.commands import inventory
+    from pipeline.settings import get_settings
+
+    _session, ks = keyspace
+
+    async def write() -> None:
+        sink = sink_for(ks)
+        await sink.start()
+        try:
+            await sink.write_batch([
+                stock_update("acme", "A-1", 3, 7, platform_sku="O'Neil-1"),
+                stock_update("globex", "G-9", 8, 20, platform_sku="O'Neil-1", lead_time_days=5),
+                stock_update("initech", "I-2", 2, 99, platform_sku="O'Neil-1",
+                             status="DISCONTINUED")])
+        finally:
+            await sink.close()
+
+    asyncio.run(write())
+    monkeypatch.setenv("COLUMNS", "200")
+    get_settings.cache_clear()
+    app = typer.Typer()
+    app.callback()(lambda: None)  # a group, as in the real CLI: `inventory get ...`
+    inventory.register(app)
+    result = CliRunner().invoke(app, ["inventory", "get", "O'Neil-1", "--keyspace", ks])
+    assert result.exit_code == 0, result.output
+    for text in ("acme", "globex", "initech", "DISCONTINUED", "total available: 27",
+                 "best supplier: globex"):
+        assert text in result.output
+    missing = CliRunner().invoke(app, ["inventory", "get", "no-such-sku", "--keyspace", ks])
+    assert missing.exit_code == 1
+
+
+async def test_a_write_cassandra_can_never_accept_raises_sink_error(
+        keyspace: tuple[Any, str]) -> None:
+    import asyncio
+
+    _session, ks = keyspace
+    sink = sink_for(ks)
+    await sink.start()
+    try:
+        # A clustering key over 64 KiB: Cassandra rejects it, retrying cannot help.
+        with pytest.raises(SinkError):
+            await asyncio.wait_for(
+                sink.write_batch([stock_update("x" * 70_000, "k", 1, 1)]), timeout=60)
+    finally:
+        await sink.close()
