@@ -1,0 +1,167 @@
+"""`stockflow cache ...`: rebuild the Redis availability cache from Cassandra, read one SKU."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+from rich.console import Console
+
+if TYPE_CHECKING:
+    from pipeline.settings import Settings
+
+console = Console()
+
+cache_app = typer.Typer(help="The Redis availability cache.", no_args_is_help=True)
+
+
+def _rows_of(availability: dict[str, Any] | None) -> list[dict[str, Any]]:
+    """availability_by_sku rows back from connectors.cassandra_read's summary of them."""
+    if availability is None:
+        return []
+    return [{"platform_sku": availability["platform_sku"], "supplier_id": sid, **entry}
+            for sid, entry in availability["suppliers"].items()]
+
+
+def cached_inventory_get(settings: Settings, platform_sku: str,
+                         keyspace: str | None = None) -> dict[str, Any] | None:
+    """`stockflow inventory get SKU --cache`: Redis first, Cassandra on a miss, then fill.
+
+    Returns the availability dict (schemas/availability.avsc shape) with `source` ("redis" or
+    "cassandra") and `complete`, or None when no supplier has the SKU. Cassandra is only
+    connected on a miss.
+    """
+    from connectors.redis_cache import RedisCache, read_availability
+
+    async def run() -> dict[str, Any] | None:
+        cluster = None
+        session = None
+
+        async def read_cassandra(sku: str) -> list[dict[str, Any]]:
+            nonlocal cluster, session
+            from connectors.cassandra_cluster import ClusterConfig, connect
+            from connectors.cassandra_read import read_availability as read_rows
+
+            if session is None:
+                cluster, session = await asyncio.to_thread(
+                    connect, ClusterConfig.from_settings(settings))
+            summary = await asyncio.to_thread(read_rows, session, sku,
+                                              keyspace or settings.cassandra_keyspace)
+            return _rows_of(summary)
+
+        cache = RedisCache.from_settings(settings)
+        try:
+            return await read_availability(cache, read_cassandra, platform_sku)
+        finally:
+            await cache.close()
+            if cluster is not None:
+                cluster.shutdown()
+
+    return asyncio.run(run())
+
+
+def _estimated_partitions(session: Any, keyspace: str) -> int | None:
+    """Cassandra's own estimate of the platform SKUs (None when it has none yet)."""
+    try:
+        rows = session.execute(
+            "SELECT partitions_count FROM system.size_estimates "
+            "WHERE keyspace_name = %s AND table_name = 'availability_by_sku'", (keyspace,))
+        total = sum(int(r.partitions_count or 0) for r in rows)
+    except Exception:  # an estimate is optional: the bar then just counts
+        return None
+    return total or None
+
+
+@cache_app.command("rebuild")
+def rebuild(
+    keyspace: Annotated[str | None, typer.Option(
+        help="keyspace (default: settings.cassandra_keyspace)")] = None,
+    keys_per_pipeline: Annotated[int, typer.Option(
+        "--batch", min=1, max=10_000, help="platform SKUs per Redis pipeline")] = 500,
+) -> None:
+    """Refill Redis from Cassandra's availability_by_sku (e.g. after Redis restarted empty).
+
+    Version-guarded like every cache write: safe while the pipeline keeps writing changes.
+    """
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        SpinnerColumn,
+        TextColumn,
+        TimeElapsedColumn,
+    )
+
+    from connectors.cassandra_cluster import ClusterConfig, check_keyspace_name, connect
+    from connectors.cassandra_read import iter_availability
+    from connectors.redis_cache import RebuildStats, RedisCache, rebuild_from_rows
+    from pipeline.settings import get_settings
+
+    settings = get_settings()
+    ks = check_keyspace_name(keyspace or settings.cassandra_keyspace)
+    cluster, session = connect(ClusterConfig.from_settings(settings))
+    try:
+        estimate = _estimated_partitions(session, ks)
+        with Progress(SpinnerColumn(), TextColumn("[bold]{task.description}"), BarColumn(),
+                      MofNCompleteColumn(), TextColumn("{task.fields[rows]} rows"),
+                      TimeElapsedColumn(), console=console) as progress:
+            task = progress.add_task("platform SKUs", total=estimate, rows=0)
+
+            def on_progress(keys: int, rows: int) -> None:
+                total = progress.tasks[0].total
+                # The estimate can be low; never show more than 100 %.
+                progress.update(task, completed=keys, rows=rows,
+                                total=max(total, keys) if total is not None else None)
+
+            async def run() -> RebuildStats:
+                async with RedisCache.from_settings(settings) as cache:
+                    return await rebuild_from_rows(
+                        cache, iter_availability(session, ks),
+                        keys_per_pipeline=keys_per_pipeline, on_progress=on_progress)
+
+            stats = asyncio.run(run())
+            progress.update(task, total=stats.keys, completed=stats.keys)
+    finally:
+        cluster.shutdown()
+    console.print(f"rebuilt {stats.keys} platform SKUs from {stats.rows} rows "
+                  f"({stats.entries_written} supplier entries written, the rest were current)")
+
+
+@cache_app.command("get")
+def get(
+    platform_sku: Annotated[str, typer.Argument(metavar="SKU", help="the platform SKU")],
+    as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
+) -> None:
+    """Print what Redis holds for a platform SKU (no Cassandra fallback). Exit 1 if nothing."""
+    from connectors.redis_cache import RedisCache, availability_key
+    from pipeline.commands.inventory import availability_table
+    from pipeline.settings import get_settings
+
+    settings = get_settings()
+
+    async def run() -> tuple[dict[str, Any] | None, int]:
+        async with RedisCache.from_settings(settings) as cache:
+            got = await cache.get(platform_sku)
+            ttl_ms = await cache.client.pttl(cache.key(platform_sku)) if got else -2
+            return got, int(ttl_ms)
+
+    availability, ttl_ms = asyncio.run(run())
+    if availability is None:
+        console.print(f"platform SKU {platform_sku!r} is not in the cache", markup=False,
+                      highlight=False)
+        raise typer.Exit(1)
+    if as_json:
+        console.print_json(json.dumps({**availability, "ttl_ms": ttl_ms}))
+        return
+    console.print(availability_table(availability, "redis"))
+    ttl = "none" if ttl_ms < 0 else f"{ttl_ms / 1000:.0f}s"
+    console.print(f"complete: {availability['complete']}   ttl: {ttl}   "
+                  f"key: {availability_key(settings.redis_cache_key_prefix, platform_sku)}",
+                  markup=False, highlight=False)
+
+
+def register(app: typer.Typer) -> None:
+    """Add `stockflow cache ...`."""
+    app.add_typer(cache_app, name="cache")
