@@ -127,6 +127,9 @@ class SinkStats:
     outages: int = 0
 
 
+_MAX_INLINE_SENDS = 32
+
+
 class _InFlightWindow:
     """Keeps up to `limit` requests in flight over `items`, like the driver's execute_concurrent.
 
@@ -150,6 +153,7 @@ class _InFlightWindow:
         self._stopped = False
         self._finished = False
         self._failures: list[tuple[Statement, BaseException]] = []
+        self._local = threading.local()
         self.done: asyncio.Future[tuple[list[tuple[Statement, BaseException]], list[Statement]]]
         self.done = loop.create_future()
 
@@ -157,7 +161,8 @@ class _InFlightWindow:
         """Send the first `limit` requests (call from the event loop's thread)."""
         for _ in range(min(self._limit, len(self._items))):
             with self._lock:
-                if self._stopped:
+                # Completions chain sends from the driver's threads meanwhile: re-check.
+                if self._stopped or self._next >= len(self._items):
                     break
                 index = self._next
                 self._next += 1
@@ -176,14 +181,28 @@ class _InFlightWindow:
             self._stopped = True
 
     def _send(self, index: int) -> None:
-        statement, params = self._items[index]
-        try:
-            future = self._session.execute_async(statement, params, timeout=self._timeout_s)
-        except Exception as exc:  # encoding errors and a shut-down session raise here
-            self._complete(index, exc)
+        # A future that completed before add_callbacks runs its callback inline, which sends
+        # the next request inline: past a few levels, hand the send to the event loop instead
+        # of recursing.
+        depth = getattr(self._local, "depth", 0)
+        if depth >= _MAX_INLINE_SENDS:
+            try:
+                self._loop.call_soon_threadsafe(self._send, index)
+            except RuntimeError as exc:  # the loop closed: nobody is waiting any more
+                self._complete(index, exc)
             return
-        future.add_callbacks(self._on_success, self._on_error,
-                             callback_args=(index,), errback_args=(index,))
+        self._local.depth = depth + 1
+        try:
+            statement, params = self._items[index]
+            try:
+                future = self._session.execute_async(statement, params, timeout=self._timeout_s)
+            except Exception as exc:  # encoding errors and a shut-down session raise here
+                self._complete(index, exc)
+                return
+            future.add_callbacks(self._on_success, self._on_error,
+                                 callback_args=(index,), errback_args=(index,))
+        finally:
+            self._local.depth = depth
 
     def _on_success(self, _rows: Any, index: int) -> None:
         self._complete(index, None)

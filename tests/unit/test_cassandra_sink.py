@@ -218,3 +218,27 @@ async def test_an_encoding_error_raised_by_execute_async_is_fatal() -> None:
     sink = fake_sink(session, max_in_flight=4)
     with pytest.raises(SinkError):
         await asyncio.wait_for(sink.write_batch([update()]), timeout=5)
+
+
+class InlineSession(FakeSession):
+    """Every future is complete before add_callbacks: callbacks run inline, in this thread."""
+
+    def execute_async(self, statement: Any, params: tuple[Any, ...], timeout: float) -> Any:
+        session = self
+
+        class Done:
+            def add_callbacks(self, callback: Any, errback: Any,
+                              callback_args: tuple[Any, ...] = (),
+                              errback_args: tuple[Any, ...] = ()) -> None:
+                session.written.append(params)
+                callback(None, *callback_args)
+
+        return Done()
+
+
+async def test_inline_completions_neither_overrun_the_batch_nor_recurse_without_bound() -> None:
+    session = InlineSession()
+    sink = fake_sink(session, max_in_flight=64)
+    updates = [update(sku=f"k{i}", version=1) for i in range(3000)]  # 9000 rows, all inline
+    assert await sink.write_batch(updates) == 9000
+    assert len(session.written) == 9000
