@@ -286,16 +286,16 @@ class RedisCache:
         results = await self._with_retry(
             "apply_batch",
             lambda: self._run_scripts(
-                [(self.key(sku), [e for e, _ in held], False) for sku, held in calls]
+                [(self.key(sku), [e for e, _ in folded], False) for sku, folded in calls]
             ),
         )
         now_ms = time.time() * 1000
         keys_written = 0
         fresh = FRESHNESS.labels(stage="redis")
-        for (_, held), flags in zip(calls, results, strict=True):
+        for (_, folded), flags in zip(calls, results, strict=True):
             if any(flags):
                 keys_written += 1
-            for (_, produced), flag in zip(held, flags, strict=True):
+            for (_, produced), flag in zip(folded, flags, strict=True):
                 if flag:
                     for ms in produced:
                         if ms > 0:
@@ -377,7 +377,9 @@ class RedisCache:
         to Cassandra instead of waiting.
         """
         try:
-            fields = await self._redis.hgetall(self.key(platform_sku))
+            # decode_responses=True: field names and values are str
+            fields: dict[str, str] = await self._redis.hgetall(  # type: ignore[assignment]
+                self.key(platform_sku))
         except RedisError as exc:
             raise CacheError(f"redis read failed: {type(exc).__name__}: {exc}") from exc
         if not fields:
