@@ -23,10 +23,14 @@ class FtpDropServer:
         self.port: int | None = None
 
     def start(self, host: str = "127.0.0.1", port: int = 0) -> int:
+        import logging
+
         from pyftpdlib.authorizers import DummyAuthorizer
         from pyftpdlib.handlers import FTPHandler
         from pyftpdlib.servers import FTPServer
 
+        # pyftpdlib logs every command at INFO; the simulator's own log says what matters.
+        logging.getLogger("pyftpdlib").setLevel(logging.WARNING)
         authorizer = DummyAuthorizer()
         for user, password in self.passwords.items():
             home = self.root / user

@@ -113,7 +113,7 @@ class SupplierHttp:
             async with session.request(method, url, params=params, headers=headers,
                                        json=json_body) as resp:
                 body = await resp.read()
-                result = HttpResponse(resp.status, dict(resp.headers), body)
+                result = HttpResponse(resp.status, resp.headers.copy(), body)
         except TimeoutError as exc:
             raise RetryableError(f"{method} {url} timed out") from exc
         except aiohttp.ClientError as exc:
