@@ -61,6 +61,14 @@ for i = 3, #ARGV, 7 do
     written[#written + 1] = 1
     changed = true
   else
+    -- Same version from Cassandra (a fill) may bring the lead time the change record did not
+    -- carry: take it, it ranks ties for `best`. The entry itself is not rewritten.
+    local lead = ARGV[i + 6]
+    if stored == version and lead ~= '-' and lead ~= ''
+        and redis.call('HEXISTS', key, 'l:' .. supplier) == 0 then
+      redis.call('HSET', key, 'l:' .. supplier, lead)
+      changed = true
+    end
     written[#written + 1] = 0
   end
 end

@@ -244,6 +244,20 @@ async def test_best_supplier_ties_rank_by_lead_time_like_the_aggregate(cache: Re
 
 
 @requires_redis
+async def test_fill_of_the_same_version_adds_the_lead_time_a_change_lacked(
+    cache: RedisCache,
+) -> None:
+    await cache.apply_batch([change("P", "a", 4, 5), change("P", "b", 2, 5)])
+    assert (await cache.get("P"))["best_supplier"] == "a"  # type: ignore[index]
+    # Cassandra holds the same versions, with lead times: b ships faster.
+    assert await cache.fill("P", [cassandra_row("a", 4, 5, lead=9),
+                                  cassandra_row("b", 2, 5, lead=1)]) == 0
+    got = await cache.get("P")
+    assert got is not None and got["best_supplier"] == "b" and got["complete"]
+    assert got["suppliers"]["a"]["lead_time_days"] == 9
+
+
+@requires_redis
 async def test_batch_coalesces_counts_keys_and_sets_ttl(cache: RedisCache) -> None:
     batch = [change("P", "a", v, v * 10) for v in (3, 1, 2)] + [change("Q", "a", 1, 1)]
     assert await cache.apply_batch(batch) == 2
