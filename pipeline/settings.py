@@ -95,6 +95,19 @@ class Settings(BaseSettings):
 
     # --- Supplier connectors and simulator (connectors/) -------------------------------
     # (connector settings go here)
+    suppliers_config: Path = Field(
+        default=Path("examples/suppliers.yaml"),
+        description="suppliers YAML of `stockflow connectors run` and `stockflow simulate`",
+    )
+    connectors_state_file: Path | None = Field(
+        default=None, description="cursors and CSV snapshots; default data_dir/connectors.sqlite"
+    )
+    connectors_metrics_port: int = Field(default=9109, ge=0, le=65535)
+
+    @property
+    def connectors_state_path(self) -> Path:
+        """Where the connectors keep their cursors and snapshots."""
+        return self.connectors_state_file or self.data_dir / "connectors.sqlite"
 
     # --- Pipeline semantics ---------------------------------------------------------
     catalog_path: Path | None = Field(
