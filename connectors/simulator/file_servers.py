@@ -69,8 +69,12 @@ class SftpDropServer:
         self.port: int | None = None
 
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> int:
+        import logging
+
         import asyncssh
 
+        # asyncssh logs every channel at INFO.
+        logging.getLogger("asyncssh").setLevel(logging.WARNING)
         passwords = self.passwords
         root = self.root
 

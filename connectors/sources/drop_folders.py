@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import ftplib
 import io
+import logging
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -133,6 +134,8 @@ class SftpFolder:
         import asyncssh
 
         if self._sftp is None:
+            # asyncssh logs every channel at INFO.
+            logging.getLogger("asyncssh").setLevel(logging.WARNING)
             if self.known_hosts is None:
                 log.warning("sftp host key not verified (no known_hosts configured)",
                             host=self.host, port=self.port)
