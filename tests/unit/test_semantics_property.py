@@ -1,0 +1,296 @@
+"""Property tests: the pure steps folded over any arrival order equal the reference model."""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from pipeline.aggregate import fold_update
+from pipeline.apply import decide
+from pipeline.catalog import Catalog
+from pipeline.dedup import seen_key
+from pipeline.validate import delta_key, validate_delta
+from tests.unit.reference_model import reference_run
+
+NOW = 1_760_000_000_000
+TTL_MS = 10 * 24 * 3_600_000  # longer than any run: the reference model never forgets
+SPARSE_BASE = 1_760_000_000_000_000  # a source timestamp in microseconds
+
+SUPPLIERS = ("s1", "s2", "s3")
+SKUS = ("A", "B")
+KEYS = tuple((s, k) for s in SUPPLIERS for k in SKUS)
+# Several suppliers per platform SKU, some SKUs unmapped (identity).
+CATALOG = Catalog({("s1", "A"): "P1", ("s2", "A"): "P1", ("s2", "B"): "P2", ("s3", "B"): "P2"})
+
+# Weights of the arrival operations: mostly new events, plenty of trouble.
+OPS = ("new",) * 6 + ("redeliver",) * 2 + ("reissue", "stale_snapshot", "swap", "swap")
+
+Delta = dict[str, Any]
+
+
+def _delta(
+    key: tuple[str, str],
+    event_id: str,
+    sequence: int,
+    kind: str,
+    quantity: int,
+    status: str,
+    lead_time_days: int | None,
+) -> Delta:
+    return {
+        "supplier_id": key[0],
+        "sku": key[1],
+        "event_id": event_id,
+        "sequence": sequence,
+        "kind": kind,
+        "quantity": quantity,
+        "observed_at": NOW - 10_000,
+        "price": None,
+        "currency": None,
+        "warehouse": None,
+        "lead_time_days": lead_time_days,
+        "status": status,
+        "connector": "test",
+        "received_at": NOW - 5_000,
+    }
+
+
+@st.composite
+def arrivals(draw: st.DrawFn, *, max_ops: int = 40) -> list[Delta]:
+    """An arrival order of deltas with duplicates, re-issued ids, stale snapshots, reordering."""
+    sparse = {key: draw(st.booleans()) for key in KEYS}
+    last_seq = {key: SPARSE_BASE if sparse[key] else 0 for key in KEYS}
+    originals: list[Delta] = []
+    out: list[Delta] = []
+
+    def next_sequence(key: tuple[str, str]) -> int:
+        if sparse[key]:
+            step = draw(st.integers(1, 5_000_000))
+        else:
+            step = draw(st.sampled_from((1, 1, 1, 1, 2, 3)))  # 2 and 3 are gaps
+        last_seq[key] += step
+        return last_seq[key]
+
+    for n in range(draw(st.integers(1, max_ops))):
+        op = draw(st.sampled_from(OPS))
+        if op == "new" or not originals:
+            key = draw(st.sampled_from(KEYS))
+            kind = draw(st.sampled_from(("SNAPSHOT", "ADJUSTMENT", "ADJUSTMENT")))
+            quantity = draw(st.integers(0, 8) if kind == "SNAPSHOT" else st.integers(-6, 6))
+            status = draw(st.sampled_from(("ACTIVE",) * 4 + ("DISCONTINUED",)))
+            lead = draw(st.sampled_from((None, 1, 5)))
+            d = _delta(key, f"e{n}", next_sequence(key), kind, quantity, status, lead)
+            originals.append(d)
+            out.append(d)
+        elif op == "redeliver":  # the same record again (connector retry, consumer replay)
+            out.append(dict(draw(st.sampled_from(out))))
+        elif op == "reissue":  # the same event_id under a fresh sequence
+            d = dict(draw(st.sampled_from(originals)))
+            d["sequence"] = next_sequence((d["supplier_id"], d["sku"]))
+            out.append(d)
+        elif op == "stale_snapshot":  # a late snapshot carrying an old sequence
+            key = draw(st.sampled_from(KEYS))
+            low = SPARSE_BASE if sparse[key] else 1
+            sequence = draw(st.integers(low, max(low, last_seq[key])))
+            d = _delta(key, f"e{n}", sequence, "SNAPSHOT", draw(st.integers(0, 8)), "ACTIVE", 1)
+            originals.append(d)
+            out.append(d)
+        elif op == "swap" and len(out) >= 2:  # arrive before an earlier event
+            back = draw(st.integers(1, min(4, len(out) - 1)))
+            out.insert(len(out) - 1 - back, out.pop())
+    return out
+
+
+@dataclass
+class PipelineRun:
+    """What folding the pure steps over an arrival order produced."""
+
+    states: dict[tuple[str, str], Delta] = field(default_factory=dict)
+    seen: dict[str, int] = field(default_factory=dict)
+    availability: dict[str, Delta] = field(default_factory=dict)
+    updates: list[Delta] = field(default_factory=list)
+    changes: list[Delta] = field(default_factory=list)
+    remembered: Counter[str] = field(default_factory=Counter)
+    counts: Counter[str] = field(default_factory=Counter)
+    min_quantity: int = 0
+
+
+def run_pipeline(
+    deltas: list[Delta], run: PipelineRun | None = None, *, t0: int = NOW
+) -> PipelineRun:
+    """What the agents do, minus Kafka: validate, dedup+apply, then fold per platform SKU."""
+    run = run or PipelineRun()
+    for i, raw in enumerate(deltas):
+        now = t0 + i
+        delta = validate_delta(raw, key=delta_key(raw["supplier_id"], raw["sku"]), now_ms=now)
+        key = (delta["supplier_id"], delta["sku"])
+        sk = seen_key(delta["supplier_id"], delta["event_id"])
+        decision = decide(
+            delta,
+            run.states.get(key),
+            run.seen.get(sk),
+            platform_sku=CATALOG.platform_sku(*key),
+            now_ms=now,
+            produced_at_ms=now,
+            dedup_ttl_ms=TTL_MS,
+        )
+        run.counts[decision.outcome] += 1
+        run.counts["gap"] += decision.gap
+        run.counts["clamped"] += decision.clamped
+        run.counts["resync"] += decision.resync is not None
+        if decision.remember_event:
+            run.seen[sk] = now
+            run.remembered[sk] += 1
+        if decision.state is not None:
+            run.states[key] = decision.state
+            run.min_quantity = min(run.min_quantity, decision.state["quantity"])
+        if decision.update is not None:
+            update = decision.update
+            run.updates.append(update)
+            run.min_quantity = min(run.min_quantity, update["quantity_after"])
+            platform_sku = update["platform_sku"]
+            avail, change = fold_update(run.availability.get(platform_sku), update, now_ms=now)
+            run.availability[platform_sku] = avail
+            if change is not None:
+                run.changes.append(change)
+    return run
+
+
+def _project(record: Delta, fields: tuple[str, ...]) -> Delta:
+    return {f: record[f] for f in fields}
+
+
+CHANGE_FIELDS = (
+    "platform_sku",
+    "supplier_id",
+    "sku",
+    "version",
+    "quantity_before",
+    "quantity_after",
+    "status",
+    "cause",
+    "event_id",
+    "total_available",
+    "best_supplier",
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(arrivals())
+def test_pipeline_equals_reference_model(deltas: list[Delta]) -> None:
+    run = run_pipeline(deltas)
+    ref = reference_run(deltas, platform_sku_of=CATALOG.platform_sku)
+
+    states = {
+        k: _project(s, ("quantity", "version", "status", "suspect")) for k, s in run.states.items()
+    }
+    assert states == ref.states
+    for key, s in run.states.items():
+        assert s["platform_sku"] == CATALOG.platform_sku(*key)
+
+    assert run.min_quantity >= 0  # never negative, stored or published
+    assert all(n == 1 for n in run.remembered.values())  # no event_id accepted twice
+    assert sorted(run.remembered) == sorted(seen_key(s, e) for s, e in ref.accepted)
+    for outcome in ("applied", "noop", "duplicate", "stale", "gap", "clamped", "resync"):
+        assert run.counts[outcome] == ref.counts[outcome], outcome
+
+    availability = {
+        p: {
+            "total": a["total"],
+            "best_supplier": a["best_supplier"],
+            "suppliers": {
+                s: _project(e, ("sku", "quantity", "status", "lead_time_days"))
+                for s, e in a["suppliers"].items()
+            },
+        }
+        for p, a in run.availability.items()
+    }
+    assert availability == ref.availability
+    # One InventoryChange per effective change, in order, with the same totals.
+    assert [_project(c, CHANGE_FIELDS) for c in run.changes] == ref.changes
+    assert len(run.changes) == len(run.updates) == ref.counts["applied"]
+
+
+@settings(max_examples=200, deadline=None)
+@given(arrivals())
+def test_reference_totals_match_its_own_states(deltas: list[Delta]) -> None:
+    """Cross-check of the reference: availability recomputed from the final states."""
+    ref = reference_run(deltas, platform_sku_of=CATALOG.platform_sku)
+    totals: Counter[str] = Counter()
+    for (supplier_id, sku), s in ref.states.items():
+        if s["status"] == "ACTIVE":
+            totals[CATALOG.platform_sku(supplier_id, sku)] += s["quantity"]
+    for platform_sku in set(totals) | set(ref.availability):
+        assert ref.availability.get(platform_sku, {"total": 0})["total"] == totals[platform_sku]
+
+
+@settings(max_examples=100, deadline=None)
+@given(arrivals())
+def test_replaying_the_whole_log_changes_nothing(deltas: list[Delta]) -> None:
+    run = run_pipeline(deltas)
+    states_before = {k: dict(s) for k, s in run.states.items()}
+    availability_before = dict(run.availability)
+    n_updates, n_changes = len(run.updates), len(run.changes)
+
+    run_pipeline(deltas, run, t0=NOW + 1_000)
+
+    assert len(run.updates) == n_updates and len(run.changes) == n_changes
+    assert run.states == states_before
+    assert run.availability == availability_before
+    # And a replay of the updates into the availability table is ignored too.
+    for update in run.updates:
+        avail = run.availability[update["platform_sku"]]
+        assert fold_update(avail, update, now_ms=NOW + 2_000) == (avail, None)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(st.tuples(st.integers(1, 30), st.integers(0, 50)), min_size=1, max_size=25),
+    st.randoms(use_true_random=False),
+)
+def test_snapshots_in_any_order_end_at_the_newest(
+    snapshots: list[tuple[int, int]], rnd: Any
+) -> None:
+    """Independent of the reference: the newest snapshot wins whatever the arrival order."""
+    deltas = [
+        _delta(("s1", "A"), f"e{i}", seq, "SNAPSHOT", qty, "ACTIVE", None)
+        for i, (seq, qty) in enumerate(snapshots)
+    ]
+    arrival = deltas + [dict(d) for d in deltas[: len(deltas) // 2]]
+    rnd.shuffle(arrival)
+    run = run_pipeline(arrival)
+    newest = max(seq for seq, _ in snapshots)
+    first_arrived = next(d for d in arrival if d["sequence"] == newest)
+    assert run.states[("s1", "A")]["version"] == newest
+    assert run.states[("s1", "A")]["quantity"] == first_arrived["quantity"]
+    assert not run.states[("s1", "A")]["suspect"]
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.data())
+def test_in_order_dense_stream_is_last_snapshot_plus_later_adjustments(data: st.DataObject) -> None:
+    """Independent of the reference: with no trouble, quantity is plain arithmetic."""
+    deltas: list[Delta] = []
+    running = 0
+    base = 0  # last snapshot quantity (0 before any)
+    adjustments_after: list[int] = []
+    for sequence in range(1, data.draw(st.integers(2, 30)) + 1):
+        if sequence == 1 or data.draw(st.booleans()):
+            qty = data.draw(st.integers(0, 40))
+            kind, running, base, adjustments_after = "SNAPSHOT", qty, qty, []
+        else:
+            qty = data.draw(st.integers(-running, 40))  # never below zero: nothing clamps
+            kind, running = "ADJUSTMENT", running + qty
+            adjustments_after.append(qty)
+        deltas.append(_delta(("s2", "B"), f"e{sequence}", sequence, kind, qty, "ACTIVE", None))
+    run = run_pipeline(deltas)
+    state = run.states[("s2", "B")]
+    assert state["quantity"] == base + sum(adjustments_after)
+    assert state["version"] == len(deltas)
+    assert not state["suspect"]
+    assert run.counts["gap"] == run.counts["clamped"] == run.counts["stale"] == 0
+    assert run.availability.get("P2", {"total": 0})["total"] == state["quantity"]
