@@ -40,7 +40,7 @@ def _root(
     configure_logging(json=use_json, level=settings.log_level)
 
 
-def _stack():  # noqa: ANN202 - local import keeps `stockflow --help` fast
+def _stack():
     from pipeline.stack import LocalStack
 
     return LocalStack(get_settings())
