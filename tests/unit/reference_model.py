@@ -75,24 +75,30 @@ def reference_run(
     deltas_in_arrival_order: Iterable[dict[str, Any]],
     *,
     platform_sku_of: PlatformSkuOf = _identity,
+    dedup_per_key: bool = False,
 ) -> ReferenceResult:
-    """Replay deltas in arrival order and return states, availability, changes and counts."""
+    """Replay deltas in arrival order and return states, availability, changes and counts.
+
+    An event_id is unique per supplier (the contract); dedup_per_key=True scopes the dedup
+    memory per (supplier, sku) instead, for a pipeline that keeps it in the stock entry.
+    """
     result = ReferenceResult()
-    accepted_ids: set[tuple[str, str]] = set()
+    accepted_ids: set[tuple[str, ...]] = set()
 
     for d in deltas_in_arrival_order:
         supplier_id, sku, sequence = d["supplier_id"], d["sku"], d["sequence"]
         key = (supplier_id, sku)
         status = d.get("status") or "ACTIVE"
 
-        if (supplier_id, d["event_id"]) in accepted_ids:
+        dedup_id = (*key, d["event_id"]) if dedup_per_key else (supplier_id, d["event_id"])
+        if dedup_id in accepted_ids:
             result.counts["duplicate"] += 1
             continue
         old = result.states.get(key)
         if old is not None and sequence <= old["version"]:
             result.counts["stale"] += 1
             continue
-        accepted_ids.add((supplier_id, d["event_id"]))
+        accepted_ids.add(dedup_id)
         result.accepted.append((supplier_id, d["event_id"]))
 
         if d["kind"] == "SNAPSHOT":
@@ -170,12 +176,13 @@ def reference_run(
 
 
 def reference_state(
-    deltas_in_arrival_order: Iterable[dict[str, Any]],
+    deltas_in_arrival_order: Iterable[dict[str, Any]], *, dedup_per_key: bool = False
 ) -> dict[Key, dict[str, Any]]:
     """(supplier_id, sku) -> {"quantity", "version", "status"} after the deltas."""
+    run = reference_run(deltas_in_arrival_order, dedup_per_key=dedup_per_key)
     return {
         key: {"quantity": s["quantity"], "version": s["version"], "status": s["status"]}
-        for key, s in reference_run(deltas_in_arrival_order).states.items()
+        for key, s in run.states.items()
     }
 
 
@@ -183,6 +190,10 @@ def reference_availability(
     deltas_in_arrival_order: Iterable[dict[str, Any]],
     *,
     platform_sku_of: PlatformSkuOf = _identity,
+    dedup_per_key: bool = False,
 ) -> dict[str, dict[str, Any]]:
     """platform_sku -> {"total", "best_supplier", "suppliers"} after the deltas."""
-    return reference_run(deltas_in_arrival_order, platform_sku_of=platform_sku_of).availability
+    run = reference_run(
+        deltas_in_arrival_order, platform_sku_of=platform_sku_of, dedup_per_key=dedup_per_key
+    )
+    return run.availability

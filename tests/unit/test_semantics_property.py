@@ -294,3 +294,61 @@ def test_in_order_dense_stream_is_last_snapshot_plus_later_adjustments(data: st.
     assert not state["suspect"]
     assert run.counts["gap"] == run.counts["clamped"] == run.counts["stale"] == 0
     assert run.availability.get("P2", {"total": 0})["total"] == state["quantity"]
+
+
+def test_reference_model_on_a_worked_example() -> None:
+    """The reference itself, against numbers worked out by hand."""
+    a, b = ("s1", "A"), ("s2", "A")
+    deltas = [
+        _delta(a, "e1", 1, "SNAPSHOT", 10, "ACTIVE", 2),  # a: 10
+        _delta(a, "e2", 2, "ADJUSTMENT", -3, "ACTIVE", 2),  # a: 7
+        _delta(a, "e2", 2, "ADJUSTMENT", -3, "ACTIVE", 2),  # duplicate
+        _delta(a, "e0", 1, "SNAPSHOT", 50, "ACTIVE", 2),  # stale
+        _delta(a, "e4", 4, "ADJUSTMENT", -9, "ACTIVE", 2),  # gap (3 missing), clamp: 0, suspect
+        _delta(b, "e1", 7, "ADJUSTMENT", 4, "ACTIVE", 9),  # no state: 4, suspect, resync
+        _delta(b, "e8", 8, "SNAPSHOT", 6, "DISCONTINUED", 9),  # publishes 0, clears suspect
+        _delta(a, "e9", 9, "SNAPSHOT", 0, "ACTIVE", 2),  # 0 -> 0: no-op, clears suspect
+    ]
+    ref = reference_run(deltas, platform_sku_of=CATALOG.platform_sku)
+    assert ref.states == {
+        a: {"quantity": 0, "version": 9, "status": "ACTIVE", "suspect": False},
+        b: {"quantity": 6, "version": 8, "status": "DISCONTINUED", "suspect": False},
+    }
+    assert ref.counts == Counter(
+        applied=5, noop=1, duplicate=1, stale=1, gap=1, clamped=1, resync=2
+    )
+    assert [
+        (
+            c["supplier_id"],
+            c["quantity_before"],
+            c["quantity_after"],
+            c["cause"],
+            c["total_available"],
+        )
+        for c in ref.changes
+    ] == [
+        ("s1", 0, 10, "SNAPSHOT", 10),
+        ("s1", 10, 7, "ADJUSTMENT", 7),
+        ("s1", 7, 0, "ADJUSTMENT", 0),
+        ("s2", 0, 4, "ADJUSTMENT", 4),
+        ("s2", 4, 0, "DISCONTINUED", 0),
+    ]
+    assert ref.availability["P1"]["total"] == 0
+    assert ref.availability["P1"]["best_supplier"] is None
+    # The pipeline agrees on this example too.
+    run = run_pipeline(deltas)
+    assert {
+        k: _project(s, ("quantity", "version", "status", "suspect")) for k, s in run.states.items()
+    } == ref.states
+
+
+def test_event_id_is_unique_per_supplier_not_per_sku() -> None:
+    deltas = [
+        _delta(("s1", "A"), "same", 1, "SNAPSHOT", 5, "ACTIVE", None),
+        _delta(("s1", "B"), "same", 1, "SNAPSHOT", 7, "ACTIVE", None),
+        _delta(("s2", "B"), "same", 1, "SNAPSHOT", 9, "ACTIVE", None),
+    ]
+    assert set(reference_run(deltas).states) == {("s1", "A"), ("s2", "B")}
+    assert set(run_pipeline(deltas).states) == {("s1", "A"), ("s2", "B")}
+    per_key = reference_run(deltas, dedup_per_key=True)
+    assert set(per_key.states) == {("s1", "A"), ("s1", "B"), ("s2", "B")}
