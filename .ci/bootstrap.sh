@@ -15,13 +15,10 @@ if [ ${#need_apt[@]} -gt 0 ]; then
   echo "installing ${need_apt[*]} from Debian's packages"
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need_apt[@]}" >/dev/null
-fi
-# Debian starts a system redis on 6379 after install; the stack runs its own.
-if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet redis-server 2>/dev/null; then
-  systemctl stop redis-server || true
-fi
-if pgrep -x redis-server >/dev/null 2>&1 && [ -f /etc/redis/redis.conf ] && ! pgrep -f "stockflow:" >/dev/null; then
-  service redis-server stop >/dev/null 2>&1 || true
+  # Debian may start a system redis on 6379 right after the install; the stack runs its own.
+  if [[ " ${need_apt[*]} " == *" redis-server "* ]]; then
+    $SUDO service redis-server stop >/dev/null 2>&1 || $SUDO systemctl stop redis-server >/dev/null 2>&1 || true
+  fi
 fi
 
 PY=${PYTHON:-python3}
