@@ -87,7 +87,7 @@ class DeltaProducer:
         loop = asyncio.get_running_loop()
         futures: list[asyncio.Future[None]] = []
 
-        def resolver(fut: asyncio.Future[None]):  # noqa: ANN202
+        def resolver(fut: asyncio.Future[None]):
             def done(err: KafkaError | None, _msg: Message) -> None:
                 def settle() -> None:
                     if fut.done():

@@ -17,8 +17,8 @@ from importlib import resources
 from typing import Any
 
 import fastavro
-from faust.serializers import codecs
 from fastavro.schema import to_parsing_canonical_form
+from faust.serializers import codecs
 
 from pipeline.errors import SchemaError
 
