@@ -36,10 +36,9 @@ class FtpDropServer:
             home = self.root / user
             home.mkdir(parents=True, exist_ok=True)
             authorizer.add_user(user, password, str(home), perm="elr")
-        handler = type("SimulatorFtpHandler", (FTPHandler,), {})
-        handler.authorizer = authorizer
-        handler.banner = "stockflow supplier simulator"
-        handler.passive_ports = None
+        # A subclass, so the class-level settings do not leak into other FTPHandler users.
+        handler: Any = type("SimulatorFtpHandler", (FTPHandler,), {
+            "authorizer": authorizer, "banner": "stockflow supplier simulator"})
         self._server = FTPServer((host, port), handler)
         self._server.max_cons = 64
         self.port = self._server.address[1]

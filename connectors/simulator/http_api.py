@@ -62,7 +62,8 @@ def _token(payload: dict[str, Any]) -> str:
 
 
 def _untoken(token: str) -> dict[str, Any]:
-    return json.loads(base64.urlsafe_b64decode(token.encode()))  # type: ignore[no-any-return]
+    decoded: dict[str, Any] = json.loads(base64.urlsafe_b64decode(token.encode()))
+    return decoded
 
 
 class SupplierHttpApi:
@@ -190,7 +191,8 @@ class SupplierHttpApi:
         await self._runner.setup()
         site = web.TCPSite(self._runner, host, port)
         await site.start()
-        sockets = site._server.sockets if site._server else []
+        server = site._server
+        sockets = getattr(server, "sockets", None) or []
         self.port = sockets[0].getsockname()[1] if sockets else port
         return self.port
 

@@ -176,7 +176,8 @@ class SftpFolder:
         sftp = await self._client()
         try:
             async with sftp.open(f"{self.directory.rstrip('/')}/{name}", "rb") as fh:
-                return await fh.read()  # type: ignore[no-any-return]
+                data: bytes = await fh.read()
+                return data
         except (OSError, asyncssh.Error) as exc:
             await self.close()
             raise RetryableError(f"sftp read {name}: {exc}") from exc

@@ -143,7 +143,8 @@ class WebhookReceiver:
         await self._runner.setup()
         site = web.TCPSite(self._runner, host, port)
         await site.start()
-        sockets = site._server.sockets if site._server else []
+        server = site._server
+        sockets = getattr(server, "sockets", None) or []
         self.port = sockets[0].getsockname()[1] if sockets else port
         log.info("webhook receiver listening", host=host, port=self.port,
                  suppliers=sorted(self.suppliers))
