@@ -37,53 +37,63 @@ local function better(q, lead, id, bq, blead, bid)
   return id < bid
 end
 
+-- One HGETALL, the decisions and the recompute in Lua, then one HSET (+ HDEL) and PEXPIRE:
+-- a handful of redis.call per key whatever the number of suppliers.
 local key = KEYS[1]
+local flat = redis.call('HGETALL', key)
+local fields = {}
+for j = 1, #flat, 2 do
+  fields[flat[j]] = flat[j + 1]
+end
+local dirty = {}
+local function set(field, value)
+  fields[field] = value
+  dirty[field] = true
+end
+local function unset(field)
+  if fields[field] ~= nil then
+    fields[field] = nil
+    dirty[field] = true
+  end
+end
+
 local written = {}
 local changed = false
-
 for i = 3, #ARGV, 7 do
   local supplier = ARGV[i]
   local version = ARGV[i + 1]
-  local stored = redis.call('HGET', key, 'v:' .. supplier)
+  local lead = ARGV[i + 6]
+  local stored = fields['v:' .. supplier]
   if (not stored) or newer(version, stored) then
-    redis.call('HSET', key,
-      'q:' .. supplier, ARGV[i + 2],
-      'v:' .. supplier, version,
-      's:' .. supplier, ARGV[i + 3],
-      'k:' .. supplier, ARGV[i + 4],
-      't:' .. supplier, ARGV[i + 5])
-    local lead = ARGV[i + 6]
+    set('q:' .. supplier, ARGV[i + 2])
+    set('v:' .. supplier, version)
+    set('s:' .. supplier, ARGV[i + 3])
+    set('k:' .. supplier, ARGV[i + 4])
+    set('t:' .. supplier, ARGV[i + 5])
     if lead == '' then
-      redis.call('HDEL', key, 'l:' .. supplier)
+      unset('l:' .. supplier)
     elseif lead ~= '-' then
-      redis.call('HSET', key, 'l:' .. supplier, lead)
+      set('l:' .. supplier, lead)
     end
     written[#written + 1] = 1
     changed = true
   else
     -- Same version from Cassandra (a fill) may bring the lead time the change record did not
     -- carry: take it, it ranks ties for `best`. The entry itself is not rewritten.
-    local lead = ARGV[i + 6]
-    if stored == version and lead ~= '-' and lead ~= ''
-        and redis.call('HEXISTS', key, 'l:' .. supplier) == 0 then
-      redis.call('HSET', key, 'l:' .. supplier, lead)
+    if stored == version and lead ~= '-' and lead ~= '' and fields['l:' .. supplier] == nil then
+      set('l:' .. supplier, lead)
       changed = true
     end
     written[#written + 1] = 0
   end
 end
 
-if ARGV[2] == '1' and redis.call('HGET', key, 'complete') ~= '1' then
-  redis.call('HSET', key, 'complete', '1')
+if ARGV[2] == '1' and fields['complete'] ~= '1' then
+  set('complete', '1')
   changed = true
 end
 
 if changed then
-  local flat = redis.call('HGETALL', key)
-  local fields = {}
-  for j = 1, #flat, 2 do
-    fields[flat[j]] = flat[j + 1]
-  end
   local total = 0
   local best = nil
   local best_q = 0
@@ -108,13 +118,35 @@ if changed then
       end
     end
   end
-  redis.call('HSET', key, 'total', string.format('%d', total),
-    'updated_at', string.format('%d', updated_at))
+  set('total', string.format('%d', total))
+  set('updated_at', string.format('%d', updated_at))
   if best then
-    redis.call('HSET', key, 'best', best)
+    set('best', best)
   else
-    redis.call('HDEL', key, 'best')
+    unset('best')
   end
+
+  -- Chunks keep unpack() far below Lua's C stack limit for SKUs with many suppliers.
+  local args, gone = {}, {}
+  for field in pairs(dirty) do
+    local value = fields[field]
+    if value == nil then
+      gone[#gone + 1] = field
+    else
+      args[#args + 1] = field
+      args[#args + 1] = value
+    end
+    if #args >= 1000 then
+      redis.call('HSET', key, unpack(args))
+      args = {}
+    end
+    if #gone >= 1000 then
+      redis.call('HDEL', key, unpack(gone))
+      gone = {}
+    end
+  end
+  if #args > 0 then redis.call('HSET', key, unpack(args)) end
+  if #gone > 0 then redis.call('HDEL', key, unpack(gone)) end
   local ttl = tonumber(ARGV[1])
   if ttl and ttl > 0 then
     redis.call('PEXPIRE', key, ttl)

@@ -22,6 +22,7 @@ from hypothesis import strategies as st
 from connectors.redis_cache import (
     SCRIPT,
     RedisCache,
+    _from_rows,
     read_availability,
     rebuild_from_rows,
 )
@@ -255,6 +256,16 @@ async def test_fill_of_the_same_version_adds_the_lead_time_a_change_lacked(
     got = await cache.get("P")
     assert got is not None and got["best_supplier"] == "b" and got["complete"]
     assert got["suppliers"]["a"]["lead_time_days"] == 9
+
+
+@requires_redis
+async def test_a_sku_with_many_suppliers_is_written_whole(cache: RedisCache) -> None:
+    rows = [cassandra_row(f"s{i:04d}", 1, i % 7, lead=i % 5) for i in range(1500)]
+    assert await cache.fill("P", rows) == 1500
+    got = await cache.get("P")
+    assert got is not None and len(got["suppliers"]) == 1500
+    assert got["total"] == sum(i % 7 for i in range(1500))
+    assert got["best_supplier"] == _from_rows("P", rows)["best_supplier"]
 
 
 @requires_redis
