@@ -49,8 +49,8 @@ def raw_round(sink: CassandraSink, batches: list[list[dict[str, Any]]], concurre
             by_statement[statement].append(params)
             rows += 1
     t0 = time.perf_counter()
-    for statement, params in by_statement.items():
-        results = execute_concurrent_with_args(sink.session, statement, params,
+    for statement, rows_params in by_statement.items():
+        results = execute_concurrent_with_args(sink.session, statement, rows_params,
                                                concurrency=concurrency, raise_on_first_error=True)
         assert all(ok for ok, _ in results)
     return rows / (time.perf_counter() - t0)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from connectors.cassandra_cluster import CassandraError, check_keyspace_name
 from pipeline.log import get_logger
@@ -238,7 +238,7 @@ def _normalise(repl: dict[str, str]) -> dict[str, str]:
     return out
 
 
-def _field(row: object, name: str) -> object:
+def _field(row: Any, name: str) -> Any:
     """A column of a row from any row factory (named tuple or dict)."""
     if isinstance(row, dict):
         return row[name]

@@ -167,10 +167,10 @@ class FakeSession:
 def fake_sink(session: FakeSession, max_in_flight: int) -> CassandraSink:
     sink = CassandraSink(keyspace="ks", max_in_flight=max_in_flight, retry_base_delay_s=0.001,
                          max_retry_delay_s=0.01)
-    sink._session = session  # type: ignore[assignment]
-    sink._insert_availability = "availability"  # type: ignore[assignment]
-    sink._insert_stock = "stock"  # type: ignore[assignment]
-    sink._insert_history = "history"  # type: ignore[assignment]
+    sink._session = session
+    sink._insert_availability = "availability"
+    sink._insert_stock = "stock"
+    sink._insert_history = "history"
     sink._buckets = 16
     return sink
 
@@ -214,7 +214,7 @@ async def test_an_encoding_error_raised_by_execute_async_is_fatal() -> None:
     def raise_type_error(*_args: Any, **_kwargs: Any) -> None:
         raise TypeError("received an invalid type")
 
-    session.execute_async = raise_type_error  # type: ignore[method-assign]
+    session.execute_async = raise_type_error  # type: ignore[assignment]
     sink = fake_sink(session, max_in_flight=4)
     with pytest.raises(SinkError):
         await asyncio.wait_for(sink.write_batch([update()]), timeout=5)
