@@ -7,6 +7,7 @@ from typing import Any
 
 import faust
 
+from pipeline import transactions
 from pipeline.settings import Settings, get_settings
 
 
@@ -58,3 +59,18 @@ def create_app(settings: Settings) -> faust.App:
 
 settings = get_settings()
 app = create_app(settings)
+transactions.install(app)
+
+
+def avro_table(name: str, record: str, *, help: str) -> Any:
+    """A table keyed by raw bytes whose values (in the store and the changelog) are Avro records.
+
+    Faust derives a table's serializers from key_type/value_type models only; set them before
+    the store and the changelog topic are created (both lazily, at worker start).
+    """
+    from schemas.codec import faust_codec_name
+
+    table = app.Table(name, default=None, key_type=bytes, partitions=settings.partitions,
+                      help=help)
+    table.value_serializer = faust_codec_name(record)
+    return table

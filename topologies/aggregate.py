@@ -15,7 +15,7 @@ from typing import Any, Protocol
 
 from pipeline import metrics
 from pipeline.aggregate import fold_update
-from pipeline.app import app, settings
+from pipeline.app import app, avro_table, settings
 from pipeline.log import get_logger
 from schemas.codec import faust_codec_name
 from topologies.process_deltas import stock_updates_topic
@@ -27,9 +27,8 @@ changes_topic = app.topic(settings.topic(CHANGES.name), key_serializer="raw",
                           value_serializer=faust_codec_name("InventoryChange"),
                           partitions=settings.partitions)
 
-availability = app.Table("availability", default=None, key_serializer="raw",
-                         value_serializer=faust_codec_name("Availability"),
-                         partitions=settings.partitions)
+availability = avro_table("availability", "Availability",
+                          help="availability across suppliers per platform_sku")
 
 
 class StockSink(Protocol):
@@ -84,27 +83,33 @@ async def aggregate(stream: Any) -> Any:
                                            within=settings.sink_batch_within_s):
         now = int(time.time() * 1000)
         updates: list[dict[str, Any]] = []
-        changes: list[dict[str, Any]] = []
+        changes: list[tuple[Any, dict[str, Any]]] = []
         for event in events:
             # Table writes go to the changelog partition of the *current* event; a batch
             # spans partitions, so make each event current while its key is written.
             stream._set_current_event(event)
             update = event.value
             key = update["platform_sku"].encode()
-            new_avail, change = fold_update(availability.get(key), update, now_ms=now)
+            old_avail = availability.get(key)
+            new_avail, change = fold_update(old_avail, update, now_ms=now)
+            if new_avail is not old_avail:
+                # Also when nothing published changed: keep the newer version and lead time.
+                availability[key] = new_avail
             if change is None:
-                metrics.EVENTS.labels("aggregate", "stale").inc()
+                metrics.EVENTS.labels("aggregate", "unchanged").inc()
                 continue
-            availability[key] = new_avail
             updates.append(update)
-            changes.append(change)
+            changes.append((event, change))
         if not updates:
             continue
         t0 = time.perf_counter()
         await sink.write_batch(updates)
         metrics.SINK_LATENCY.labels("cassandra").observe(time.perf_counter() - t0)
         metrics.SINK_BATCH_SIZE.labels("cassandra").observe(len(updates))
-        for change in changes:
+        for event, change in changes:
+            # Under exactly-once a record joins the transaction of its source event's
+            # partition (pipeline/transactions.py): make that event current again.
+            stream._set_current_event(event)
             await changes_topic.send(key=change["platform_sku"].encode(), value=change)
         metrics.EVENTS.labels("aggregate", "changed").inc(len(changes))
         metrics.CHANGES.inc(len(changes))

@@ -1,4 +1,4 @@
-"""Agent refresh_cache: inventory.changes -> Redis, one pipeline of version-guarded writes per batch."""
+"""Agent refresh_cache: inventory.changes -> Redis, version-guarded writes, one pipeline a batch."""
 
 from __future__ import annotations
 
