@@ -99,6 +99,8 @@ def fold_update(
         "observed_at": update["observed_at"],
         "produced_at": update["produced_at"],
         "changed_at": now_ms,
+        # Carried so the Redis cache ranks the best supplier exactly like this fold does.
+        "lead_time_days": new_entry["lead_time_days"],
     }
     return new_avail, change
 

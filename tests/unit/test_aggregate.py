@@ -89,6 +89,7 @@ def test_first_update_creates_availability_and_change() -> None:
         "observed_at": NOW - 500,
         "produced_at": NOW - 300,
         "changed_at": NOW,
+        "lead_time_days": 3,
     }
     roundtrip("Availability", avail)
     assert change is not None
@@ -191,3 +192,37 @@ def test_availability_view() -> None:
         "version": 7,
         "updated_at": NOW,
     }
+
+
+def test_change_carries_the_lead_time_of_the_entry() -> None:
+    _, changes = fold(update("s1", 5, 1, lead_time_days=7), update("s1", 6, 2))
+    assert changes[0] is not None and changes[0]["lead_time_days"] == 7
+    # A later update without a lead time publishes "unknown", as the folded entry holds.
+    assert changes[1] is not None and changes[1]["lead_time_days"] is None
+
+
+def test_change_written_before_lead_time_days_existed_still_decodes() -> None:
+    import json
+    from importlib import resources
+
+    from schemas.codec import AvroCodec, WriterSchemas
+
+    _, changes = fold(update("s1", 5, 1, lead_time_days=2))
+    assert changes[0] is not None
+    old = json.loads(resources.files("schemas").joinpath(
+        "inventory_change.v1.avsc").read_text(encoding="utf-8"))
+    # An encoder of the old schema only (its own writer registry), as an old producer was.
+    old_bytes = AvroCodec("InventoryChange", schema=old, writers=WriterSchemas()).encode(
+        {k: v for k, v in changes[0].items() if k != "lead_time_days"})
+    decoded = codec_for("InventoryChange").decode(old_bytes)
+    assert decoded == {**changes[0], "lead_time_days": None}
+
+
+def test_cache_ranks_best_supplier_like_the_fold() -> None:
+    from connectors.redis_cache import entry_from_change
+
+    # Equal stock: the shorter known lead time wins in the fold; the cache entry must carry it.
+    avail, changes = fold(update("s1", 5, 1, lead_time_days=9),
+                          update("s2", 5, 1, lead_time_days=2))
+    assert avail["best_supplier"] == "s2"
+    assert [entry_from_change(c).script_args()[-1] for c in changes if c] == ["9", "2"]

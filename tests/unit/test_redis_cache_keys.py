@@ -60,7 +60,8 @@ def test_entry_from_change_zeroes_discontinued_quantity() -> None:
     e = entry_from_change(change(status="DISCONTINUED", quantity_after=5))
     assert (e.quantity, e.status) == (0, "DISCONTINUED")
     e = entry_from_change(change())
-    # InventoryChange carries no lead time: "-" tells the script to keep the stored one.
+    # A change without the field (written before InventoryChange had lead_time_days): "-"
+    # tells the script to keep the stored one.
     assert e.script_args() == ("sup-a", "3", "7", "ACTIVE", "A 1", "1700000000123", "-")
     assert entry_from_change(change(lead_time_days=None)).script_args()[-1] == ""
     assert entry_from_change(change(lead_time_days=4)).script_args()[-1] == "4"
