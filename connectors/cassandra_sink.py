@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 from connectors.cassandra_cluster import ClusterConfig, build_cluster, check_keyspace_name
 from pipeline.errors import SinkError
 from pipeline.log import get_logger
+from pipeline.metrics import SINK_ERRORS, SINK_RETRIES
 
 if TYPE_CHECKING:
     from cassandra.cluster import Cluster, Session
@@ -480,6 +481,9 @@ class CassandraSink:
             attempt = 0 if written > 0 else attempt + 1
             delay = backoff_delay(attempt, self._retry_base_delay_s, self._max_retry_delay_s)
             self.stats.retries += 1
+            SINK_RETRIES.labels("cassandra").inc()
+            for _statement, exc in failures:
+                SINK_ERRORS.labels("cassandra", type(exc).__name__).inc()
             self._outage_log.failed(failures[0][1], pending=len(pending), attempt=attempt,
                                     delay_s=delay)
             await asyncio.sleep(delay)

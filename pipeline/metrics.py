@@ -18,7 +18,11 @@ GAPS = Counter("stockflow_sequence_gaps_total", "Sequence gaps seen (a resync wa
                ["supplier"])
 CLAMPED = Counter("stockflow_clamped_total", "Adjustments clamped at zero", ["supplier"])
 CHANGES = Counter("stockflow_changes_emitted_total", "InventoryChange records emitted")
-TABLE_KEYS = Gauge("stockflow_table_keys", "Keys written to a table since start", ["table"])
+TABLE_KEYS = Gauge(
+    "stockflow_table_keys",
+    "Keys in a table's active partitions on this worker (RocksDB: its estimate-num-keys)",
+    ["table"],
+)
 SINK_BATCH_SIZE = Histogram(
     "stockflow_sink_batch_size", "Records per sink batch", ["sink"],
     buckets=(1, 5, 10, 50, 100, 250, 500, 1000, 2500, 5000),
@@ -39,4 +43,22 @@ SUPPLIER_LAST_SEEN = Gauge(
     "stockflow_supplier_last_event_timestamp_seconds",
     "Time of the last accepted event per supplier (a silent feed shows as an old value)",
     ["supplier"],
+)
+
+# --- observability (issue 8) ----------------------------------------------------------------
+WORKER_READY = Gauge(
+    "stockflow_worker_ready",
+    "1 once table recovery finished and no rebalance is in progress, else 0",
+)
+REBALANCES = Gauge(
+    "stockflow_worker_rebalances", "Rebalances this worker went through since start",
+)
+# Exported by pipeline.lag.ConsumerLagCollector at scrape time (committed offsets against
+# the high watermarks of the worker's input topics): declared here so every metric name of
+# stockflow is found in this module.
+CONSUMER_LAG_NAME = "stockflow_consumer_lag"
+CONSUMER_COMMITTED_NAME = "stockflow_consumer_committed_offset"
+CONSUMER_END_NAME = "stockflow_consumer_end_offset"
+LAG_SCRAPE_ERRORS = Counter(
+    "stockflow_consumer_lag_errors", "Failed lag lookups (Kafka unreachable or slow)",
 )

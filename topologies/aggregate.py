@@ -106,6 +106,10 @@ async def aggregate(stream: Any) -> Any:
         await sink.write_batch(updates)
         metrics.SINK_LATENCY.labels("cassandra").observe(time.perf_counter() - t0)
         metrics.SINK_BATCH_SIZE.labels("cassandra").observe(len(updates))
+        written_ms = time.time() * 1000
+        fresh = metrics.FRESHNESS.labels("cassandra")
+        for update in updates:
+            fresh.observe(max(0.0, (written_ms - update["produced_at"]) / 1000))
         for event, change in changes:
             # Under exactly-once a record joins the transaction of its source event's
             # partition (pipeline/transactions.py): make that event current again.

@@ -65,11 +65,13 @@ async def _dead_letter(event: Any, reason: str, message: str, now: int,
         event_id=(record or {}).get("event_id") if isinstance(record, dict) else None,
     )
     await deadletter_topic.send(key=event.key, value=dl)
+    metrics.EVENTS.labels("validate", "invalid").inc()
     metrics.DEAD_LETTERS.labels(reason).inc()
     metrics.DROPPED.labels(f"invalid:{reason}").inc()
     log.warning("delta.dead_lettered", reason=reason, detail=message, topic=msg.topic,
                 partition=msg.partition, offset=msg.offset,
-                supplier=dl["supplier_id"], event_id=dl["event_id"])
+                supplier=dl["supplier_id"], event_id=dl["event_id"],
+                sku=record.get("sku") if isinstance(record, dict) else None)
 
 
 def _remember(recent: dict[str, int], event_id: str, now: int) -> dict[str, int]:
@@ -102,6 +104,7 @@ async def handle_delta(event: Any) -> str:
     except ValidationError as exc:
         await _dead_letter(event, exc.code, exc.message, now, record)
         return f"invalid:{exc.code}"
+    metrics.EVENTS.labels("validate", "valid").inc()
 
     supplier, sku = delta["supplier_id"], delta["sku"]
     key = event.key if event.key is not None else f"{supplier}|{sku}".encode()

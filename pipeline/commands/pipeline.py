@@ -34,9 +34,12 @@ def worker() -> None:
     """Run the stockflow worker: validate, dedup, apply, aggregate, sink, cache."""
     from prometheus_client import start_http_server
 
+    from pipeline import lag
     from pipeline.app import app, settings
     from pipeline.log import get_logger
 
+    # Consumer lag per topic-partition, looked up when Prometheus scrapes (pipeline/lag.py).
+    lag.install(settings)
     start_http_server(settings.metrics_port, addr="127.0.0.1")
     get_logger("stockflow.worker").info(
         "worker.starting", app_id=settings.app_id, broker=settings.kafka_bootstrap_servers,
