@@ -1,0 +1,217 @@
+"""Baselines, same run, same bytes: the cheapest way to do each part of the job.
+
+- raw confluent-kafka produce and consume (librdkafka, what a C client gets out of Kafka here);
+- aiokafka getmany (the consumer Faust is built on, without Faust);
+- a Faust agent that does nothing (Faust's own per-event cost);
+- raw Cassandra execute_concurrent_with_args of the rows the sink writes;
+- raw Redis pipelined HSETs of the keys the cache writes.
+
+Each returns a dict with `rate` (items/s) and what it measured.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from bench.harness import ROOT, proc_cpu_seconds, wait_for
+
+KeyValue = tuple[bytes | None, bytes, int]  # key, value, timestamp ms
+
+
+def confluent_produce(config: dict[str, Any], topic: str,
+                      items: Sequence[KeyValue]) -> dict[str, Any]:
+    """Produce the bytes with the producer settings every feed uses; wait for every ack."""
+    from confluent_kafka import Producer
+
+    from connectors.delta_producer import PRODUCER_DEFAULTS
+
+    producer = Producer({**PRODUCER_DEFAULTS, **config})
+    cpu0 = time.process_time()
+    t0 = time.perf_counter()
+    for key, value, ts in items:
+        while True:
+            try:
+                producer.produce(topic, value, key, timestamp=ts)
+                break
+            except BufferError:
+                producer.poll(0.05)
+        producer.poll(0)
+    remaining = producer.flush(120)
+    seconds = time.perf_counter() - t0
+    if remaining:
+        raise RuntimeError(f"{remaining} records to {topic} not acknowledged")
+    return {"what": "confluent-kafka produce (acks=all, idempotent, lz4)", "events": len(items),
+            "seconds": seconds, "rate": len(items) / seconds,
+            "cpu_us_per_event": (time.process_time() - cpu0) * 1e6 / len(items)}
+
+
+def confluent_consume(config: dict[str, Any], topic: str, count: int,
+                      timeout_s: float = 300) -> dict[str, Any]:
+    """Read `count` records of a topic from the start (read_committed), touching each value.
+
+    Partitions are assigned, not subscribed: no group join, so the clock (started at the
+    assignment) holds only fetching and handing over records.
+    """
+    from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+
+    consumer = Consumer({**config, "group.id": f"bench-raw-{uuid.uuid4().hex[:8]}",
+                         "enable.auto.commit": False, "isolation.level": "read_committed"})
+    parts = consumer.list_topics(topic, timeout=10).topics[topic].partitions
+    seen = 0
+    nbytes = 0
+    deadline = time.monotonic() + timeout_s
+    cpu0 = time.process_time()
+    t0 = time.perf_counter()
+    consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in parts])
+    try:
+        while seen < count and time.monotonic() < deadline:
+            for msg in consumer.consume(num_messages=10_000, timeout=0.5):
+                if msg.error():
+                    continue
+                nbytes += len(msg.value() or b"")
+                seen += 1
+        seconds = time.perf_counter() - t0
+        cpu = time.process_time() - cpu0
+    finally:
+        consumer.close()
+    return {"what": "confluent-kafka consume (assign, read_committed)", "events": seen,
+            "seconds": seconds, "rate": seen / seconds,
+            "cpu_us_per_event": cpu * 1e6 / max(seen, 1), "bytes": nbytes}
+
+
+def aiokafka_getmany(settings: Any, topic: str, count: int,
+                     timeout_s: float = 300) -> dict[str, Any]:
+    """Read `count` records with aiokafka's getmany (Faust's consumer, without Faust)."""
+    from aiokafka import AIOKafkaConsumer
+
+    async def run() -> dict[str, Any]:
+        from aiokafka import TopicPartition
+
+        consumer = AIOKafkaConsumer(group_id=None, enable_auto_commit=False,
+                                    isolation_level="read_committed",
+                                    **settings.aiokafka_config())
+        await consumer.start()
+        seen = 0
+        deadline = time.monotonic() + timeout_s
+        try:
+            parts = consumer.partitions_for_topic(topic) or set()
+            if not parts:
+                await consumer._client.force_metadata_update()
+                parts = consumer.partitions_for_topic(topic) or set()
+            tps = [TopicPartition(topic, p) for p in sorted(parts)]
+            cpu0 = time.process_time()
+            t0 = time.perf_counter()
+            consumer.assign(tps)
+            await consumer.seek_to_beginning(*tps)
+            while seen < count and time.monotonic() < deadline:
+                batches = await consumer.getmany(timeout_ms=500, max_records=10_000)
+                for records in batches.values():
+                    seen += len(records)
+            seconds = time.perf_counter() - t0
+            cpu = time.process_time() - cpu0
+        finally:
+            await consumer.stop()
+        return {"what": "aiokafka getmany (assign, read_committed)", "events": seen,
+                "seconds": seconds, "rate": seen / seconds,
+                "cpu_us_per_event": cpu * 1e6 / max(seen, 1)}
+
+    return asyncio.run(run())
+
+
+def faust_noop(settings: Any, topic: str, count: int, workdir: Path,
+               timeout_s: float = 300) -> dict[str, Any]:
+    """A Faust worker whose one agent does nothing with each event, on the same topic.
+
+    It runs in its own process (as the stockflow worker does) and writes when it saw its
+    first and its `count`-th event, with its CPU time at both.
+    """
+    result = workdir / f"noop-{uuid.uuid4().hex[:6]}.json"
+    log = (workdir / "faust-noop.log").open("wb")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "bench.faust_noop", "--topic", topic, "--count", str(count),
+         "--result", str(result), "--broker", settings.kafka_broker_url,
+         "--datadir", str(workdir / "noop-data")],
+        cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        def done() -> bool:
+            if proc.poll() is not None:
+                raise RuntimeError(f"faust noop worker exited {proc.returncode}; "
+                                   f"see {workdir / 'faust-noop.log'}")
+            return result.exists()
+
+        wait_for("the Faust no-op agent to see every event", done, timeout_s, poll_s=0.5)
+        out = json.loads(result.read_text())
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        log.close()
+    seconds = out["t_last"] - out["t_first"]
+    events = out["count"] - 1  # the clock starts at the first event
+    return {"what": "Faust agent that does nothing (stream.events(), at_least_once)",
+            "events": out["count"], "seconds": seconds, "rate": events / seconds,
+            "cpu_us_per_event": (out["cpu_last"] - out["cpu_first"]) * 1e6 / max(events, 1)}
+
+
+def cassandra_raw(settings: Any, updates: int, concurrency: int = 128) -> dict[str, Any]:
+    """execute_concurrent_with_args of the rows the sink builds for `updates` StockUpdates.
+
+    Uses the env's keyspace (its tables, its prepared INSERTs) with fresh keys.
+    """
+    from bench.cassandra_sink import make_updates, raw_round
+    from connectors.cassandra_sink import CassandraSink
+
+    async def run() -> dict[str, Any]:
+        sink = CassandraSink.from_settings(settings)
+        await sink.start()
+        try:
+            warm = make_updates(500, 90)
+            await asyncio.to_thread(raw_round, sink, [warm], concurrency)
+            batch = make_updates(updates, 91)
+            rows_s = await asyncio.to_thread(raw_round, sink, [batch], concurrency)
+        finally:
+            await sink.close()
+        return {"what": "Cassandra execute_concurrent_with_args (3 INSERT rows per update)",
+                "events": updates, "rows_per_s": rows_s, "rate": rows_s / 3}
+
+    return asyncio.run(run())
+
+
+def redis_raw(settings: Any, keys: int, batch: int = 1000) -> dict[str, Any]:
+    """Pipelined HSET + PEXPIRE of the fields the cache writes, no version guard."""
+    from bench.redis_cache import _changes, _raw_round
+    from connectors.redis_cache import RedisCache
+
+    async def run() -> dict[str, Any]:
+        prefix = f"{settings.redis_cache_key_prefix}raw:"
+        cache = RedisCache(settings.redis_url.get_secret_value(), key_prefix=prefix, ttl_s=3600)
+        try:
+            await _raw_round(cache, _changes(min(keys, 2000), 1, 0), batch, prefix)
+            rate = await _raw_round(cache, _changes(keys, 2, 0), batch, prefix)
+        finally:
+            async for key in cache.client.scan_iter(match=f"{prefix}*", count=1000):
+                await cache.client.unlink(key)
+            await cache.close()
+        return {"what": "Redis pipelined HSET + PEXPIRE (no guard)", "events": keys,
+                "rate": rate}
+
+    return asyncio.run(run())
+
+
+def worker_cpu(pid: int) -> float:
+    """CPU seconds of a worker process (0 once it is gone)."""
+    try:
+        return proc_cpu_seconds(pid)
+    except OSError:
+        return 0.0
