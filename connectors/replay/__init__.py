@@ -1,0 +1,10 @@
+"""Replay of inventory.deltas: refold the log with the worker's pure steps, rewrite the sinks.
+
+- `fold`: LogFold, the worker's validate -> dedup -> apply -> aggregate chain over raw log
+  records, with the state in plain dicts (pure, no I/O).
+- `log_reader`: positions (time, beginning, partition:offset) and a batched reader of the log
+  with its own manual assignment (never the worker's consumer group).
+- `runner`: the replay (window, filters, checkpoint, Ctrl-C) into Cassandra and Redis.
+- `compare`: what verify and dry-run compare (expected state vs Cassandra, Redis, tables).
+- `rebuild`: the full rebuild (worker tables via their changelogs, group offsets).
+"""
