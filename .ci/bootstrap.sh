@@ -21,6 +21,17 @@ if [ ${#need_apt[@]} -gt 0 ]; then
   fi
 fi
 
+# promtool checks docker/alerts.yml (tests/unit/test_alerts_promtool.py); about 10 s to
+# install. Only the tool is wanted: no recommends, and stop the server the package may start.
+if ! command -v promtool >/dev/null 2>&1; then
+  SUDO=""
+  [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  echo "installing prometheus (for promtool) from Debian's packages"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends prometheus >/dev/null
+  $SUDO service prometheus stop >/dev/null 2>&1 || $SUDO systemctl stop prometheus >/dev/null 2>&1 || true
+fi
+
 PY=${PYTHON:-python3}
 if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv
