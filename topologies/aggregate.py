@@ -100,21 +100,26 @@ async def aggregate(stream: Any) -> Any:
                 continue
             updates.append(update)
             changes.append((event, change))
-        if not updates:
-            continue
-        t0 = time.perf_counter()
-        await sink.write_batch(updates)
-        metrics.SINK_LATENCY.labels("cassandra").observe(time.perf_counter() - t0)
-        metrics.SINK_BATCH_SIZE.labels("cassandra").observe(len(updates))
-        written_ms = time.time() * 1000
-        fresh = metrics.FRESHNESS.labels("cassandra")
-        for update in updates:
-            fresh.observe(max(0.0, (written_ms - update["produced_at"]) / 1000))
-        for event, change in changes:
-            # Under exactly-once a record joins the transaction of its source event's
-            # partition (pipeline/transactions.py): make that event current again.
-            stream._set_current_event(event)
-            await changes_topic.send(key=change["platform_sku"].encode(), value=change)
-        metrics.EVENTS.labels("aggregate", "changed").inc(len(changes))
-        metrics.CHANGES.inc(len(changes))
+        if updates:
+            await _write_then_emit(stream, sink, updates, changes)
         yield len(changes)
+
+
+async def _write_then_emit(stream: Any, sink: StockSink, updates: list[dict[str, Any]],
+                           changes: list[tuple[Any, dict[str, Any]]]) -> None:
+    """Write a batch to the sink and, once it is acknowledged, send its change records."""
+    t0 = time.perf_counter()
+    await sink.write_batch(updates)
+    metrics.SINK_LATENCY.labels("cassandra").observe(time.perf_counter() - t0)
+    metrics.SINK_BATCH_SIZE.labels("cassandra").observe(len(updates))
+    written_ms = time.time() * 1000
+    fresh = metrics.FRESHNESS.labels("cassandra")
+    for update in updates:
+        fresh.observe(max(0.0, (written_ms - update["produced_at"]) / 1000))
+    for event, change in changes:
+        # Under exactly-once a record joins the transaction of its source event's
+        # partition (pipeline/transactions.py): make that event current again.
+        stream._set_current_event(event)
+        await changes_topic.send(key=change["platform_sku"].encode(), value=change)
+    metrics.EVENTS.labels("aggregate", "changed").inc(len(changes))
+    metrics.CHANGES.inc(len(changes))
