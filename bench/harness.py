@@ -155,6 +155,26 @@ def proc_cpu_seconds(pid: int) -> float:
     return (utime + stime + cutime + cstime) / CLK_TCK
 
 
+def proc_thread_cpu(pid: int) -> dict[str, float]:
+    """CPU seconds per thread name of a process (native threads py-spy cannot see included)."""
+    out: dict[str, float] = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            name = (task / "comm").read_text().strip()
+            text = (task / "stat").read_text()
+        except OSError:
+            continue
+        fields = text[text.rindex(")") + 2:].split()
+        out[name] = out.get(name, 0.0) + (int(fields[11]) + int(fields[12])) / CLK_TCK
+    return out
+
+
+def cpu_delta(before: Mapping[str, float], after: Mapping[str, float]) -> dict[str, float]:
+    """Per-name CPU seconds between two readings, largest first."""
+    diff = {k: v - before.get(k, 0.0) for k, v in after.items()}
+    return dict(sorted(((k, v) for k, v in diff.items() if v > 0), key=lambda kv: -kv[1]))
+
+
 def proc_rss_bytes(pid: int) -> int:
     """Resident set size of a process (VmRSS)."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():

@@ -24,10 +24,12 @@ from typing import Any
 from bench import baselines
 from bench.harness import (
     PipelineCounts,
+    cpu_delta,
     load_average,
     pipeline_env_class,
     proc_cpu_seconds,
     proc_rss_bytes,
+    proc_thread_cpu,
     py_spy,
     scrape,
     window_rate,
@@ -47,6 +49,7 @@ def drain(env: Any, total: int, timeout_s: float, *, already: PipelineCounts | N
     base = already or PipelineCounts(0, 0, 0, 0, 0, {})
     samples: list[tuple[float, float]] = []
     cpu_first = t_first = None
+    threads_first: dict[str, float] = {}
     t0 = time.monotonic()
     last = base
     while time.monotonic() - t0 < timeout_s:
@@ -60,6 +63,7 @@ def drain(env: Any, total: int, timeout_s: float, *, already: PipelineCounts | N
         handled = counts.handled - base.handled
         if handled > 0 and t_first is None:
             t_first, cpu_first = now, proc_cpu_seconds(env.worker.pid)
+            threads_first = proc_thread_cpu(env.worker.pid)
             if on_first is not None:
                 on_first()
         samples.append((now, handled))
@@ -80,6 +84,8 @@ def drain(env: Any, total: int, timeout_s: float, *, already: PipelineCounts | N
         "cpu_us_per_event": cpu * 1e6 / total,
         "applied": last.applied - base.applied, "aggregated": last.aggregated - base.aggregated,
         "rss_bytes": proc_rss_bytes(env.worker.pid), "counts": last,
+        # Where the worker's CPU went by thread: the event loop vs RocksDB's and others'.
+        "thread_cpu_s": cpu_delta(threads_first, proc_thread_cpu(env.worker.pid)),
     }
 
 
