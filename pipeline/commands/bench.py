@@ -48,6 +48,7 @@ def bench(
     if skus is not None:
         cfg["skus"] = skus
     configure_logging(json=False, level="WARNING")
+    _interrupt_on_sigterm()
     out.mkdir(parents=True, exist_ok=True)
     work = out / "work"
     work.mkdir(exist_ok=True)
@@ -92,6 +93,17 @@ def bench(
         (out / "report.md").write_text(table + "\n")
     console.print(table, highlight=False, markup=False)
     say(f"wrote {out / 'bench.json'}, {', '.join(str(p) for p in plots)}, {out / 'report.md'}")
+
+
+def _interrupt_on_sigterm() -> None:
+    """SIGTERM raises KeyboardInterrupt, so a stopped run still removes its topics and workers
+    (a background job ignores SIGINT)."""
+    import signal
+
+    def stop(_signum: int, _frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, stop)
 
 
 def register(app: typer.Typer) -> None:
