@@ -191,6 +191,25 @@ def markdown(result: dict[str, Any]) -> str:
                 f"{_f(cpu.get('worker'))} | {_f(cpu.get('kafka'))} | "
                 f"{_f(cpu.get('cassandra'))} | {_f(cpu.get('redis'))} | "
                 f"{s['load_avg'][0]:.1f}-{s['load_avg'][1]:.1f} |")
+    e2e = result.get("end_to_end") or {}
+    mem = e2e.get("memory") or {}
+    rep = e2e.get("replay") or {}
+    if e2e:
+        lines += ["", "| other measure | value |", "|---|---|",
+                  f"| key load (closed loop, one SNAPSHOT per key) | "
+                  f"{_f(_get(e2e, 'load', 'rate'))} events/s |",
+                  f"| worker RSS at {_f(mem.get('keys'))} SKUs | "
+                  f"{_f(_get(mem, 'worker_rss_bytes') / 2**20, '.0f')} MB |",
+                  f"| RocksDB on disk | {_f(_get(mem, 'rocksdb_bytes') / 2**20, '.1f')} MB |",
+                  f"| Redis, this run's keys (MEMORY USAGE sample) | "
+                  f"{_f(_get(mem, 'redis_bytes_estimate') / 2**20, '.1f')} MB |",
+                  f"| Cassandra data dir (flushed SSTables) | "
+                  f"{_f(_get(mem, 'cassandra_data_bytes') / 2**20, '.1f')} MB |",
+                  f"| recovery after SIGKILL (sentinel in Redis) | "
+                  f"{_f(_get(e2e, 'recovery', 'seconds'), '.1f')} s (metrics up after "
+                  f"{_f(_get(e2e, 'recovery', 'metrics_up_s'), '.1f')} s) |",
+                  f"| replay rate | {_f(rep.get('rate'))} events/s |" if rep.get("measured")
+                  else f"| replay rate | not measured: {rep.get('why', 'n/a')} |"]
     lines += ["", "| measured / baseline | ratio |", "|---|---|"]
     for name, value in ratios(result).items():
         lines.append(f"| {name} | {_f(value, '.3f')} |")
