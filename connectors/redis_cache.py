@@ -140,10 +140,12 @@ def entry_from_change(change: Mapping[str, Any]) -> SupplierEntry:
     """The cache entry an InventoryChange carries (quantity 0 when discontinued)."""
     status = _status(change["status"])
     quantity = int(change["quantity_after"]) if status == "ACTIVE" else 0
-    # InventoryChange has no lead time today; if the record gains `lead_time_days`, it is used.
+    # A record written before InventoryChange had `lead_time_days` keeps the stored lead time.
     lead = change.get("lead_time_days", NOT_CARRIED)
+    # observed_at, not changed_at: the Cassandra sink stores observed_at as the row's
+    # updated_at, so a rebuild from Cassandra gives back the very same `t:` fields.
     return SupplierEntry(str(change["supplier_id"]), int(change["version"]), quantity, status,
-                         str(change["sku"]), _epoch_ms(change["changed_at"]), lead)
+                         str(change["sku"]), _epoch_ms(change["observed_at"]), lead)
 
 
 def entry_from_row(row: Any) -> SupplierEntry:

@@ -44,6 +44,8 @@ def get(
     platform_sku: Annotated[str, typer.Argument(metavar="SKU", help="the platform SKU")],
     keyspace: Annotated[str | None, typer.Option(
         help="keyspace (default: settings.cassandra_keyspace)")] = None,
+    cache: Annotated[bool, typer.Option(
+        "--cache", help="read Redis first; Cassandra only on a miss, then fill Redis")] = False,
 ) -> None:
     """Print the availability of a platform SKU across suppliers, read from Cassandra."""
     from connectors.cassandra_cluster import ClusterConfig, connect
@@ -51,6 +53,16 @@ def get(
     from pipeline.settings import get_settings
 
     settings = get_settings()
+    if cache:
+        from pipeline.commands.cache import cached_inventory_get
+
+        cached = cached_inventory_get(settings, platform_sku, keyspace)
+        if cached is None:
+            console.print(f"no supplier has reported platform SKU {platform_sku!r}",
+                          markup=False, highlight=False)
+            raise typer.Exit(1)
+        console.print(availability_table(cached, cached["source"]))
+        return
     cluster, session = connect(ClusterConfig.from_settings(settings))
     try:
         availability = read_availability(session, platform_sku,

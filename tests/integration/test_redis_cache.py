@@ -134,12 +134,14 @@ def private_redis_factory(tmp_path: Path) -> Iterator[Any]:
 def change(sku: str, supplier: str, version: int, quantity: int, status: str = "ACTIVE",
            *, changed_at: int | None = None) -> dict[str, Any]:
     now = int(time.time() * 1000)
+    # The cache stamps an entry with observed_at (what Cassandra stores as updated_at).
+    stamp = changed_at if changed_at is not None else version * 1000
     return {
         "platform_sku": sku, "supplier_id": supplier, "sku": f"{supplier}/{sku}",
         "quantity_before": 0, "quantity_after": quantity, "version": version,
         "total_available": 0, "best_supplier": None, "status": status, "cause": "SNAPSHOT",
-        "event_id": f"{supplier}-{sku}-{version}", "observed_at": now, "produced_at": now,
-        "changed_at": changed_at if changed_at is not None else version * 1000,
+        "event_id": f"{supplier}-{sku}-{version}", "observed_at": stamp, "produced_at": now,
+        "changed_at": stamp,
     }
 
 

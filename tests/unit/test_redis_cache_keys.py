@@ -25,8 +25,8 @@ def change(**over: object) -> dict[str, object]:
     base: dict[str, object] = {
         "platform_sku": "P-1", "supplier_id": "sup-a", "sku": "A 1", "quantity_before": 0,
         "quantity_after": 7, "version": 3, "total_available": 7, "best_supplier": "sup-a",
-        "status": "ACTIVE", "cause": "SNAPSHOT", "event_id": "e1", "observed_at": 1,
-        "produced_at": 2, "changed_at": 1_700_000_000_123,
+        "status": "ACTIVE", "cause": "SNAPSHOT", "event_id": "e1",
+        "observed_at": 1_700_000_000_123, "produced_at": 2, "changed_at": 1_700_000_000_999,
     }
     base.update(over)
     return base
