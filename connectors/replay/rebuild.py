@@ -208,8 +208,7 @@ def set_worker_offsets(settings: Settings, deltas_end: dict[int, int],
     The folded tables already contain every stock update and change those inputs hold, so
     the worker must not fold them again.
     """
-    from confluent_kafka import Consumer, TopicPartition
-    from confluent_kafka.admin import ConsumerGroupTopicPartitions
+    from confluent_kafka import Consumer, ConsumerGroupTopicPartitions, TopicPartition
 
     admin = _admin(settings)
     probe = Consumer({**settings.confluent_config(), "group.id": f"{settings.app_id}-replay"})
