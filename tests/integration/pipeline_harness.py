@@ -62,7 +62,8 @@ class PipelineEnv:
         self.worker_logs: list[Path] = []
 
     # ------------------------------------------------------------------ setup
-    def cli(self, *args: str, check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    def cli(self, *args: str, check: bool = True,
+            timeout: float = 120) -> subprocess.CompletedProcess[str]:
         """Run `stockflow ARGS` with this pipeline's environment."""
         proc = subprocess.run([sys.executable, "-m", "pipeline.cli", *args], env=self.env,
                               cwd=ROOT, capture_output=True, text=True, timeout=timeout,
@@ -162,22 +163,94 @@ class PipelineEnv:
             consumer.close()
         return out
 
+    def read_changelog(self, table: str, record: str) -> dict[bytes, Any]:
+        """A Faust table's current content, from its changelog topic (last value per key)."""
+        from schemas.codec import codec_for
+
+        codec = codec_for(record)
+        out: dict[bytes, Any] = {}
+        raw = self.read_topic_physical(f"{self.settings.app_id}-{table}-changelog")
+        for key, value in raw:
+            if value is None:
+                out.pop(key, None)
+            else:
+                out[key] = codec.decode(value)
+        return out
+
+    def read_topic_physical(self, topic: str, idle_s: float = 5.0,
+                            timeout: float = 120.0) -> list[tuple[bytes, Any]]:
+        """Every (key, raw value) of a topic by its physical name, read committed."""
+        from confluent_kafka import Consumer, TopicPartition
+
+        consumer = Consumer({**self.settings.confluent_config(),
+                             "group.id": f"reader-{uuid.uuid4().hex[:8]}",
+                             "enable.auto.commit": False, "isolation.level": "read_committed"})
+        try:
+            parts = consumer.list_topics(topic, timeout=10).topics[topic].partitions
+            tps, ends = [], {}
+            for p in parts:
+                _lo, hi = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)
+                ends[p] = hi
+                tps.append(TopicPartition(topic, p, 0))
+            consumer.assign(tps)
+            out: list[tuple[bytes, Any]] = []
+            done = {p for p, hi in ends.items() if hi == 0}
+            deadline = time.monotonic() + timeout
+            while len(done) < len(ends) and time.monotonic() < deadline:
+                msg = consumer.poll(0.5)
+                if msg is None:
+                    # Past the last record, only transaction markers may remain.
+                    for tp in consumer.position(tps):
+                        if tp.offset >= ends[tp.partition]:
+                            done.add(tp.partition)
+                    continue
+                if msg.error():
+                    continue
+                out.append((msg.key(), msg.value()))
+                if msg.offset() + 1 >= ends[msg.partition()]:
+                    done.add(msg.partition())
+            return out
+        finally:
+            consumer.close()
+
     def lag(self, logical: str = "inventory.deltas") -> int:
-        """Records of a topic not yet committed by the worker's consumer group."""
+        """Data records of a topic the worker's consumer group has not committed yet.
+
+        Offsets alone over-count: a transaction's commit marker takes an offset that no
+        consumer ever processes, so a partition whose committed offset sits just before a
+        marker is drained. Partitions behind their end are read to tell markers from data.
+        """
         from confluent_kafka import Consumer, TopicPartition
 
         consumer = Consumer({**self.settings.confluent_config(), "group.id": self.name,
-                             "isolation.level": "read_committed"})
+                             "isolation.level": "read_committed",
+                             "enable.auto.commit": False})
         try:
             topic = self.topic(logical)
             parts = consumer.list_topics(topic, timeout=10).topics[topic].partitions
-            tps = [TopicPartition(topic, p) for p in parts]
-            committed = consumer.committed(tps, timeout=10)
+            committed = consumer.committed([TopicPartition(topic, p) for p in parts],
+                                           timeout=10)
+            behind = []
             total = 0
             for tp in committed:
                 _lo, hi = consumer.get_watermark_offsets(TopicPartition(topic, tp.partition),
                                                          timeout=10)
-                total += max(0, hi - max(tp.offset, 0))
+                start = max(tp.offset, 0)
+                if hi > start:
+                    behind.append((TopicPartition(topic, tp.partition, start), hi))
+            for tp, hi in behind:
+                consumer.assign([tp])
+                deadline = time.monotonic() + 5
+                while time.monotonic() < deadline:
+                    msg = consumer.poll(0.2)
+                    if msg is not None and not msg.error():
+                        total += hi - tp.offset  # real data is waiting
+                        break
+                    pos = consumer.position([TopicPartition(topic, tp.partition)])[0].offset
+                    if pos >= hi:
+                        break  # only markers were left
+                else:
+                    total += hi - tp.offset
             return total
         finally:
             consumer.close()
