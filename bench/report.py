@@ -18,7 +18,7 @@ GOALS = {
 }
 
 
-def _get(d: Any, *path: str, default: float = math.nan) -> Any:
+def _get(d: Any, *path: str, default: Any = math.nan) -> Any:
     for p in path:
         if not isinstance(d, dict) or p not in d:
             return default
