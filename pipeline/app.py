@@ -53,6 +53,13 @@ def create_app(settings: Settings) -> faust.App:
         # The Kafka timestamp of each delta starts the freshness clock; keep it from the
         # producer rather than the broker.
         producer_acks=-1,
+        # Batch the many small records an agent sends (changelog + outputs) into fewer produce
+        # requests: with linger 0 every send is its own request and socket writes dominate.
+        producer_linger=settings.producer_linger_s,
+        # A SIGKILLed worker's partitions are reassigned after the session timeout: keep it
+        # short so recovery is seconds, not Faust's default minute.
+        broker_session_timeout=settings.session_timeout_s,
+        broker_heartbeat_interval=max(1.0, settings.session_timeout_s / 3),
         stream_wait_empty=False,
     )
 
@@ -73,4 +80,7 @@ def avro_table(name: str, record: str, *, help: str) -> Any:
     table = app.Table(name, default=None, key_type=bytes, partitions=settings.partitions,
                       help=help)
     table.value_serializer = faust_codec_name(record)
+    # Registering the table already built its changelog topic with the JSON default; build it
+    # again so recovery decodes the changelog with the Avro codec.
+    table.changelog_topic = table._new_changelog_topic()
     return table

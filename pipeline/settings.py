@@ -127,6 +127,8 @@ class Settings(BaseSettings):
     commit_interval_s: float = Field(default=0.1, gt=0)
     store: str = "rocksdb://"
     data_dir: Path = Path(".stockflow/worker")
+    producer_linger_s: float = Field(default=0.01, ge=0)
+    session_timeout_s: float = Field(default=10.0, ge=6.0)
     web_port: int = 6066
     metrics_port: int = 9108
 

@@ -122,9 +122,6 @@ async def handle_delta(event: Any) -> str:
     metrics.EVENTS.labels("apply", outcome).inc()
     if outcome in ("duplicate", "stale"):
         metrics.DROPPED.labels(outcome).inc()
-        log.debug("delta.dropped", outcome=outcome, supplier=supplier, sku=sku,
-                  event_id=delta["event_id"], topic=msg.topic, partition=msg.partition,
-                  offset=msg.offset)
         return outcome
     metrics.SUPPLIER_LAST_SEEN.labels(supplier).set(_now_ms() / 1000)
     if decision.state is not None:
