@@ -102,14 +102,15 @@ def create_topics(settings: Settings, specs: tuple[TopicSpec, ...] = TOPICS,
                     raise StockflowError(f"cannot create topic {name}: {exc}") from exc
             results.append((name, "created"))
     created = {n for n, _ in results}
+    mismatched: list[str] = []
     for spec in specs:
         name = settings.topic(spec.name)
         if name in created:
             continue
         meta = existing[name]
         if len(meta.partitions) != spec.partitions(settings):
-            log.warning("topics.partition_mismatch", topic=name, actual=len(meta.partitions),
-                        declared=spec.partitions(settings))
+            mismatched.append(f"{name} has {len(meta.partitions)} partitions, "
+                              f"declared {spec.partitions(settings)}")
         resource = ConfigResource(ConfigResource.Type.TOPIC, name)
         current = admin.describe_configs([resource])[resource].result(timeout=timeout)
         wanted = spec.config(settings)
@@ -122,4 +123,11 @@ def create_topics(settings: Settings, specs: tuple[TopicSpec, ...] = TOPICS,
             results.append((name, "updated"))
         else:
             results.append((name, "ok"))
+    if mismatched:
+        # Tables are co-partitioned with their source topics: the worker cannot run like this.
+        raise StockflowError(
+            "; ".join(mismatched) + ". A topic auto-created by a producer that ran before "
+            "`stockflow topics create` gets the broker's default partition count. Set "
+            "STOCKFLOW_PARTITIONS to match, or delete the topic (its data is lost) and run "
+            "`stockflow topics create` again.")
     return results

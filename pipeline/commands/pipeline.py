@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -47,9 +48,44 @@ def worker() -> None:
         topic_prefix=settings.topic_prefix)
     from faust.worker import Worker
 
+    clean_marker = Path(app.conf.datadir) / "clean-shutdown"
+    discard_unclean_state(Path(app.conf.tabledir), clean_marker,
+                          settings.processing_guarantee == "exactly_once")
     app.discover()
-    Worker(app, loglevel=settings.log_level, quiet=True, redirect_stdouts=False,
-           override_logging=False).execute_from_commandline()
+    exit_code: object = 1
+    try:
+        Worker(app, loglevel=settings.log_level, quiet=True, redirect_stdouts=False,
+               override_logging=False).execute_from_commandline()
+        exit_code = 0
+    except SystemExit as exc:
+        exit_code = exc.code
+        raise
+    finally:
+        if exit_code in (0, None):
+            clean_marker.parent.mkdir(parents=True, exist_ok=True)
+            clean_marker.touch()
+
+
+def discard_unclean_state(tabledir: Path, clean_marker: Path, exactly_once: bool) -> bool:
+    """After a crash, drop the local table stores so they are rebuilt from the changelogs.
+
+    The local RocksDB stores are written as events are processed, before their Kafka
+    transaction commits. A worker that dies mid-transaction leaves local state *ahead* of the
+    committed changelog; reprocessing the aborted events against it would judge them stale and
+    their changes would never be emitted. Under exactly-once the changelog (read committed) is
+    the truth, so an unclean start restores from it. A clean stop leaves a marker file.
+    """
+    from pipeline.log import get_logger
+
+    was_clean = clean_marker.exists()
+    clean_marker.unlink(missing_ok=True)
+    if not exactly_once or was_clean or not tabledir.exists():
+        return False
+    shutil.rmtree(tabledir)
+    get_logger("stockflow.worker").warning(
+        "worker.unclean_start", action="local table state discarded; restoring from changelogs",
+        tabledir=str(tabledir))
+    return True
 
 
 def produce(

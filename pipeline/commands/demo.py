@@ -1,0 +1,136 @@
+"""`stockflow demo`: the whole pipeline on simulated suppliers, with a live view of the result."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+NEXT_STEPS = """[bold]What to try next[/] (another terminal, this folder, `. .venv/bin/activate`):
+  stockflow inventory get <SKU> [--cache]    availability across suppliers (Cassandra / Redis)
+  stockflow trace <EVENT_ID>                 what happened to one event
+  stockflow verify                           recompute from the log and compare with the stores
+  stockflow top                              the live metrics view alone
+  stockflow stack status | logs kafka        the local services
+Ctrl-C stops the worker, simulator and connectors; `stockflow stack down` stops the stack."""
+
+
+def _sample_availability(settings: Any, limit: int = 6) -> Any:
+    """A table of a few platform SKUs as the cache holds them."""
+    import redis
+    from rich.table import Table
+
+    from connectors.redis_cache import parse_hash, platform_sku_of
+
+    table = Table(title="a few SKUs (Redis cache)", expand=True)
+    for col in ("platform SKU", "total", "best supplier", "suppliers"):
+        table.add_column(col)
+    prefix = f"{settings.redis_cache_key_prefix}avail:"
+    client = redis.Redis.from_url(settings.redis_url.get_secret_value(), decode_responses=True,
+                                  socket_timeout=2)
+    try:
+        keys = []
+        for key in client.scan_iter(f"{prefix}*", count=200):
+            keys.append(key)
+            if len(keys) >= limit:
+                break
+        for key in sorted(keys):
+            sku = platform_sku_of(settings.redis_cache_key_prefix, key)
+            view = parse_hash(sku, client.hgetall(key))
+            suppliers = ", ".join(f"{s}={e['quantity']}"
+                                  for s, e in sorted(view["suppliers"].items()))
+            table.add_row(sku, str(view["total"]), str(view["best_supplier"] or "-"), suppliers)
+    except redis.RedisError as exc:
+        table.add_row("-", "-", "-", f"Redis: {exc}")
+    finally:
+        client.close()
+    return table
+
+
+def demo(
+    config: Annotated[Path, typer.Option(
+        "--config", "-c", help="suppliers + simulator YAML")] = Path("examples/suppliers.yaml"),
+    duration: Annotated[float | None, typer.Option(
+        help="stop after this many seconds (default: until Ctrl-C)")] = None,
+    interval: Annotated[float, typer.Option(help="seconds between view refreshes")] = 2.0,
+) -> None:
+    """Stack up, topics and tables, simulator + connectors + worker, and a live view."""
+    from rich.console import Console, Group
+    from rich.live import Live
+
+    from pipeline.commands.top import render, scrape
+    from pipeline.settings import get_settings
+    from pipeline.stack import LocalStack
+    from topologies.topics import create_topics
+
+    console = Console()
+    settings = get_settings()
+    if not config.exists():
+        raise typer.BadParameter(f"{config} not found (run from the stockflow folder)")
+
+    with console.status("stack up (the first run resolves Kafka and Cassandra from Maven "
+                        "Central; a few minutes)..."):
+        LocalStack(settings).up(on_ready=lambda s, v, dt: console.print(
+            f"[green]✓[/] {s} {v} ready ({dt:.0f}s)"))
+    for name, action in create_topics(settings):
+        console.print(f"  topic {name}: {action}")
+    migrate = subprocess.run([sys.executable, "-m", "pipeline.cli", "db", "migrate"],
+                             capture_output=True, text=True, check=False)
+    if migrate.returncode != 0:
+        console.print(migrate.stdout + migrate.stderr)
+        raise typer.Exit(1)
+    console.print("  cassandra schema: up to date")
+
+    log_dir = settings.stack_dir / "demo"
+    log_dir.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "STOCKFLOW_SUPPLIERS_CONFIG": str(config)}
+    commands = {
+        "worker": ["worker"],
+        "simulator": ["simulate", "--config", str(config)],
+        "connectors": ["connectors", "run", "--config", str(config)],
+    }
+    procs: dict[str, subprocess.Popen[bytes]] = {}
+    for name, args in commands.items():
+        with (log_dir / f"{name}.log").open("ab") as fh:
+            procs[name] = subprocess.Popen(
+                [sys.executable, "-m", "pipeline.cli", "--json-logs", *args], env=env,
+                stdout=fh, stderr=subprocess.STDOUT, start_new_session=True)
+        console.print(f"  started {name} (pid {procs[name].pid}, log {log_dir / name}.log)")
+
+    urls = [f"http://127.0.0.1:{settings.metrics_port}/metrics",
+            f"http://127.0.0.1:{settings.connectors_metrics_port}/metrics"]
+    started = time.monotonic()
+    prev = None
+    try:
+        with Live(console=console, refresh_per_second=2, screen=False) as live:
+            while duration is None or time.monotonic() - started < duration:
+                cur = scrape(urls)
+                dead = [n for n, p in procs.items() if p.poll() is not None]
+                notes = [f"[red]{n} exited ({procs[n].returncode}); see "
+                         f"{log_dir / n}.log[/]" for n in dead]
+                live.update(Group(render(cur, prev), _sample_availability(settings),
+                                  *notes, NEXT_STEPS))
+                prev = cur
+                time.sleep(interval)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        for proc in procs.values():
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGTERM)
+        for proc in procs.values():
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+        console.print("demo stopped; the stack is still up (`stockflow stack down` stops it)")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("demo")(demo)
