@@ -177,7 +177,7 @@ class LogReader:
                         raise ReplayError(f"reading {self.topic}[{p}]: {err}")
                     if p not in todo:
                         continue
-                    offset = msg.offset()
+                    offset = msg.offset() or 0  # a data message always has an offset
                     if offset >= end[p]:
                         todo.discard(p)
                         self._consumer.pause([TopicPartition(self.topic, p)])

@@ -96,11 +96,11 @@ def read_changelog(settings: Settings, topic: str, record: str,
                         continue
                     raise ReplayError(f"reading {topic}: {err}")
                 deadline = time.monotonic() + timeout_s
-                key = msg.key() or b""
-                if msg.value() is None:
+                key, value = msg.key() or b"", msg.value()
+                if value is None:
                     out.pop(key, None)
                 else:
-                    out[key] = codec.decode(msg.value())
+                    out[key] = codec.decode(value)
     finally:
         consumer.close()
     return out
