@@ -18,6 +18,7 @@ from pipeline.aggregate import fold_update
 from pipeline.app import app, avro_table, settings
 from pipeline.log import get_logger
 from schemas.codec import faust_codec_name
+from topologies.batching import take_events
 from topologies.process_deltas import stock_updates_topic
 from topologies.topics import CHANGES
 
@@ -79,8 +80,8 @@ async def _get_sink() -> StockSink:
 async def aggregate(stream: Any) -> Any:
     """Fold a batch into availability, write it to Cassandra, then emit its changes."""
     sink = await _get_sink()
-    async for events in stream.take_events(settings.sink_batch_size,
-                                           within=settings.sink_batch_within_s):
+    async for events in take_events(stream, settings.sink_batch_size,
+                                    settings.sink_batch_within_s):
         now = int(time.time() * 1000)
         updates: list[dict[str, Any]] = []
         changes: list[tuple[Any, dict[str, Any]]] = []

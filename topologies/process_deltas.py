@@ -109,7 +109,6 @@ async def handle_delta(event: Any) -> str:
     supplier, sku = delta["supplier_id"], delta["sku"]
     key = event.key if event.key is not None else f"{supplier}|{sku}".encode()
     event_id = delta["event_id"]
-    msg = event.message
     produced_at = now
     state = stock.get(key)
     recent: dict[str, int] = state.get("recent_events") or {} if state else {}

@@ -9,6 +9,7 @@ from pipeline import metrics
 from pipeline.app import app, settings
 from pipeline.log import get_logger
 from topologies.aggregate import changes_topic
+from topologies.batching import take_events
 
 log = get_logger(__name__)
 
@@ -42,10 +43,12 @@ def _get_cache() -> ChangeCache | None:
 @app.agent(changes_topic)
 async def refresh_cache(stream: Any) -> Any:
     """Write each batch of changes to Redis; returns only once Redis has them."""
-    async for changes in stream.take(settings.cache_batch_size,
-                                     within=settings.cache_batch_within_s):
+    async for events in take_events(stream, settings.cache_batch_size,
+                                    settings.cache_batch_within_s):
+        changes = [event.value for event in events]
         cache = _get_cache()
         if cache is None:
+            yield 0
             continue
         t0 = time.perf_counter()
         await cache.apply_batch(list(changes))
