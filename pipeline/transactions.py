@@ -10,6 +10,12 @@ and atomicity between a record and the input offset that produced it is lost.
 This manager sends every record produced while handling an event through the producer of
 that event's *source* partition, so the record, the changelog writes and the source offset
 commit or abort together. Sends outside of an event keep Faust's behaviour.
+
+It also hands Faust's buffered changelog records to their transactions *before* committing:
+Faust flushes that buffer before an at-least-once commit but not before a transactional one,
+so a table write could land in the transaction after the one that committed its input
+offset -- lost if the worker then dies, and invisible to read-committed readers while the
+worker idles.
 """
 
 from __future__ import annotations
@@ -36,6 +42,11 @@ class SourceTransactionManager(TransactionManager):
         dest_partition = self.consumer.key_partition(topic, key, partition)
         return await self.producer.send(topic, key, value, dest_partition, timestamp, headers,
                                         transactional_id=tid)
+
+
+    async def commit(self, offsets: Any, start_new_transaction: bool = True) -> bool:
+        await self.app.producer.buffer.flush()
+        return bool(await super().commit(offsets, start_new_transaction=start_new_transaction))
 
 
 def install(app: Any) -> None:
