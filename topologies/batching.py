@@ -4,10 +4,12 @@ Faust's `Stream.take_events`/`take` share one "consuming" future between the bat
 and the producer side of the buffer, and a producer that waited on an older future resets it
 to None when it wakes: a later batch is then no longer protected, events are appended while
 the agent works on its copy, and the `finally` that clears and acks the buffer acks those
-events without anyone having processed them (seen as an update of inventory.stock-updates
-that never reached the availability table). This version keeps one lock-step protocol:
-the producer side appends only while no batch is being handed out, and the batch handed out
-is exactly the set of events that gets acked.
+events without anyone having processed them. And the producer side reads the stream's
+*current* event after waiting, by which time it may be another one (see add_to_buffer).
+Both showed as an update of inventory.stock-updates that never reached the availability
+table. This version keeps one lock-step protocol: the producer side appends only while no
+batch is being handed out, each event is captured when it arrives, and the batch handed
+out is exactly the set of events that gets acked.
 """
 
 from __future__ import annotations
@@ -31,12 +33,15 @@ async def take_events(stream: Any, max_: int, within: float) -> AsyncIterator[li
     stream_enable_acks: bool = stream.enable_acks
 
     async def add_to_buffer(value: Any) -> Any:
-        # Wait while a batch is being handed out and processed.
-        while not room.is_set():
-            await room.wait()
+        # Take the event *before* waiting: while this waits, the agent works on the previous
+        # batch and makes its events current in turn (for table writes), so the stream's
+        # current event is no longer this one when the wait ends. Reading it afterwards, as
+        # Faust's take_events does, loses this event and hands out an old one twice.
         event = stream.current_event
         if event is None:
             raise RuntimeError("take_events: no current event")
+        while not room.is_set():
+            await room.wait()
         pending.append(event)
         if len(pending) >= max_:
             ready.set()
