@@ -30,8 +30,8 @@ err_console = Console(stderr=True)
 
 @app.callback()
 def _root(
-    json_logs: Annotated[bool | None, typer.Option("--json-logs/--console-logs",
-                                                   help="Log format (default: JSON unless a terminal)")] = None,
+    json_logs: Annotated[bool | None, typer.Option(
+        "--json-logs/--console-logs", help="Log format (default: JSON unless a terminal)")] = None,
 ) -> None:
     settings = get_settings()
     use_json = json_logs if json_logs is not None else settings.log_json
@@ -71,7 +71,9 @@ def _services(service: list[str] | None) -> list[str]:
 
 
 @stack_app.command("up")
-def stack_up(service: Annotated[list[str] | None, typer.Argument(help="kafka, cassandra, redis")] = None) -> None:
+def stack_up(
+    service: Annotated[list[str] | None, typer.Argument(help="kafka, cassandra, redis")] = None,
+) -> None:
     """Start Kafka, Cassandra and Redis (idempotent) and wait until each answers."""
     t0 = time.monotonic()
     with console.status("starting the local stack (first run resolves jars from Maven Central)..."):

@@ -1,4 +1,4 @@
-"""structlog, configured once at the entry point: JSON lines in production, a console in a terminal."""
+"""structlog, configured once at the entry point: JSON lines in production, a terminal console."""
 
 from __future__ import annotations
 

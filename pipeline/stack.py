@@ -219,7 +219,8 @@ class LocalStack:
         log4j = conf / "log4j2.properties"
         log4j.write_text(_KAFKA_LOG4J)
         java = [
-            "java", f"-Xms{self.settings.stack_kafka_heap}", f"-Xmx{self.settings.stack_kafka_heap}",
+            "java", f"-Xms{self.settings.stack_kafka_heap}",
+            f"-Xmx{self.settings.stack_kafka_heap}",
             "-XX:+UseG1GC", "-XX:MaxGCPauseMillis=20", "-Djava.awt.headless=true",
             f"-Dlog4j2.configurationFile={log4j}", "-cp", f"{libs}/*",
         ]
@@ -233,7 +234,8 @@ class LocalStack:
                 capture_output=True, text=True, check=False,
             )
             if fmt.returncode != 0:
-                raise StackError(f"kafka storage format failed:\n{(fmt.stdout + fmt.stderr)[-3000:]}")
+                tail = (fmt.stdout + fmt.stderr)[-3000:]
+                raise StackError(f"kafka storage format failed:\n{tail}")
         # The stack folder on the command line marks the process as ours for read_pid/down.
         return self._spawn("kafka", [*java, f"-Dstockflow.stack={self.root}", "kafka.Kafka",
                                      str(props)], sdir)

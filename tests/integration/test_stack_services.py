@@ -109,7 +109,8 @@ def test_faust_worker_processes_one_event(unique: str, tmp_path: Path) -> None:
 
     # Source topics exist before a worker subscribes (`stockflow topics create` does this).
     admin = AdminClient({"bootstrap.servers": KAFKA})
-    for fut in admin.create_topics([NewTopic(f"{unique}.in", 1, 1), NewTopic(f"{unique}.out", 1, 1)]).values():
+    topics = [NewTopic(f"{unique}.in", 1, 1), NewTopic(f"{unique}.out", 1, 1)]
+    for fut in admin.create_topics(topics).values():
         fut.result(30)
     env = {**os.environ, "ECHO_APP_ID": unique, "ECHO_DATADIR": str(tmp_path),
            "ECHO_IN": f"{unique}.in", "ECHO_OUT": f"{unique}.out"}
