@@ -324,10 +324,6 @@ def test_interrupted_replay_continues_from_its_checkpoint(state: type[State]) ->
     assert not any(checkpoints.iterdir())  # a finished replay removes its checkpoint
 
 
-@pytest.mark.xfail(reason="the worker cannot restore its Avro tables from their changelogs "
-                   "(Faust logs 'Error in recovery: utf-8 codec can't decode byte 0xc3'), "
-                   "even its own after losing data_dir: pipeline/app.py avro_table",
-                   strict=False)
 def test_rebuild_tables_and_worker_resumes(state: type[State]) -> None:
     env = state.env
     env.start_worker()
