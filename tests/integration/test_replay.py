@@ -80,6 +80,8 @@ def state(tmp_path_factory: pytest.TempPathFactory) -> Iterator[type[State]]:
         State.original = snapshot(env)
         assert len(State.original["availability_by_sku"]) > 50
         proc = env.cli("verify", "--settle", "5", "--no-tables", check=False)
+        # The worker's own output must already agree with the log.
+        assert proc.returncode == 0, proc.stdout[-3000:]
         State.worker_drift = set(re.findall(r"(?:cassandra|redis) '([^']+)'", proc.stdout))
         yield State
     finally:
