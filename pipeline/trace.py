@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from connectors.replay.log_reader import LogRecord
 from pipeline.apply import decide
 from pipeline.errors import SchemaError, StockflowError, ValidationError
 from pipeline.log import get_logger
@@ -31,17 +32,6 @@ PlatformSkuOf = Callable[[str, str], str]
 
 class TraceError(StockflowError):
     """The log, Cassandra or Redis could not be read while tracing an event."""
-
-
-@dataclass(frozen=True, slots=True)
-class LogRecord:
-    """One record of inventory.deltas as the worker sees it."""
-
-    partition: int
-    offset: int
-    timestamp_ms: int
-    key: bytes | None
-    value: bytes
 
 
 @dataclass
