@@ -20,6 +20,9 @@ worker idles.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
 from typing import Any
 
 from faust.streams import current_event
@@ -44,6 +47,20 @@ class SourceTransactionManager(TransactionManager):
                                         transactional_id=tid)
 
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # Gate the whole commit -- choosing the acked offsets included -- not just the
+        # transaction end: offsets chosen before the wait would miss units that finish
+        # while it waits, whose outputs would then commit without their offsets.
+        consumer = self.consumer
+        force_commit = consumer.force_commit
+
+        async def gated_force_commit(*a: Any, **kw: Any) -> Any:
+            async with commit_gate.exclusive():
+                return await force_commit(*a, **kw)
+
+        consumer.force_commit = gated_force_commit
+
     async def commit(self, offsets: Any, start_new_transaction: bool = True) -> bool:
         await self.app.producer.buffer.flush()
         return bool(await super().commit(offsets, start_new_transaction=start_new_transaction))
@@ -52,3 +69,49 @@ class SourceTransactionManager(TransactionManager):
 def install(app: Any) -> None:
     """Use SourceTransactionManager for this app's transport (before the worker starts)."""
     app.transport.TransactionManager = SourceTransactionManager
+
+
+class CommitGate:
+    """Keeps Faust's transaction commits between units of work, never in the middle of one.
+
+    Faust commits on a timer, from another task, whenever the agent is at an `await`. A
+    commit in the middle of handling an event would commit part of its outputs (a dead
+    letter, a table write) without its input offset -- duplicated if the worker then dies --
+    or commit its offset and table write while its output record goes to the next
+    transaction -- lost if it dies. Agents wrap each event (or batch) in `unit()`, which also
+    acks it; a commit waits in `exclusive()` until no unit is running, and holds new units
+    back meanwhile so that it cannot starve.
+    """
+
+    def __init__(self) -> None:
+        self._active = 0
+        self._committing = False
+        self._cond = asyncio.Condition()
+
+    @contextlib.asynccontextmanager
+    async def unit(self) -> AsyncIterator[None]:
+        async with self._cond:
+            await self._cond.wait_for(lambda: not self._committing)
+            self._active += 1
+        try:
+            yield
+        finally:
+            async with self._cond:
+                self._active -= 1
+                self._cond.notify_all()
+
+    @contextlib.asynccontextmanager
+    async def exclusive(self) -> AsyncIterator[None]:
+        async with self._cond:
+            await self._cond.wait_for(lambda: not self._committing)
+            self._committing = True
+            await self._cond.wait_for(lambda: self._active == 0)
+        try:
+            yield
+        finally:
+            async with self._cond:
+                self._committing = False
+                self._cond.notify_all()
+
+
+commit_gate = CommitGate()

@@ -17,6 +17,7 @@ from pipeline import metrics
 from pipeline.aggregate import fold_update
 from pipeline.app import app, avro_table, settings
 from pipeline.log import get_logger
+from pipeline.transactions import commit_gate
 from schemas.codec import faust_codec_name
 from topologies.batching import take_events
 from topologies.process_deltas import stock_updates_topic
@@ -82,27 +83,31 @@ async def aggregate(stream: Any) -> Any:
     sink = await _get_sink()
     async for events in take_events(stream, settings.sink_batch_size,
                                     settings.sink_batch_within_s):
-        now = int(time.time() * 1000)
-        updates: list[dict[str, Any]] = []
-        changes: list[tuple[Any, dict[str, Any]]] = []
-        for event in events:
-            # Table writes go to the changelog partition of the *current* event; a batch
-            # spans partitions, so make each event current while its key is written.
-            stream._set_current_event(event)
-            update = event.value
-            key = update["platform_sku"].encode()
-            old_avail = availability.get(key)
-            new_avail, change = fold_update(old_avail, update, now_ms=now)
-            if new_avail is not old_avail:
-                # Also when nothing published changed: keep the newer version and lead time.
-                availability[key] = new_avail
-            if change is None:
-                metrics.EVENTS.labels("aggregate", "unchanged").inc()
-                continue
-            updates.append(update)
-            changes.append((event, change))
-        if updates:
-            await _write_then_emit(stream, sink, updates, changes)
+        # One unit per batch: folded, written, emitted and acked with no commit in between.
+        async with commit_gate.unit():
+            now = int(time.time() * 1000)
+            updates: list[dict[str, Any]] = []
+            changes: list[tuple[Any, dict[str, Any]]] = []
+            for event in events:
+                # Table writes go to the changelog partition of the *current* event; a batch
+                # spans partitions, so make each event current while its key is written.
+                stream._set_current_event(event)
+                update = event.value
+                key = update["platform_sku"].encode()
+                old_avail = availability.get(key)
+                new_avail, change = fold_update(old_avail, update, now_ms=now)
+                if new_avail is not old_avail:
+                    # Also when nothing published changed: keep the newer version and lead time.
+                    availability[key] = new_avail
+                if change is None:
+                    metrics.EVENTS.labels("aggregate", "unchanged").inc()
+                    continue
+                updates.append(update)
+                changes.append((event, change))
+            if updates:
+                await _write_then_emit(stream, sink, updates, changes)
+            for event in events:
+                await stream.ack(event)
         yield len(changes)
 
 

@@ -23,6 +23,7 @@ from pipeline.catalog import Catalog
 from pipeline.dedup import expired
 from pipeline.errors import SchemaError, ValidationError
 from pipeline.log import get_logger
+from pipeline.transactions import commit_gate
 from pipeline.validate import DECODE_ERROR, dead_letter, validate_delta
 from schemas.codec import codec_for, faust_codec_name
 from topologies.topics import DEADLETTER, DELTAS, RESYNC, STOCK_UPDATES
@@ -143,4 +144,8 @@ async def handle_delta(event: Any) -> str:
 async def process_deltas(stream: Any) -> Any:
     """validate -> dedup -> apply, one event at a time, per (supplier, sku) in order."""
     async for event in stream.events():
-        yield await handle_delta(event)
+        # One unit per event: handled and acked with no commit in between.
+        async with commit_gate.unit():
+            outcome = await handle_delta(event)
+            await stream.ack(event)
+        yield outcome
