@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +17,6 @@ from connectors.suppliers import parse_suppliers
 from tests.integration.connectors_kafka import (
     Topics,
     fold,
-    private_topics,
     quantities,
     truth_quantities,
 )
@@ -35,11 +34,6 @@ STYLES = {
                        "description": "Description"}},
     "sftp": {"encoding": "utf-8", "bom": True},
 }
-
-
-@pytest.fixture
-def topics() -> Iterator[Topics]:
-    yield from private_topics()
 
 
 @pytest.fixture

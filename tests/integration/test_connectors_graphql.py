@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +16,6 @@ from connectors.suppliers import parse_suppliers
 from tests.integration.connectors_kafka import (
     Topics,
     fold,
-    private_topics,
     quantities,
     truth_quantities,
 )
@@ -25,11 +24,6 @@ from tests.integration.test_connectors_rest import CrashAfter, poll_through
 pytestmark = pytest.mark.integration
 
 SUPPLIER = "echo-gql"
-
-
-@pytest.fixture
-def topics() -> Iterator[Topics]:
-    yield from private_topics()
 
 
 @pytest.fixture

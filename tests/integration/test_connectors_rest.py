@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +21,6 @@ from connectors.suppliers import parse_suppliers
 from tests.integration.connectors_kafka import (
     Topics,
     fold,
-    private_topics,
     quantities,
     truth_quantities,
 )
@@ -30,11 +29,6 @@ pytestmark = pytest.mark.integration
 
 FAULTY = "acme-rest"
 CLEAN = "plain-rest"
-
-
-@pytest.fixture
-def topics() -> Iterator[Topics]:
-    yield from private_topics()
 
 
 @pytest.fixture

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
@@ -19,7 +19,6 @@ from connectors.suppliers import parse_suppliers
 from tests.integration.connectors_kafka import (
     Topics,
     fold,
-    private_topics,
     quantities,
     truth_quantities,
 )
@@ -28,11 +27,6 @@ pytestmark = pytest.mark.integration
 
 SUPPLIER = "bolt-hooks"
 SECRET = "s3cret-for-tests"
-
-
-@pytest.fixture
-def topics() -> Iterator[Topics]:
-    yield from private_topics()
 
 
 @pytest.fixture
