@@ -128,11 +128,12 @@ def recreate_changelogs(settings: Settings, timeout_s: float = 60.0) -> list[str
                 if "UNKNOWN_TOPIC" not in str(exc):
                     raise ReplayError(f"cannot delete {name}: {exc}") from exc
     deadline = time.monotonic() + timeout_s
-    while True:
+    pending = list(names)
+    while pending:
         # Deletion is asynchronous: a create right after it fails with "marked for deletion".
         new = [NewTopic(n, num_partitions=settings.partitions,
                         replication_factor=settings.kafka_replication_factor,
-                        config={"cleanup.policy": "compact"}) for n in names]
+                        config={"cleanup.policy": "compact"}) for n in pending]
         errors = []
         for name, fut in admin.create_topics(new, operation_timeout=timeout_s).items():
             try:
@@ -141,12 +142,30 @@ def recreate_changelogs(settings: Settings, timeout_s: float = 60.0) -> list[str
                 if "TOPIC_ALREADY_EXISTS" in str(exc) and name not in doomed:
                     continue
                 errors.append((name, exc))
-        if not errors:
-            return names
-        if time.monotonic() > deadline:
+        if errors and time.monotonic() > deadline:
             raise ReplayError(f"cannot recreate {[n for n, _ in errors]}: {errors[0][1]}")
-        names = [n for n, _ in errors]
-        doomed = [n for n in doomed if n in names]
+        pending = [n for n, _ in errors]
+        if pending:
+            time.sleep(0.5)
+    _wait_visible(settings, names, deadline)
+    return names
+
+
+def _wait_visible(settings: Settings, names: list[str], deadline: float) -> None:
+    """Wait until every partition of the new topics has a leader in the brokers' metadata:
+    a worker started earlier would find them missing and stop."""
+    admin = _admin(settings)
+    while True:
+        topics = admin.list_topics(timeout=10).topics
+        ready = all(
+            n in topics and topics[n].error is None
+            and len(topics[n].partitions) == settings.partitions
+            and all(p.leader >= 0 and p.error is None for p in topics[n].partitions.values())
+            for n in names)
+        if ready:
+            return
+        if time.monotonic() > deadline:
+            raise ReplayError(f"recreated changelog topics {names} are not visible yet")
         time.sleep(0.5)
 
 
