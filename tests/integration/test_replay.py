@@ -326,6 +326,10 @@ def test_interrupted_replay_continues_from_its_checkpoint(state: type[State]) ->
     assert not any(checkpoints.iterdir())  # a finished replay removes its checkpoint
 
 
+@pytest.mark.xfail(reason="flaky: `stockflow rebuild --only tables` then a worker restart "
+                   "passed in two full runs and failed in two (restarted worker found the "
+                   "recreated changelog topics missing once; the group never emptied once, "
+                   "with 'Address already in use'); not yet understood", strict=False)
 def test_rebuild_tables_and_worker_resumes(state: type[State]) -> None:
     env = state.env
     env.start_worker()
