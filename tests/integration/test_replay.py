@@ -327,7 +327,7 @@ def test_interrupted_replay_continues_from_its_checkpoint(state: type[State]) ->
 
 
 @pytest.mark.xfail(reason="flaky: `stockflow rebuild --only tables` then a worker restart "
-                   "passed in two full runs and failed in two (restarted worker found the "
+                   "passed in three runs and failed in two (restarted worker found the "
                    "recreated changelog topics missing once; the group never emptied once, "
                    "with 'Address already in use'); not yet understood", strict=False)
 def test_rebuild_tables_and_worker_resumes(state: type[State]) -> None:
