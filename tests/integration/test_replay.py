@@ -332,6 +332,7 @@ def test_interrupted_replay_continues_from_its_checkpoint(state: type[State]) ->
                    "with 'Address already in use'); not yet understood", strict=False)
 def test_rebuild_tables_and_worker_resumes(state: type[State]) -> None:
     env = state.env
+    env.stop_worker()  # the fixture's worker, when this test runs on its own
     env.start_worker()
     env.wait_until(lambda: env.cli("rebuild", "--only", "tables", "--yes",
                                    check=False).returncode != 0, timeout=60,
