@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -48,10 +47,19 @@ def worker() -> None:
         topic_prefix=settings.topic_prefix)
     from faust.worker import Worker
 
-    clean_marker = Path(app.conf.datadir) / "clean-shutdown"
-    discard_unclean_state(Path(app.conf.tabledir), clean_marker,
-                          settings.processing_guarantee == "exactly_once")
+    from pipeline import local_state
+
     app.discover()
+    datadir = Path(app.conf.datadir)
+    changelogs = [t.changelog_topic.get_topic_name() for t in app.tables.values()]
+    discarded = local_state.prepare_local_state(
+        datadir, Path(app.conf.tabledir), app_id=settings.app_id,
+        topic_ids=local_state.changelog_topic_ids(settings.confluent_config(), changelogs),
+        exactly_once=settings.processing_guarantee == "exactly_once")
+    if discarded:
+        get_logger("stockflow.worker").warning(
+            "worker.local_state_discarded", reason=discarded,
+            action="restoring the tables from their changelogs", tabledir=app.conf.tabledir)
     exit_code: object = 1
     try:
         Worker(app, loglevel=settings.log_level, quiet=True, redirect_stdouts=False,
@@ -62,30 +70,7 @@ def worker() -> None:
         raise
     finally:
         if exit_code in (0, None):
-            clean_marker.parent.mkdir(parents=True, exist_ok=True)
-            clean_marker.touch()
-
-
-def discard_unclean_state(tabledir: Path, clean_marker: Path, exactly_once: bool) -> bool:
-    """After a crash, drop the local table stores so they are rebuilt from the changelogs.
-
-    The local RocksDB stores are written as events are processed, before their Kafka
-    transaction commits. A worker that dies mid-transaction leaves local state *ahead* of the
-    committed changelog; reprocessing the aborted events against it would judge them stale and
-    their changes would never be emitted. Under exactly-once the changelog (read committed) is
-    the truth, so an unclean start restores from it. A clean stop leaves a marker file.
-    """
-    from pipeline.log import get_logger
-
-    was_clean = clean_marker.exists()
-    clean_marker.unlink(missing_ok=True)
-    if not exactly_once or was_clean or not tabledir.exists():
-        return False
-    shutil.rmtree(tabledir)
-    get_logger("stockflow.worker").warning(
-        "worker.unclean_start", action="local table state discarded; restoring from changelogs",
-        tabledir=str(tabledir))
-    return True
+            local_state.mark_clean_stop(datadir)
 
 
 def produce(

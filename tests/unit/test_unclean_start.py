@@ -1,10 +1,19 @@
-"""After a crash the worker discards local table state so it is rebuilt from the changelogs."""
+"""When the worker keeps its local RocksDB stores and when it restores from the changelogs."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
-from pipeline.commands.pipeline import discard_unclean_state
+from pipeline.local_state import (
+    CLEAN_MARKER,
+    IDENTITY_FILE,
+    mark_clean_stop,
+    prepare_local_state,
+    stale_reason,
+)
+
+IDS = {"app-stock-changelog": "id-s", "app-availability-changelog": "id-a"}
 
 
 def _tables(tmp_path: Path) -> Path:
@@ -13,22 +22,66 @@ def _tables(tmp_path: Path) -> Path:
     return tabledir
 
 
+def _start(tmp_path: Path, tabledir: Path, *, ids: dict[str, str | None] = IDS,
+           app_id: str = "app", exactly_once: bool = True) -> str | None:
+    return prepare_local_state(tmp_path, tabledir, app_id=app_id, topic_ids=ids,
+                               exactly_once=exactly_once)
+
+
 def test_unclean_start_discards_tables(tmp_path: Path) -> None:
     tabledir = _tables(tmp_path)
-    assert discard_unclean_state(tabledir, tmp_path / "clean-shutdown", exactly_once=True)
+    assert _start(tmp_path, tabledir) == "the last run did not stop cleanly (exactly-once)"
     assert not tabledir.exists()
 
 
 def test_clean_start_keeps_tables_and_consumes_marker(tmp_path: Path) -> None:
     tabledir = _tables(tmp_path)
-    marker = tmp_path / "clean-shutdown"
-    marker.touch()
-    assert not discard_unclean_state(tabledir, marker, exactly_once=True)
+    mark_clean_stop(tmp_path)
+    assert _start(tmp_path, tabledir) is None
     assert tabledir.exists()
-    assert not marker.exists()  # a crash during this run will count as unclean
+    assert not (tmp_path / CLEAN_MARKER).exists()  # a crash during this run counts as unclean
+    assert json.loads((tmp_path / IDENTITY_FILE).read_text()) == {"app_id": "app",
+                                                                 "changelogs": IDS}
 
 
-def test_at_least_once_keeps_tables(tmp_path: Path) -> None:
+def test_at_least_once_keeps_tables_after_a_crash(tmp_path: Path) -> None:
     tabledir = _tables(tmp_path)
-    assert not discard_unclean_state(tabledir, tmp_path / "clean-shutdown", exactly_once=False)
+    assert _start(tmp_path, tabledir, exactly_once=False) is None
     assert tabledir.exists()
+
+
+def test_recreated_changelog_discards_tables_even_after_a_clean_stop(tmp_path: Path) -> None:
+    tabledir = _tables(tmp_path)
+    mark_clean_stop(tmp_path)
+    _start(tmp_path, tabledir, exactly_once=False)
+    mark_clean_stop(tmp_path)
+    reason = _start(tmp_path, tabledir, ids={**IDS, "app-stock-changelog": "id-new"},
+                    exactly_once=False)
+    assert reason == "changelog topic app-stock-changelog was recreated"
+    assert not tabledir.exists()
+
+
+def test_state_of_another_app_id_is_discarded(tmp_path: Path) -> None:
+    tabledir = _tables(tmp_path)
+    mark_clean_stop(tmp_path)
+    _start(tmp_path, tabledir, app_id="other")
+    mark_clean_stop(tmp_path)
+    assert _start(tmp_path, tabledir) == "data dir belonged to app id 'other'"
+    assert not tabledir.exists()
+
+
+def test_topic_unknown_at_the_last_start_proves_nothing() -> None:
+    recorded = {"app_id": "app", "changelogs": {"app-stock-changelog": None}}
+    assert stale_reason(recorded, "app", {"app-stock-changelog": "id-s"}) is None
+    assert stale_reason(None, "app", IDS) is None
+    gone = {"app_id": "app", "changelogs": IDS}
+    assert stale_reason(gone, "app", {**IDS, "app-stock-changelog": None}) == \
+        "changelog topic app-stock-changelog was deleted"
+
+
+def test_unreadable_identity_trusts_nothing(tmp_path: Path) -> None:
+    tabledir = _tables(tmp_path)
+    mark_clean_stop(tmp_path)
+    (tmp_path / IDENTITY_FILE).write_text("{not json")
+    assert _start(tmp_path, tabledir) is not None
+    assert not tabledir.exists()

@@ -1,0 +1,104 @@
+"""The worker's local table state: when to keep it and when to restore from the changelogs.
+
+The RocksDB stores under the worker's tabledir are a cache of the tables' changelog topics.
+They may be used only while they describe those topics. They do not when:
+
+- the worker died (exactly-once): the stores are written as events are processed, before
+  their Kafka transaction commits, so they may be *ahead* of the committed changelog;
+- the changelog topics were deleted and created again (a rebuild, an operator's cleanup):
+  the stores hold offsets of the old topic and Faust stops with a ConsistencyError
+  ("persisted offset ... > highwater ...");
+- the data dir belonged to another app id (a reused directory).
+
+A clean stop leaves a marker file; every start records the app id and the changelog topics'
+Kafka topic ids (`state-identity.json`) next to it and compares them with the last start's.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+CLEAN_MARKER = "clean-shutdown"
+IDENTITY_FILE = "state-identity.json"
+
+
+def changelog_topic_ids(config: Mapping[str, Any], topics: Iterable[str],
+                        timeout_s: float = 30.0) -> dict[str, str | None]:
+    """Kafka's topic id of each topic; None for a topic that does not exist (yet)."""
+    from confluent_kafka import KafkaException, TopicCollection
+    from confluent_kafka.admin import AdminClient
+
+    names = sorted(set(topics))
+    if not names:
+        return {}
+    admin = AdminClient(dict(config))
+    out: dict[str, str | None] = {}
+    futures = admin.describe_topics(TopicCollection(names), request_timeout=timeout_s)
+    for name, fut in futures.items():
+        try:
+            out[name] = str(fut.result().topic_id)
+        except KafkaException as exc:
+            if "UNKNOWN_TOPIC" not in str(exc):
+                raise
+            out[name] = None
+    return out
+
+
+def stale_reason(recorded: Mapping[str, Any] | None, app_id: str,
+                 topic_ids: Mapping[str, str | None]) -> str | None:
+    """Why local state recorded as `recorded` does not describe the current topics, or None.
+
+    A topic recorded without an id (it did not exist at that start) proves nothing.
+    """
+    if recorded is None:
+        return None
+    if recorded.get("app_id") != app_id:
+        return f"data dir belonged to app id {recorded.get('app_id')!r}"
+    before = recorded.get("changelogs") or {}
+    for topic, now in sorted(topic_ids.items()):
+        then = before.get(topic)
+        if then is not None and then != now:
+            return (f"changelog topic {topic} was deleted" if now is None
+                    else f"changelog topic {topic} was recreated")
+    return None
+
+
+def prepare_local_state(datadir: Path, tabledir: Path, *, app_id: str,
+                        topic_ids: Mapping[str, str | None], exactly_once: bool) -> str | None:
+    """Decide at start whether the local stores may be kept; delete them if not.
+
+    Returns the reason the stores were discarded (None when kept or absent). Consumes the
+    clean-stop marker (a crash during this run counts as unclean) and records this start's
+    identity.
+    """
+    marker = datadir / CLEAN_MARKER
+    identity = datadir / IDENTITY_FILE
+    was_clean = marker.exists()
+    marker.unlink(missing_ok=True)
+    recorded = None
+    if identity.exists():
+        try:
+            recorded = json.loads(identity.read_text())
+        except (OSError, ValueError):
+            recorded = {"app_id": None}  # unreadable: trust nothing
+    reason = stale_reason(recorded, app_id, topic_ids)
+    if reason is None and exactly_once and not was_clean:
+        reason = "the last run did not stop cleanly (exactly-once)"
+    discarded = None
+    if reason is not None and tabledir.exists():
+        shutil.rmtree(tabledir)
+        discarded = reason
+    datadir.mkdir(parents=True, exist_ok=True)
+    identity.write_text(json.dumps({"app_id": app_id, "changelogs": dict(topic_ids)},
+                                   indent=1, sort_keys=True))
+    return discarded
+
+
+def mark_clean_stop(datadir: Path) -> None:
+    """The worker stopped cleanly: its stores match the committed changelogs."""
+    datadir.mkdir(parents=True, exist_ok=True)
+    (datadir / CLEAN_MARKER).touch()
