@@ -194,10 +194,15 @@ def markdown(result: dict[str, Any]) -> str:
     e2e = result.get("end_to_end") or {}
     mem = e2e.get("memory") or {}
     rep = e2e.get("replay") or {}
+    load_method = _get(e2e, "load", "method", default="") or \
+        "closed loop, one SNAPSHOT per key through the worker"
     if e2e:
         lines += ["", "| other measure | value |", "|---|---|",
-                  f"| key load (closed loop, one SNAPSHOT per key) | "
-                  f"{_f(_get(e2e, 'load', 'rate'))} events/s |",
+                  f"| key load ({load_method}) | "
+                  f"{_f(_get(e2e, 'load', 'rate'))} keys/s |",
+                  f"| cold start with {_f(_get(e2e, 'cold_start', 'keys_in_tables'))} keys "
+                  f"in the changelogs (empty data dir) | "
+                  f"{_f(_get(e2e, 'cold_start', 'seconds'), '.1f')} s |",
                   f"| worker RSS at {_f(mem.get('keys'))} SKUs | "
                   f"{_f(_get(mem, 'worker_rss_bytes') / 2**20, '.0f')} MB |",
                   f"| RocksDB on disk | {_f(_get(mem, 'rocksdb_bytes') / 2**20, '.1f')} MB |",

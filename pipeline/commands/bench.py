@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shlex
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -51,7 +52,9 @@ def bench(
     _interrupt_on_sigterm()
     out.mkdir(parents=True, exist_ok=True)
     work = out / "work"
-    work.mkdir(exist_ok=True)
+    # A fresh scratch dir: a worker's data dir left by an earlier run must not be reused.
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir()
     started = time.time()
     result: dict[str, Any] = {
         "mode": mode, "config": cfg,
