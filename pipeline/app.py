@@ -77,8 +77,9 @@ def avro_table(name: str, record: str, *, help: str) -> Any:
     """
     from schemas.codec import faust_codec_name
 
-    table = app.Table(name, default=None, key_type=bytes, partitions=settings.partitions,
-                      help=help)
+    # TableT (Faust's stub) lacks the Table attributes set below.
+    table: Any = app.Table(name, default=None, key_type=bytes,
+                           partitions=settings.partitions, help=help)
     table.value_serializer = faust_codec_name(record)
     # Registering the table already built its changelog topic with the JSON default; build it
     # again so recovery decodes the changelog with the Avro codec.

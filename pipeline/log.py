@@ -54,4 +54,4 @@ def configure_logging(*, json: bool | None = None, level: str = "INFO") -> None:
 
 def get_logger(name: str | None = None) -> structlog.stdlib.BoundLogger:
     """A structlog logger; bind supplier/sku/event_id/topic/partition/offset per event."""
-    return structlog.get_logger(name)  # type: ignore[no-any-return]
+    return structlog.get_logger(name)

@@ -206,9 +206,10 @@ def committed_offsets(settings: Settings, topic: str, partitions: Iterable[int])
 
 # --------------------------------------------------------------------------- the trace
 
-def _mentions(value: bytes, event_id: bytes) -> bool:
+def _mentions(value: bytes | None, event_id: bytes) -> bool:
     # Avro stores strings as raw UTF-8: a byte search skips decoding nearly every record.
-    return event_id in value
+    # A tombstone (null value) carries no event.
+    return value is not None and event_id in value
 
 
 def find_occurrences(settings: Settings, event_id: str, *, supplier: str | None,

@@ -23,7 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, cast
 
 from faust.streams import current_event
 from faust.transport.consumer import TransactionManager
@@ -52,7 +52,8 @@ class SourceTransactionManager(TransactionManager):
         # Gate the whole commit -- choosing the acked offsets included -- not just the
         # transaction end: offsets chosen before the wait would miss units that finish
         # while it waits, whose outputs would then commit without their offsets.
-        consumer = self.consumer
+        # ConsumerT (Faust's stub) does not declare force_commit; the Consumer has it.
+        consumer = cast(Any, self.consumer)
         force_commit = consumer.force_commit
 
         async def gated_force_commit(*a: Any, **kw: Any) -> Any:

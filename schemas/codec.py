@@ -74,7 +74,7 @@ def schema_json(name: str) -> dict[str, Any]:
     except KeyError as exc:
         raise SchemaError(f"unknown record {name!r}; known: {sorted(SCHEMA_FILES)}") from exc
     text = resources.files("schemas").joinpath(filename).read_text(encoding="utf-8")
-    return json.loads(text)  # type: ignore[no-any-return]
+    return json.loads(text)
 
 
 @cache

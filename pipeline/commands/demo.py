@@ -8,7 +8,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, cast
 
 import typer
 
@@ -42,7 +42,8 @@ def _sample_availability(settings: Any, limit: int = 6) -> Any:
                 break
         for key in sorted(keys):
             sku = platform_sku_of(settings.redis_cache_key_prefix, key)
-            view = parse_hash(sku, client.hgetall(key))
+            # decode_responses=True: the hash's fields and values are str.
+            view = parse_hash(sku, cast("dict[str, str]", client.hgetall(key)))
             suppliers = ", ".join(f"{s}={e['quantity']}"
                                   for s, e in sorted(view["suppliers"].items()))
             table.add_row(sku, str(view["total"]), str(view["best_supplier"] or "-"), suppliers)

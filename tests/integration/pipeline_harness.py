@@ -77,11 +77,13 @@ class PipelineEnv:
             "STOCKFLOW_LOG_JSON": "true",
             **(extra_env or {}),
         }
-        self.settings = Settings(**{
+        # Strings for every field, as from the environment: pydantic converts them.
+        fields: dict[str, Any] = {
             k.removeprefix("STOCKFLOW_").lower(): v for k, v in self.env.items()
             if k.startswith("STOCKFLOW_") and k.removeprefix("STOCKFLOW_").lower()
             in Settings.model_fields
-        })
+        }
+        self.settings = Settings(**fields)
         self.worker: subprocess.Popen[bytes] | None = None
         self.worker_logs: list[Path] = []
 
@@ -154,7 +156,8 @@ class PipelineEnv:
         assert p.flush(60) == 0
 
     def read_topic(self, logical: str, record: str | None, *, expect: int | None = None,
-                   idle_s: float = 5.0, timeout: float = 120.0) -> list[tuple[bytes, Any]]:
+                   idle_s: float = 5.0,
+                   timeout: float = 120.0) -> list[tuple[bytes | None, Any]]:
         """Read a whole topic (read_committed) until `expect` records or `idle_s` of silence."""
         from confluent_kafka import Consumer
 
@@ -166,7 +169,7 @@ class PipelineEnv:
                              "auto.offset.reset": "earliest", "enable.auto.commit": False,
                              "isolation.level": "read_committed"})
         consumer.subscribe([self.topic(logical)])
-        out: list[tuple[bytes, Any]] = []
+        out: list[tuple[bytes | None, Any]] = []
         deadline = time.monotonic() + timeout
         last = time.monotonic()
         try:
@@ -181,7 +184,9 @@ class PipelineEnv:
                 if msg is None or msg.error():
                     continue
                 last = time.monotonic()
-                value = codec.decode(msg.value()) if codec else msg.value()
+                raw = msg.value()
+                # A tombstone (null value) stays None: there is nothing to decode.
+                value = codec.decode(raw) if codec and raw is not None else raw
                 out.append((msg.key(), value))
         finally:
             consumer.close()
@@ -195,6 +200,8 @@ class PipelineEnv:
         out: dict[bytes, Any] = {}
         raw = self.read_topic_physical(f"{self.settings.app_id}-{table}-changelog")
         for key, value in raw:
+            if key is None:  # a table's changelog records always have a key
+                continue
             if value is None:
                 out.pop(key, None)
             else:
@@ -202,7 +209,7 @@ class PipelineEnv:
         return out
 
     def read_topic_physical(self, topic: str, idle_s: float = 5.0,
-                            timeout: float = 120.0) -> list[tuple[bytes, Any]]:
+                            timeout: float = 120.0) -> list[tuple[bytes | None, bytes | None]]:
         """Every (key, raw value) of a topic by its physical name, read committed."""
         from confluent_kafka import Consumer, TopicPartition
 
@@ -217,7 +224,7 @@ class PipelineEnv:
                 ends[p] = hi
                 tps.append(TopicPartition(topic, p, 0))
             consumer.assign(tps)
-            out: list[tuple[bytes, Any]] = []
+            out: list[tuple[bytes | None, bytes | None]] = []
             done = {p for p, hi in ends.items() if hi == 0}
             deadline = time.monotonic() + timeout
             while len(done) < len(ends) and time.monotonic() < deadline:
@@ -231,7 +238,8 @@ class PipelineEnv:
                 if msg.error():
                     continue
                 out.append((msg.key(), msg.value()))
-                if msg.offset() + 1 >= ends[msg.partition()]:
+                offset = msg.offset()  # set on every record (only error events lack one)
+                if offset is not None and offset + 1 >= ends[msg.partition()]:
                     done.add(msg.partition())
             return out
         finally:
