@@ -37,7 +37,7 @@ def create_app(settings: Settings) -> faust.App:
         settings.app_id,
         broker=settings.kafka_broker_url,
         broker_credentials=_credentials(settings),
-        store=settings.store,
+        store=table_store(settings),
         datadir=str(settings.data_dir),
         processing_guarantee=settings.processing_guarantee,
         broker_commit_interval=settings.commit_interval_s,
@@ -62,6 +62,17 @@ def create_app(settings: Settings) -> faust.App:
         broker_heartbeat_interval=max(1.0, settings.session_timeout_s / 3),
         stream_wait_empty=False,
     )
+
+
+def table_store(settings: Settings) -> str:
+    """The tables' store URL: under exactly-once, RocksDB with an undo log, so that a crashed
+    worker rolls its stores back to the last commit instead of restoring every key from the
+    changelogs (pipeline/undo_store.py)."""
+    if settings.processing_guarantee == "exactly_once" and settings.store == "rocksdb://":
+        from pipeline import undo_store
+
+        return undo_store.register()
+    return settings.store
 
 
 settings = get_settings()

@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import shutil
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -67,14 +68,49 @@ def stale_reason(recorded: Mapping[str, Any] | None, app_id: str,
     return None
 
 
-def prepare_local_state(datadir: Path, tabledir: Path, *, app_id: str,
-                        topic_ids: Mapping[str, str | None], exactly_once: bool) -> str | None:
-    """Decide at start whether the local stores may be kept; delete them if not.
+@dataclass(frozen=True)
+class Decision:
+    """What a start did with the local stores."""
 
-    Returns the reason the stores were discarded (None when kept or absent). Consumes the
-    clean-stop marker (a crash during this run counts as unclean) and records this start's
-    identity.
+    action: str  # "kept", "rolled_back", "discarded" or "none" (no stores)
+    reason: str = ""
+    keys_restored: int = 0
+
+
+def boot_id() -> str | None:
+    """This machine boot's id: a change means the OS may have lost unsynced writes."""
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return None
+
+
+def roll_back_all(tabledir: Path) -> int:
+    """Roll every table store back to its last commit with its undo log (pipeline/undo_store).
+
+    Raises UndoLogError when a table's store has no readable undo log.
     """
+    from pipeline.undo_store import UndoLogError, roll_back, undo_path
+
+    tables = {p.name[:-len(".db")].rsplit("-", 1)[0] for p in tabledir.glob("*-*.db")}
+    missing = [t for t in sorted(tables) if not undo_path(tabledir, t).exists()]
+    if missing:
+        raise UndoLogError(f"no undo log for table(s) {', '.join(missing)}")
+    return sum(roll_back(tabledir, t) for t in sorted(tables))
+
+
+def prepare_local_state(datadir: Path, tabledir: Path, *, app_id: str,
+                        topic_ids: Mapping[str, str | None], exactly_once: bool,
+                        undo_logs: bool = False) -> Decision:
+    """Decide at start whether the local stores may be kept; roll them back or delete them.
+
+    Under exactly-once with undo-logged stores (`undo_logs`), the stores are rolled back to
+    the last commit, whatever the stop; without undo logs an unclean stop discards them.
+    Consumes the clean-stop marker (a crash during this run counts as unclean) and records
+    this start's identity.
+    """
+    from pipeline.undo_store import UndoLogError
+
     marker = datadir / CLEAN_MARKER
     identity = datadir / IDENTITY_FILE
     was_clean = marker.exists()
@@ -86,16 +122,27 @@ def prepare_local_state(datadir: Path, tabledir: Path, *, app_id: str,
         except (OSError, ValueError):
             recorded = {"app_id": None}  # unreadable: trust nothing
     reason = stale_reason(recorded, app_id, topic_ids)
-    if reason is None and exactly_once and not was_clean:
-        reason = "the last run did not stop cleanly (exactly-once)"
-    discarded = None
+    boot = boot_id()
+    decision = Decision("kept" if tabledir.exists() else "none")
+    if reason is None and exactly_once and tabledir.exists():
+        if not was_clean and recorded is not None and recorded.get("boot_id") not in (None, boot):
+            reason = "the machine restarted since the last (unclean) run"
+        elif undo_logs:
+            try:
+                decision = Decision("rolled_back", "exactly-once: back to the last commit",
+                                    roll_back_all(tabledir))
+            except (UndoLogError, OSError) as exc:
+                reason = f"cannot roll back ({exc}) after an unclean stop" if not was_clean \
+                    else None
+        elif not was_clean:
+            reason = "the last run did not stop cleanly (exactly-once)"
     if reason is not None and tabledir.exists():
         shutil.rmtree(tabledir)
-        discarded = reason
+        decision = Decision("discarded", reason)
     datadir.mkdir(parents=True, exist_ok=True)
-    identity.write_text(json.dumps({"app_id": app_id, "changelogs": dict(topic_ids)},
-                                   indent=1, sort_keys=True))
-    return discarded
+    identity.write_text(json.dumps({"app_id": app_id, "changelogs": dict(topic_ids),
+                                    "boot_id": boot}, indent=1, sort_keys=True))
+    return decision
 
 
 def mark_clean_stop(datadir: Path) -> None:

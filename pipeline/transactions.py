@@ -64,7 +64,32 @@ class SourceTransactionManager(TransactionManager):
 
     async def commit(self, offsets: Any, start_new_transaction: bool = True) -> bool:
         await self.app.producer.buffer.flush()
-        return bool(await super().commit(offsets, start_new_transaction=start_new_transaction))
+        committed = bool(await super().commit(offsets,
+                                              start_new_transaction=start_new_transaction))
+        if committed:
+            after_commit(self.app)
+        return committed
+
+
+def after_commit(app: Any) -> None:
+    """Every table write so far is committed: persist the stores' changelog offsets, then
+    empty their undo logs (pipeline/undo_store.py), in that order.
+
+    Faust queues a persisted offset per *changelog* partition but, after a commit, flushes
+    the queue for the committed *source* partitions, so under exactly-once the stores'
+    offsets were never written and every restart read the changelogs from the beginning.
+    Every queued offset belongs to a record of a transaction that just committed (sends
+    happen only inside units, and none runs during a commit), so all are written.
+    """
+    tables = app.tables
+    pending = tables._pending_persisted_offsets
+    for tp, (store, offset) in list(pending.items()):
+        store.set_persisted_offset(tp, offset)
+    pending.clear()
+    for table in tables.values():
+        checkpoint = getattr(table.data, "undo_checkpoint", None)
+        if checkpoint is not None:
+            checkpoint()
 
 
 def install(app: Any) -> None:

@@ -52,14 +52,19 @@ def worker() -> None:
     app.discover()
     datadir = Path(app.conf.datadir)
     changelogs = [t.changelog_topic.get_topic_name() for t in app.tables.values()]
-    discarded = local_state.prepare_local_state(
+    decision = local_state.prepare_local_state(
         datadir, Path(app.conf.tabledir), app_id=settings.app_id,
         topic_ids=local_state.changelog_topic_ids(settings.confluent_config(), changelogs),
-        exactly_once=settings.processing_guarantee == "exactly_once")
-    if discarded:
-        get_logger("stockflow.worker").warning(
-            "worker.local_state_discarded", reason=discarded,
-            action="restoring the tables from their changelogs", tabledir=app.conf.tabledir)
+        exactly_once=settings.processing_guarantee == "exactly_once",
+        undo_logs=str(app.conf.store).startswith("stockflow-rocksdb:"))
+    log = get_logger("stockflow.worker")
+    if decision.action == "discarded":
+        log.warning("worker.local_state_discarded", reason=decision.reason,
+                    action="restoring the tables from their changelogs",
+                    tabledir=str(app.conf.tabledir))
+    elif decision.action == "rolled_back":
+        log.info("worker.local_state_rolled_back", reason=decision.reason,
+                 keys_restored=decision.keys_restored, tabledir=str(app.conf.tabledir))
     exit_code: object = 1
     try:
         Worker(app, loglevel=settings.log_level, quiet=True, redirect_stdouts=False,

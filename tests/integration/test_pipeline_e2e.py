@@ -179,3 +179,8 @@ def test_sigkill_mid_stream_same_end_state(env: PipelineEnv) -> None:
     env.start_worker()
     wait_drained(env)
     assert_end_state(env, valid, malformed)
+    # The restarted worker rolled its stores back to the last commit (undo logs) rather than
+    # discarding them and restoring every key from the changelogs.
+    restarted = env.worker_logs[-1].read_text()
+    assert "worker.local_state_rolled_back" in restarted, restarted[-2000:]
+    assert "worker.local_state_discarded" not in restarted

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from pipeline.local_state import (
     CLEAN_MARKER,
     IDENTITY_FILE,
@@ -24,8 +26,11 @@ def _tables(tmp_path: Path) -> Path:
 
 def _start(tmp_path: Path, tabledir: Path, *, ids: dict[str, str | None] = IDS,
            app_id: str = "app", exactly_once: bool = True) -> str | None:
-    return prepare_local_state(tmp_path, tabledir, app_id=app_id, topic_ids=ids,
-                               exactly_once=exactly_once)
+    """The reason the stores were discarded, None when they were kept."""
+    decision = prepare_local_state(tmp_path, tabledir, app_id=app_id, topic_ids=ids,
+                                   exactly_once=exactly_once)
+    assert decision.action in ("kept", "discarded", "none")
+    return decision.reason if decision.action == "discarded" else None
 
 
 def test_unclean_start_discards_tables(tmp_path: Path) -> None:
@@ -40,8 +45,8 @@ def test_clean_start_keeps_tables_and_consumes_marker(tmp_path: Path) -> None:
     assert _start(tmp_path, tabledir) is None
     assert tabledir.exists()
     assert not (tmp_path / CLEAN_MARKER).exists()  # a crash during this run counts as unclean
-    assert json.loads((tmp_path / IDENTITY_FILE).read_text()) == {"app_id": "app",
-                                                                 "changelogs": IDS}
+    recorded = json.loads((tmp_path / IDENTITY_FILE).read_text())
+    assert (recorded["app_id"], recorded["changelogs"]) == ("app", IDS)
 
 
 def test_at_least_once_keeps_tables_after_a_crash(tmp_path: Path) -> None:
@@ -85,3 +90,20 @@ def test_unreadable_identity_trusts_nothing(tmp_path: Path) -> None:
     (tmp_path / IDENTITY_FILE).write_text("{not json")
     assert _start(tmp_path, tabledir) is not None
     assert not tabledir.exists()
+
+
+def test_unclean_stop_before_a_machine_restart_discards_even_with_undo_logs(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from pipeline import local_state
+
+    tabledir = _tables(tmp_path)
+    (tabledir.parent / "tables" / "stock.undo").write_bytes(b"")
+    monkeypatch.setattr(local_state, "boot_id", lambda: "boot-1")
+    mark_clean_stop(tmp_path)
+    assert prepare_local_state(tmp_path, tabledir, app_id="app", topic_ids=IDS,
+                               exactly_once=True, undo_logs=True).action == "rolled_back"
+    monkeypatch.setattr(local_state, "boot_id", lambda: "boot-2")
+    decision = prepare_local_state(tmp_path, tabledir, app_id="app", topic_ids=IDS,
+                                   exactly_once=True, undo_logs=True)
+    assert decision.action == "discarded"
+    assert "machine restarted" in decision.reason
