@@ -7,7 +7,7 @@ from typing import Any
 
 import faust
 
-from pipeline import transactions
+from pipeline import recovery, transactions
 from pipeline.settings import Settings, get_settings
 
 
@@ -60,6 +60,8 @@ def create_app(settings: Settings) -> faust.App:
         # short so recovery is seconds, not Faust's default minute.
         broker_session_timeout=settings.session_timeout_s,
         broker_heartbeat_interval=max(1.0, settings.session_timeout_s / 3),
+        # ... and with a static member id a restarted worker does not wait for it at all.
+        consumer_group_instance_id=settings.worker_instance_id(),
         stream_wait_empty=False,
     )
 
@@ -78,6 +80,7 @@ def table_store(settings: Settings) -> str:
 settings = get_settings()
 app = create_app(settings)
 transactions.install(app)
+recovery.install()
 
 
 def avro_table(name: str, record: str, *, help: str) -> Any:

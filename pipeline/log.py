@@ -50,6 +50,9 @@ def configure_logging(*, json: bool | None = None, level: str = "INFO") -> None:
     # Client libraries are chatty at INFO; their warnings still come through.
     for noisy in ("aiokafka", "kafka", "cassandra", "faust", "mode"):
         logging.getLogger(noisy).setLevel(max(root.level, logging.WARNING))
+    # Except table recovery: a few lines per rebalance that tell on-call where a slow start
+    # goes ("Restoring state from changelog topics...", "Recovery complete", "Worker ready").
+    logging.getLogger("faust.tables.recovery").setLevel(root.level)
 
 
 def get_logger(name: str | None = None) -> structlog.stdlib.BoundLogger:

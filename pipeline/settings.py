@@ -129,6 +129,11 @@ class Settings(BaseSettings):
     data_dir: Path = Path(".stockflow/worker")
     producer_linger_s: float = Field(default=0.01, ge=0)
     session_timeout_s: float = Field(default=10.0, ge=6.0)
+    # Static group membership (KIP-345): a restarted worker takes its old place in the group at
+    # once instead of waiting for the dead member's session to time out. The id must be unique
+    # per worker and stable across its restarts; default: app id, host name and data dir.
+    static_membership: bool = True
+    group_instance_id: str | None = None
     web_port: int = 6066
     metrics_port: int = 9108
 
@@ -142,6 +147,18 @@ class Settings(BaseSettings):
     log_json: bool | None = None
     log_level: str = "INFO"
     environment: Literal["development", "production"] = "development"
+
+    def worker_instance_id(self) -> str | None:
+        """This worker's group.instance.id (None: dynamic membership)."""
+        if not self.static_membership:
+            return None
+        if self.group_instance_id:
+            return self.group_instance_id
+        import hashlib
+        import socket
+
+        where = hashlib.sha1(str(self.data_dir.resolve()).encode()).hexdigest()[:10]
+        return f"{self.app_id}-{socket.gethostname()}-{where}"
 
     @field_validator("cassandra_contact_points", mode="before")
     @classmethod

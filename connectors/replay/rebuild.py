@@ -59,7 +59,8 @@ def require_no_worker(settings: Settings) -> None:
         raise ReplayError(
             f"consumer group {settings.app_id!r} has {len(members)} active member(s) "
             f"({', '.join(members[:5])}): stop every stockflow worker of app_id "
-            f"{settings.app_id!r} first, then rerun")
+            f"{settings.app_id!r} first, then rerun (a stopped worker with static membership "
+            f"stays listed until its session times out, {settings.session_timeout_s:.0f} s)")
 
 
 def read_changelog(settings: Settings, topic: str, record: str,
