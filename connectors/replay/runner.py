@@ -143,7 +143,7 @@ class Replay:
                  fold_end: dict[int, int], window: ReplayWindow,
                  sink: UpdateSink | None = None, cache: ChangeCache | None = None,
                  history: bool = True, checkpoint: Checkpoint | None = None,
-                 dry_run: bool = False) -> None:
+                 dry_run: bool = False, max_rate: float | None = None) -> None:
         self.reader = reader
         self.fold = fold
         self.fold_start = fold_start
@@ -154,6 +154,7 @@ class Replay:
         self.history = history
         self.checkpoint = checkpoint
         self.dry_run = dry_run
+        self.max_rate = max_rate  # log records per second, None: as fast as it goes
         self.resume = dict(checkpoint.written) if checkpoint else {}
         self.progress = ReplayProgress(
             total=sum(max(0, fold_end[p] - fold_start.get(p, 0)) for p in fold_end))
@@ -211,8 +212,14 @@ class Replay:
         progress = self.progress
         batches = self.reader.read(self.fold_start, self.fold_end)
         pending: tuple[asyncio.Task[None], _Folded] | None = None
+        started = time.monotonic()
         try:
             while True:
+                if self.max_rate:
+                    # Throttle (a live Cassandra): never ahead of max_rate records per second.
+                    ahead = progress.read / self.max_rate - (time.monotonic() - started)
+                    if ahead > 0:
+                        await asyncio.sleep(ahead)
                 folded = await asyncio.to_thread(self._next_folded, batches)
                 if pending is not None:
                     await pending[0]

@@ -106,6 +106,9 @@ def replay(
                                           help="ignore the checkpoint of an interrupted run")]
     = False,
     batch_size: Annotated[int, typer.Option(min=1, help="log records per batch")] = 20000,
+    max_rate: Annotated[float | None, typer.Option(
+        "--max-rate", min=1, help="at most this many log records per second (spares a live "
+                                  "Cassandra); default: as fast as it goes")] = None,
     show: Annotated[int, typer.Option(help="dry-run: differences to print")] = 20,
 ) -> None:
     """Refold inventory.deltas with the worker's steps; write the window's updates to the sinks.
@@ -161,13 +164,14 @@ def replay(
                       f"into {into.value}{' (dry run)' if dry_run else ''}", highlight=False)
         exit_code = asyncio.run(_replay(settings, reader, new_fold(settings), fold_start,
                                         write_to, window, into, history, checkpoint, dry_run,
-                                        show))
+                                        show, max_rate))
     raise typer.Exit(exit_code)
 
 
 async def _replay(settings: Settings, reader: Any, fold: Any, fold_start: dict[int, int],
                   fold_end: dict[int, int], window: Any, into: Into, history: bool,
-                  checkpoint: Any, dry_run: bool, show: int) -> int:
+                  checkpoint: Any, dry_run: bool, show: int,
+                  max_rate: float | None = None) -> int:
     from connectors.cassandra_sink import CassandraSink
     from connectors.redis_cache import RedisCache
     from connectors.replay.runner import Replay
@@ -181,7 +185,7 @@ async def _replay(settings: Settings, reader: Any, fold: Any, fold_start: dict[i
     try:
         run = Replay(reader, fold, fold_start=fold_start, fold_end=fold_end, window=window,
                      sink=sink, cache=cache, history=history, checkpoint=checkpoint,
-                     dry_run=dry_run)
+                     dry_run=dry_run, max_rate=max_rate)
         result = await _run_with_progress(run, "replay")
     finally:
         if sink is not None:
