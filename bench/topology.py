@@ -115,7 +115,7 @@ def run_guarantee(guarantee: str, spec: WorkloadSpec, events: int, workdir: Path
         out["topology"] = res
         if profile_s > 0:
             # Second drain with the profiler attached: long enough to cover the recording.
-            n2 = max(events, int(res["rate_overall"] * (profile_s + 10)))
+            n2 = max(1000, int(res["rate_overall"] * (profile_s + 10)))
             more = _items(WorkloadSpec(**{**spec.__dict__, "seed": spec.seed + 1}), n2,
                           int(time.time() * 1000))
             baselines.confluent_produce(conf, topic, more)

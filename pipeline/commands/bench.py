@@ -20,7 +20,7 @@ MODES: dict[str, dict[str, Any]] = {
     "quick": {"topology_events": 30_000, "profile_s": 10, "skus": 10_000, "suppliers": 10,
               "ladder": (50, 6_400), "step_s": 15.0, "grace_s": 10.0,
               "baseline_events": 30_000},
-    "full": {"topology_events": 200_000, "profile_s": 20, "skus": 1_000_000, "suppliers": 50,
+    "full": {"topology_events": 100_000, "profile_s": 20, "skus": 1_000_000, "suppliers": 50,
              "ladder": (100, 25_600), "step_s": 30.0, "grace_s": 20.0,
              "baseline_events": 200_000},
 }
