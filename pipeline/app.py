@@ -47,7 +47,7 @@ def create_app(settings: Settings) -> faust.App:
         consumer_auto_offset_reset="earliest",
         table_standby_replicas=0,
         web_port=settings.web_port,
-        web_bind="127.0.0.1",
+        web_bind=settings.bind_host,
         autodiscover=["topologies"],
         origin="pipeline",
         # The Kafka timestamp of each delta starts the freshness clock; keep it from the

@@ -136,6 +136,10 @@ class Settings(BaseSettings):
     group_instance_id: str | None = None
     web_port: int = 6066
     metrics_port: int = 9108
+    # Where the worker's (and connectors') metrics and web ports listen. Loopback by default;
+    # 0.0.0.0 in a container whose ports are published (docker/compose.yml) or for a
+    # Prometheus on another host.
+    bind_host: str = "127.0.0.1"
 
     # --- Local stack (`stockflow stack ...`) ------------------------------------------
     stack_dir: Path = Path(".stockflow/stack")

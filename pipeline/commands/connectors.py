@@ -71,7 +71,7 @@ def run(
     service = ConnectorService(parsed, emitter=emitter, store=store, environ=dict(os.environ),
                                environment=settings.environment, only=supplier)
     if settings.connectors_metrics_port:
-        start_http_server(settings.connectors_metrics_port, addr="127.0.0.1")
+        start_http_server(settings.connectors_metrics_port, addr=settings.bind_host)
     log = get_logger("stockflow.connectors")
 
     async def main() -> None:

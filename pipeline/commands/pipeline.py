@@ -40,7 +40,7 @@ def worker() -> None:
 
     # Consumer lag per topic-partition, looked up when Prometheus scrapes (pipeline/lag.py).
     lag.install(settings)
-    start_http_server(settings.metrics_port, addr="127.0.0.1")
+    start_http_server(settings.metrics_port, addr=settings.bind_host)
     get_logger("stockflow.worker").info(
         "worker.starting", app_id=settings.app_id, broker=settings.kafka_bootstrap_servers,
         guarantee=settings.processing_guarantee, metrics_port=settings.metrics_port,

@@ -44,3 +44,5 @@ def test_worker_variables_are_real_settings() -> None:
     assert (ROOT / "docker" / "Dockerfile").exists()
     assert {d for d in worker["depends_on"]} == {"kafka", "cassandra", "redis"}
     assert f"127.0.0.1:{Settings().metrics_port}:{Settings().metrics_port}" in worker["ports"]
+    # Published container ports reach only a process listening on the container's interfaces.
+    assert env["STOCKFLOW_BIND_HOST"] == "0.0.0.0"
