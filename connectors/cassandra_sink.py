@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from connectors.cassandra_cluster import ClusterConfig, build_cluster, check_keyspace_name
+from pipeline import backoff
 from pipeline.errors import SinkError
 from pipeline.log import get_logger
 from pipeline.metrics import SINK_ERRORS, SINK_RETRIES
@@ -112,9 +113,12 @@ def is_retryable(exc: BaseException) -> bool:
 
 def backoff_delay(attempt: int, base_s: float, cap_s: float,
                   rng: random.Random | None = None) -> float:
-    """Exponential backoff with equal jitter: in [d/2, d] for d = min(cap, base * 2**attempt)."""
-    ceiling = min(cap_s, base_s * (2 ** min(attempt, 30)))
-    return ceiling / 2 + (rng or random).uniform(0, ceiling / 2)
+    """The sink's retry delay: `pipeline.backoff.backoff_delay` with equal jitter.
+
+    In [d/2, d] for d = min(cap, base * 2**attempt), attempt 0-based (0 = first retry).
+    Equal jitter keeps a retry loop that runs forever from spinning on near-zero waits.
+    """
+    return backoff.backoff_delay(attempt, base_s=base_s, cap_s=cap_s, jitter="equal", rng=rng)
 
 
 @dataclass

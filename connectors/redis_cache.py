@@ -6,7 +6,6 @@ import asyncio
 import hashlib
 import inspect
 import itertools
-import random
 import re
 import time
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
@@ -24,6 +23,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry
 
 from pipeline.aggregate import best_supplier, total_available
+from pipeline.backoff import backoff_delay
 from pipeline.errors import SinkError
 from pipeline.log import get_logger
 from pipeline.metrics import (
@@ -360,9 +360,10 @@ class RedisCache:
                 failures += 1
                 SINK_RETRIES.labels(sink="redis").inc()
                 SINK_ERRORS.labels(sink="redis", error=type(exc).__name__).inc()
-                ceiling = min(self.max_retry_delay_s,
-                              self.initial_retry_delay_s * 2 ** min(failures, 30))
-                delay = random.uniform(0, ceiling)
+                # `failures` is 1 at the first retry and is passed as the 0-based attempt
+                # as it is, so the first retry waits up to 2 x initial_retry_delay_s.
+                delay = backoff_delay(failures, base_s=self.initial_retry_delay_s,
+                                      cap_s=self.max_retry_delay_s, jitter="full")
                 log.warning("cache.redis_unavailable", operation=operation, attempt=failures,
                             retry_in_s=round(delay, 3), error=type(exc).__name__)
                 await asyncio.sleep(delay)
