@@ -80,8 +80,11 @@ def fold_update(
     }
     quantity_before = entry["quantity"] if entry is not None else 0
     status_before = entry["status"] if entry is not None else ACTIVE
-    if quantity_before == new_entry["quantity"] and status_before == new_entry["status"]:
-        # Newer version, same published stock: remember the version, tell no one.
+    lead_before = entry.get("lead_time_days") if entry is not None else None
+    if (quantity_before == new_entry["quantity"] and status_before == new_entry["status"]
+            and lead_before == new_entry["lead_time_days"]):
+        # Newer version, same published stock and lead time: remember the version, tell
+        # no one.
         return new_avail, None
 
     change = {

@@ -14,10 +14,11 @@ Rules, in order:
    applies, sets `suspect` and asks for a resync (expected version+1). A result below 0 is
    clamped to 0. `suspect` otherwise carries over until a SNAPSHOT.
 4. The state stores the supplier's quantity; the *published* quantity is 0 while the status is
-   DISCONTINUED. A missing state publishes (0, ACTIVE).
-5. If the published (quantity, status) is unchanged the outcome is "noop": the state still
-   advances (version, updated_at) so older events stay stale, but no StockUpdate is emitted.
-   Otherwise "applied" with one StockUpdate. Both remember the event_id.
+   DISCONTINUED. A missing state publishes (0, ACTIVE, no lead time). The lead time is the
+   newest accepted delta's `lead_time_days` (null when it carries none).
+5. If the published (quantity, status, lead time) is unchanged the outcome is "noop": the
+   state still advances (version, updated_at) so older events stay stale, but no StockUpdate
+   is emitted. Otherwise "applied" with one StockUpdate. Both remember the event_id.
 """
 
 from __future__ import annotations
@@ -108,9 +109,11 @@ def decide(
 
     if state is None:
         quantity_before, status_before, suspect_before = 0, ACTIVE, False
+        lead_before = None
     else:
         quantity_before, status_before = state["quantity"], state["status"]
         suspect_before = state.get("suspect", False)
+        lead_before = state.get("lead_time_days")
 
     resync = None
     gap = False
@@ -142,10 +145,12 @@ def decide(
         "status": status,
         "platform_sku": platform_sku,
         "suspect": suspect,
+        "lead_time_days": delta.get("lead_time_days"),
     }
     published_before = published_quantity(quantity_before, status_before)
     published_after = published_quantity(quantity, status)
-    if published_before == published_after and status_before == status:
+    if (published_before == published_after and status_before == status
+            and lead_before == new_state["lead_time_days"]):
         return Decision(
             NOOP, state=new_state, resync=resync, gap=gap, clamped=clamped, remember_event=True
         )

@@ -124,7 +124,8 @@ def assert_end_state(env: PipelineEnv, valid: list[dict[str, Any]],
     changelog = env.read_changelog("stock", "StockState")
     expected_states = {f"{s}|{k}".encode(): v for (s, k), v in ref.states.items()}
     actual_states = {k: {"quantity": v["quantity"], "version": v["version"],
-                         "status": v["status"], "suspect": v["suspect"]}
+                         "status": v["status"], "suspect": v["suspect"],
+                         "lead_time_days": v["lead_time_days"]}
                      for k, v in changelog.items()}
     assert actual_states == expected_states
 

@@ -119,18 +119,22 @@ def reference_run(
             quantity = 0
             result.counts["clamped"] += 1
 
+        lead = d.get("lead_time_days")
         result.states[key] = {
             "quantity": quantity,
             "version": sequence,
             "status": status,
             "suspect": suspect,
+            "lead_time_days": lead,
         }
 
+        # Published: (quantity, status, lead time); a change of any of them is effective.
         if old is None:
-            before = (0, "ACTIVE")
+            before = (0, "ACTIVE", None)
         else:
-            before = (_published(old["quantity"], old["status"]), old["status"])
-        after = (_published(quantity, status), status)
+            before = (_published(old["quantity"], old["status"]), old["status"],
+                      old["lead_time_days"])
+        after = (_published(quantity, status), status, lead)
         if before == after:
             result.counts["noop"] += 1
             continue

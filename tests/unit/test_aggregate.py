@@ -157,10 +157,21 @@ def test_best_supplier_none_when_total_zero() -> None:
 
 def test_newer_version_with_same_published_stock_is_kept_but_not_announced() -> None:
     avail, _ = fold(update("s1", 5, 1, lead_time_days=3))
-    new_avail, change = fold_update(avail, update("s1", 5, 2, lead_time_days=1), now_ms=NOW)
+    new_avail, change = fold_update(avail, update("s1", 5, 2, lead_time_days=3), now_ms=NOW)
     assert change is None
     assert new_avail is not avail
     assert new_avail["suppliers"]["s1"]["version"] == 2
+
+
+def test_a_lead_time_change_alone_is_announced_and_can_move_the_best_supplier() -> None:
+    avail, _ = fold(update("s1", 5, 1, lead_time_days=3))
+    avail, _ = fold_update(avail, update("s2", 5, 1, lead_time_days=2), now_ms=NOW)
+    assert avail["best_supplier"] == "s2"
+    new_avail, change = fold_update(avail, update("s1", 5, 2, lead_time_days=1), now_ms=NOW)
+    assert change is not None
+    assert (change["quantity_before"], change["quantity_after"]) == (5, 5)
+    assert change["lead_time_days"] == 1
+    assert change["best_supplier"] == new_avail["best_supplier"] == "s1"
     assert new_avail["suppliers"]["s1"]["lead_time_days"] == 1
 
 

@@ -50,8 +50,10 @@ def make_delta() -> Callable[..., Delta]:
     return make
 
 
-def state(quantity: int, version: int, status: str = "ACTIVE", suspect: bool = False) -> Delta:
+def state(quantity: int, version: int, status: str = "ACTIVE", suspect: bool = False,
+          lead_time_days: int | None = 2) -> Delta:
     return {
+        "lead_time_days": lead_time_days,
         "quantity": quantity,
         "version": version,
         "updated_at": NOW - 60_000,
@@ -105,6 +107,7 @@ def test_first_snapshot_is_applied(make_delta: Callable[..., Delta]) -> None:
         "status": "ACTIVE",
         "platform_sku": "P-1",
         "suspect": False,
+        "lead_time_days": 2,
     }
     assert d.update == {
         "platform_sku": "P-1",
@@ -234,7 +237,7 @@ def test_adjustment_without_state_starts_from_zero_and_is_suspect(
     assert d.resync is not None
     assert (d.resync["expected_sequence"], d.resync["received_sequence"]) == (1, 3)
     assert not d.gap  # no baseline is not a gap in the sequence
-    d = run(make_delta(sequence=3, kind="ADJUSTMENT", quantity=-4), None)
+    d = run(make_delta(sequence=3, kind="ADJUSTMENT", quantity=-4, lead_time_days=None), None)
     assert d.outcome == NOOP and d.clamped and d.resync is not None
 
 
@@ -257,9 +260,25 @@ def test_zero_adjustment_is_a_noop(make_delta: Callable[..., Delta]) -> None:
 
 
 def test_first_snapshot_of_zero_is_a_noop(make_delta: Callable[..., Delta]) -> None:
-    d = run(make_delta(quantity=0), None)
+    d = run(make_delta(quantity=0, lead_time_days=None), None)
     assert d.outcome == NOOP and d.update is None
     assert d.state is not None and d.state["version"] == 1
+
+
+def test_a_lead_time_change_alone_is_applied(make_delta: Callable[..., Delta]) -> None:
+    d = run(make_delta(sequence=5, quantity=10, lead_time_days=7), state(10, 4))
+    assert d.outcome == APPLIED
+    assert d.update is not None
+    assert (d.update["quantity_before"], d.update["quantity_after"]) == (10, 10)
+    assert d.update["lead_time_days"] == 7
+    assert d.state is not None and d.state["lead_time_days"] == 7
+    # A delta that carries no lead time clears it: also a change.
+    d = run(make_delta(sequence=5, quantity=10, lead_time_days=None), state(10, 4))
+    assert d.outcome == APPLIED
+    # A state written before the field existed decodes with none.
+    d = run(make_delta(sequence=5, quantity=10, lead_time_days=None),
+            state(10, 4, lead_time_days=None))
+    assert d.outcome == NOOP
 
 
 def test_discontinued_publishes_zero(make_delta: Callable[..., Delta]) -> None:

@@ -179,6 +179,9 @@ CHANGE_FIELDS = (
 )
 
 
+STATE_FIELDS = ("quantity", "version", "status", "suspect", "lead_time_days")
+
+
 @settings(max_examples=200, deadline=None)
 @given(arrivals())
 def test_pipeline_equals_reference_model(deltas: list[Delta]) -> None:
@@ -186,7 +189,7 @@ def test_pipeline_equals_reference_model(deltas: list[Delta]) -> None:
     ref = reference_run(deltas, platform_sku_of=CATALOG.platform_sku)
 
     states = {
-        k: _project(s, ("quantity", "version", "status", "suspect")) for k, s in run.states.items()
+        k: _project(s, STATE_FIELDS) for k, s in run.states.items()
     }
     assert states == ref.states
     for key, s in run.states.items():
@@ -311,8 +314,10 @@ def test_reference_model_on_a_worked_example() -> None:
     ]
     ref = reference_run(deltas, platform_sku_of=CATALOG.platform_sku)
     assert ref.states == {
-        a: {"quantity": 0, "version": 9, "status": "ACTIVE", "suspect": False},
-        b: {"quantity": 6, "version": 8, "status": "DISCONTINUED", "suspect": False},
+        a: {"quantity": 0, "version": 9, "status": "ACTIVE", "suspect": False,
+            "lead_time_days": 2},
+        b: {"quantity": 6, "version": 8, "status": "DISCONTINUED", "suspect": False,
+            "lead_time_days": 9},
     }
     assert ref.counts == Counter(
         applied=5, noop=1, duplicate=1, stale=1, gap=1, clamped=1, resync=2
@@ -338,7 +343,7 @@ def test_reference_model_on_a_worked_example() -> None:
     # The pipeline agrees on this example too.
     run = run_pipeline(deltas)
     assert {
-        k: _project(s, ("quantity", "version", "status", "suspect")) for k, s in run.states.items()
+        k: _project(s, STATE_FIELDS) for k, s in run.states.items()
     } == ref.states
 
 
