@@ -80,7 +80,7 @@ def table_store(settings: Settings) -> str:
 settings = get_settings()
 app = create_app(settings)
 transactions.install(app)
-recovery.install()
+recovery.install(settings.confluent_config())
 
 
 def avro_table(name: str, record: str, *, help: str) -> Any:
