@@ -79,7 +79,7 @@ def table_store(settings: Settings) -> str:
 
 settings = get_settings()
 app = create_app(settings)
-transactions.install(app)
+transactions.install(app, settings.transaction_timeout_s)
 recovery.install(settings.confluent_config())
 
 

@@ -129,6 +129,9 @@ class Settings(BaseSettings):
     data_dir: Path = Path(".stockflow/worker")
     producer_linger_s: float = Field(default=0.01, ge=0)
     session_timeout_s: float = Field(default=10.0, ge=6.0)
+    # How long an exactly-once transaction may stay open (a unit waiting for a slow or absent
+    # Cassandra keeps it open) before the broker aborts it and fences the worker.
+    transaction_timeout_s: float = Field(default=300.0, gt=0, le=900.0)
     # Static group membership (KIP-345): a restarted worker takes its old place in the group at
     # once instead of waiting for the dead member's session to time out. The id must be unique
     # per worker and stable across its restarts; default: app id, host name and data dir.

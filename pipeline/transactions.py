@@ -92,9 +92,31 @@ def after_commit(app: Any) -> None:
             checkpoint()
 
 
-def install(app: Any) -> None:
-    """Use SourceTransactionManager for this app's transport (before the worker starts)."""
+def install(app: Any, transaction_timeout_s: float = 300.0) -> None:
+    """Use SourceTransactionManager for this app's transport (before the worker starts).
+
+    Also give the transactional producers a longer transaction timeout than Kafka's 60 s
+    default: a transaction stays open while a unit of work waits for Cassandra (the change
+    records may only be sent once it acknowledged), and a Cassandra outage or slow spell
+    longer than the timeout would otherwise have the broker abort the transaction and fence
+    the worker. Must not exceed the brokers' transaction.max.timeout.ms (15 min by default).
+    """
+    from faust.transport.drivers import aiokafka as driver
+
     app.transport.TransactionManager = SourceTransactionManager
+    producer_cls: Any = driver.Producer
+    if getattr(producer_cls, "_stockflow_settings_extra", None) is None:
+        original = producer_cls._settings_extra
+        producer_cls._stockflow_settings_extra = original
+
+        def settings_extra(self: Any) -> Any:
+            extra = dict(original(self))
+            if self.app.in_transaction:
+                extra["transaction_timeout_ms"] = int(self.app.conf.stockflow_txn_timeout_ms)
+            return extra
+
+        producer_cls._settings_extra = settings_extra
+    app.conf.stockflow_txn_timeout_ms = transaction_timeout_s * 1000
 
 
 class CommitGate:
