@@ -86,17 +86,20 @@ def boot_id() -> str | None:
 
 
 def roll_back_all(tabledir: Path) -> int:
-    """Roll every table store back to its last commit with its undo log (pipeline/undo_store).
-
-    Raises UndoLogError when a table's store has no readable undo log.
+    """Roll every partition store back to its last commit with its undo log
+    (pipeline/undo_store.py). Raises UndoLogError when a store has no readable undo log.
     """
     from pipeline.undo_store import UndoLogError, roll_back, undo_path
 
-    tables = {p.name[:-len(".db")].rsplit("-", 1)[0] for p in tabledir.glob("*-*.db")}
-    missing = [t for t in sorted(tables) if not undo_path(tabledir, t).exists()]
+    stores = []
+    for path in sorted(tabledir.glob("*-*.db")):
+        table, _, partition = path.name[:-len(".db")].rpartition("-")
+        if partition.isdigit():
+            stores.append((table, int(partition)))
+    missing = [f"{t}-{p}" for t, p in stores if not undo_path(tabledir, t, p).exists()]
     if missing:
-        raise UndoLogError(f"no undo log for table(s) {', '.join(missing)}")
-    return sum(roll_back(tabledir, t) for t in sorted(tables))
+        raise UndoLogError(f"no undo log for store(s) {', '.join(missing)}")
+    return sum(roll_back(tabledir, t, p) for t, p in stores)
 
 
 def prepare_local_state(datadir: Path, tabledir: Path, *, app_id: str,

@@ -67,29 +67,46 @@ class SourceTransactionManager(TransactionManager):
         committed = bool(await super().commit(offsets,
                                               start_new_transaction=start_new_transaction))
         if committed:
-            after_commit(self.app)
+            after_commit(self.app, offsets)
         return committed
 
 
-def after_commit(app: Any) -> None:
-    """Every table write so far is committed: persist the stores' changelog offsets, then
-    empty their undo logs (pipeline/undo_store.py), in that order.
+def after_commit(app: Any, offsets: Any) -> None:
+    """The transactions of the committed source partitions committed: persist the changelog
+    offsets of those partitions' stores, then empty their undo logs (pipeline/undo_store.py),
+    in that order.
+
+    A commit commits one transaction per transactional id (`<app>-<group>-<partition>`) that
+    has source offsets to commit, and leaves the others open: a changelog partition's records
+    are committed only if its own (group, partition) was among `offsets`. Everything else
+    stays pending, and its undo log keeps the writes until that transaction commits.
 
     Faust queues a persisted offset per *changelog* partition but, after a commit, flushes
     the queue for the committed *source* partitions, so under exactly-once the stores'
     offsets were never written and every restart read the changelogs from the beginning.
-    Every queued offset belongs to a record of a transaction that just committed (sends
-    happen only inside units, and none runs during a commit), so all are written.
     """
+    assignor = app.assignor
+    committed = {(assignor.group_for_topic(tp.topic), tp.partition) for tp in offsets}
+
+    def was_committed(topic: str, partition: int) -> bool:
+        try:
+            return (assignor.group_for_topic(topic), partition) in committed
+        except KeyError:  # a topic the assignor does not know: keep it pending
+            return False
+
     tables = app.tables
     pending = tables._pending_persisted_offsets
     for tp, (store, offset) in list(pending.items()):
-        store.set_persisted_offset(tp, offset)
-    pending.clear()
+        if was_committed(tp.topic, tp.partition):
+            store.set_persisted_offset(tp, offset)
+            del pending[tp]
     for table in tables.values():
         checkpoint = getattr(table.data, "undo_checkpoint", None)
-        if checkpoint is not None:
-            checkpoint()
+        if checkpoint is None:
+            continue
+        topic = table.changelog_topic.get_topic_name()
+        checkpoint([p for p in range(table.partitions or app.conf.topic_partitions)
+                    if was_committed(topic, p)])
 
 
 def install(app: Any, transaction_timeout_s: float = 300.0) -> None:

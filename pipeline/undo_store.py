@@ -7,9 +7,9 @@ restart is to delete the stores and restore every key from the changelogs, which
 minutes at a million keys.
 
 This store keeps that information. Before the first write of a key in a commit window it
-appends the key's previous value to `<tabledir>/<table>.undo`, and before the first write
-of a partition in the window the partition's persisted changelog offset (the offset the
-store is known to hold everything up to). After every successful commit (see
+appends the key's previous value to the partition's log `<tabledir>/<table>-<partition>.undo`,
+and before the first write of the window the partition's persisted changelog offset (the
+offset the store is known to hold everything up to). After every successful commit (see
 `pipeline/transactions.py`) the persisted offsets are written and the log is emptied. At an
 unclean start `roll_back` puts the previous values back and rewinds the persisted offsets,
 so the store equals the last committed state and Faust's recovery reads only the committed
@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import os
 import struct
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -43,9 +43,12 @@ class UndoLogError(Exception):
     """The undo log cannot be read: the store must be restored from its changelog."""
 
 
-def undo_path(tabledir: Path, table: str) -> Path:
-    """Where a table's undo log lives (next to its `<table>-<partition>.db` stores)."""
-    return Path(tabledir) / f"{table}{SUFFIX}"
+def undo_path(tabledir: Path, table: str, partition: int) -> Path:
+    """Where the undo log of one partition's store lives (next to `<table>-<partition>.db`).
+
+    One log per partition: a commit may commit the transactions of some partitions and not
+    others (a partition with nothing to commit), so each log is emptied on its own."""
+    return Path(tabledir) / f"{table}-{partition}{SUFFIX}"
 
 
 def encode_entry(partition: int, key: bytes, old: bytes | None) -> bytes:
@@ -103,13 +106,13 @@ def decode(data: bytes) -> Iterator[tuple[bytes, int, Any, Any]]:
             raise UndoLogError(f"unknown undo record {kind!r} at byte {pos}")
 
 
-def roll_back(tabledir: Path, table: str, open_db: Any = None) -> int:
-    """Undo a table's uncommitted writes in its stores; returns how many keys were restored.
+def roll_back(tabledir: Path, table: str, partition: int, open_db: Any = None) -> int:
+    """Undo the uncommitted writes of one partition's store; returns the keys restored.
 
     `open_db(path)` opens a partition's RocksDB (default: rocksdict in raw mode, as Faust
     opens it). The log is emptied afterwards.
     """
-    path = undo_path(tabledir, table)
+    path = undo_path(tabledir, table, partition)
     records = list(decode(path.read_bytes()))
     if open_db is None:
         open_db = _open_rocksdict
@@ -156,44 +159,51 @@ class UndoLoggedStore(RocksDBStore):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._undo_fd: int | None = None
-        self._undo_keys: set[tuple[int, bytes]] = set()
-        self._undo_partitions: set[int] = set()
+        self._undo_fds: dict[int, int] = {}
+        self._undo_keys: dict[int, set[bytes]] = {}  # partition -> keys logged this window
 
     # ------------------------------------------------------------------ the log
-    def _undo_file(self) -> int:
-        if self._undo_fd is None:
-            path = undo_path(self.path, self.table_name)
+    def _undo_file(self, partition: int) -> int:
+        fd = self._undo_fds.get(partition)
+        if fd is None:
+            path = undo_path(self.path, self.table_name, partition)
             path.parent.mkdir(parents=True, exist_ok=True)
             if not path.exists() or path.stat().st_size == 0:
                 _reset(path)
-            self._undo_fd = os.open(path, os.O_WRONLY | os.O_APPEND)
-        return self._undo_fd
+            fd = self._undo_fds[partition] = os.open(path, os.O_WRONLY | os.O_APPEND)
+        return fd
 
-    def _log(self, record: bytes) -> None:
-        fd = self._undo_file()
+    def _log(self, partition: int, record: bytes) -> None:
+        fd = self._undo_file(partition)
         written = os.write(fd, record)
         if written != len(record):  # a short write on a regular file: disk full
             raise OSError(f"undo log: wrote {written} of {len(record)} bytes")
 
-    def _before_write(self, partition: int, db: Any, key: bytes) -> None:
-        if partition not in self._undo_partitions:
-            raw = db.get(OFFSET_KEY)
-            self._log(encode_offset(partition, int(raw) if raw is not None else None))
-            self._undo_partitions.add(partition)
-        if (partition, key) not in self._undo_keys:
-            self._log(encode_entry(partition, key, db.get(key)))
-            self._undo_keys.add((partition, key))
+    def _db_for_partition(self, partition: int) -> Any:
+        db = super()._db_for_partition(partition)
+        # Every store this class opens has its log from the start, so a missing log at a
+        # restart means a store this code never wrote (pipeline/local_state.py discards it).
+        self._undo_file(partition)
+        return db
 
-    def undo_checkpoint(self) -> None:
-        """Everything written so far is committed: start an empty window."""
-        if not self._undo_keys and not self._undo_partitions:
-            return
-        fd = self._undo_file()
-        os.ftruncate(fd, 0)
-        self._log(MAGIC)
-        self._undo_keys.clear()
-        self._undo_partitions.clear()
+    def _before_write(self, partition: int, db: Any, key: bytes) -> None:
+        keys = self._undo_keys.get(partition)
+        if keys is None:
+            raw = db.get(OFFSET_KEY)
+            self._log(partition, encode_offset(partition, int(raw) if raw is not None else None))
+            keys = self._undo_keys[partition] = set()
+        if key not in keys:
+            self._log(partition, encode_entry(partition, key, db.get(key)))
+            keys.add(key)
+
+    def undo_checkpoint(self, partitions: Iterable[int] | None = None) -> None:
+        """The writes to these partitions (None: all) are committed: empty their logs."""
+        for partition in list(self._undo_keys if partitions is None else partitions):
+            if self._undo_keys.pop(partition, None) is None:
+                continue
+            fd = self._undo_file(partition)
+            os.ftruncate(fd, 0)
+            self._log(partition, MAGIC)
 
     # ------------------------------------------------------ Faust's write paths
     def _set(self, key: bytes, value: bytes | None) -> None:
@@ -212,9 +222,9 @@ class UndoLoggedStore(RocksDBStore):
                 db.delete(key)
 
     async def stop(self) -> None:
-        if self._undo_fd is not None:
-            os.close(self._undo_fd)
-            self._undo_fd = None
+        for fd in self._undo_fds.values():
+            os.close(fd)
+        self._undo_fds.clear()
         await super().stop()
 
 

@@ -41,7 +41,7 @@ def _committed_then_uncommitted(tabledir: Path) -> None:
     tabledir.mkdir(parents=True)
     db = _db(tabledir / "stock-0.db")
     db[b"a"], db[b"b"], db[OFFSET_KEY] = b"1", b"2", b"10"
-    undo_path(tabledir, "stock").write_bytes(
+    undo_path(tabledir, "stock", 0).write_bytes(
         MAGIC + encode_offset(0, 10) + encode_entry(0, b"a", b"1") + encode_entry(0, b"c", None))
     db[b"a"], db[b"c"], db[OFFSET_KEY] = b"9", b"9", b"12"
     db.close()
@@ -50,14 +50,14 @@ def _committed_then_uncommitted(tabledir: Path) -> None:
 def test_roll_back_restores_values_offsets_and_empties_the_log(tmp_path: Path) -> None:
     tabledir = tmp_path / "tables"
     _committed_then_uncommitted(tabledir)
-    assert roll_back(tabledir, "stock") == 2
+    assert roll_back(tabledir, "stock", 0) == 2
     db = _db(tabledir / "stock-0.db")
     try:
         assert dict(db.items()) == {b"a": b"1", b"b": b"2", OFFSET_KEY: b"10"}
     finally:
         db.close()
-    assert undo_path(tabledir, "stock").read_bytes() == MAGIC
-    assert roll_back(tabledir, "stock") == 0  # idempotent
+    assert undo_path(tabledir, "stock", 0).read_bytes() == MAGIC
+    assert roll_back(tabledir, "stock", 0) == 0  # idempotent
 
 
 def test_an_unclean_exactly_once_start_rolls_back_instead_of_discarding(tmp_path: Path) -> None:
@@ -72,7 +72,7 @@ def test_an_unclean_exactly_once_start_rolls_back_instead_of_discarding(tmp_path
 def test_a_store_without_undo_log_is_discarded_after_an_unclean_stop(tmp_path: Path) -> None:
     tabledir = tmp_path / "v1" / "tables"
     _committed_then_uncommitted(tabledir)
-    undo_path(tabledir, "stock").unlink()
+    undo_path(tabledir, "stock", 0).unlink()
     decision = prepare_local_state(tmp_path, tabledir, app_id="app", topic_ids={},
                                    exactly_once=True, undo_logs=True)
     assert decision.action == "discarded"
