@@ -89,17 +89,19 @@ def roll_back_all(tabledir: Path) -> int:
     """Roll every partition store back to its last commit with its undo log
     (pipeline/undo_store.py). Raises UndoLogError when a store has no readable undo log.
     """
-    from pipeline.undo_store import UndoLogError, roll_back, undo_path
+    from pipeline.undo_store import UndoLogError, roll_back, undo_marker, undo_path
 
     stores = []
     for path in sorted(tabledir.glob("*-*.db")):
         table, _, partition = path.name[:-len(".db")].rpartition("-")
         if partition.isdigit():
             stores.append((table, int(partition)))
-    missing = [f"{t}-{p}" for t, p in stores if not undo_path(tabledir, t, p).exists()]
-    if missing:
-        raise UndoLogError(f"no undo log for store(s) {', '.join(missing)}")
-    return sum(roll_back(tabledir, t, p) for t, p in stores)
+    unlogged = sorted({t for t, _p in stores if not undo_marker(tabledir, t).exists()})
+    if unlogged:
+        raise UndoLogError(f"table(s) {', '.join(unlogged)} written without undo logs")
+    # An undo-logged store without a log was never written since it was opened.
+    return sum(roll_back(tabledir, t, p) for t, p in stores
+               if undo_path(tabledir, t, p).exists())
 
 
 def prepare_local_state(datadir: Path, tabledir: Path, *, app_id: str,

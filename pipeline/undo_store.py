@@ -51,6 +51,11 @@ def undo_path(tabledir: Path, table: str, partition: int) -> Path:
     return Path(tabledir) / f"{table}-{partition}{SUFFIX}"
 
 
+def undo_marker(tabledir: Path, table: str) -> Path:
+    """Present once the table's stores are written through UndoLoggedStore."""
+    return Path(tabledir) / f"{table}.undo-logged"
+
+
 def encode_entry(partition: int, key: bytes, old: bytes | None) -> bytes:
     """One undo record: the value `key` had in `partition` before this window's first write."""
     if old is None:
@@ -179,12 +184,15 @@ class UndoLoggedStore(RocksDBStore):
         if written != len(record):  # a short write on a regular file: disk full
             raise OSError(f"undo log: wrote {written} of {len(record)} bytes")
 
-    def _db_for_partition(self, partition: int) -> Any:
-        db = super()._db_for_partition(partition)
-        # Every store this class opens has its log from the start, so a missing log at a
-        # restart means a store this code never wrote (pipeline/local_state.py discards it).
-        self._undo_file(partition)
-        return db
+    def _open_for_partition(self, partition: int) -> Any:
+        # The table's marker says its stores are undo-logged: a partition without a log was
+        # never written since (nothing to undo); without the marker a store may hold writes
+        # of a version without undo logs (pipeline/local_state.py then discards it).
+        marker = undo_marker(self.path, self.table_name)
+        if not marker.exists():
+            marker.parent.mkdir(parents=True, exist_ok=True)
+            marker.touch()
+        return super()._open_for_partition(partition)
 
     def _before_write(self, partition: int, db: Any, key: bytes) -> None:
         keys = self._undo_keys.get(partition)

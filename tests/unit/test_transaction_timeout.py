@@ -2,21 +2,20 @@
 
 from __future__ import annotations
 
-import asyncio
+from types import SimpleNamespace
+from typing import Any
 
-from pipeline.app import app, settings
+from faust.transport.drivers import aiokafka as driver
+
+from pipeline.app import settings  # importing the app installs the transaction settings
 
 
 def test_transactional_producers_use_the_configured_transaction_timeout() -> None:
-    async def timeout_ms() -> int:
-        producer = app.producer._new_producer(transactional_id="stockflow-test")
-        return int(producer._txn_manager.transaction_timeout_ms)
+    def producer(in_transaction: bool) -> Any:
+        conf = SimpleNamespace(stockflow_txn_timeout_ms=settings.transaction_timeout_s * 1000)
+        return SimpleNamespace(app=SimpleNamespace(in_transaction=in_transaction, conf=conf))
 
-    was = app.in_worker
-    app.in_worker = True  # transactions exist only inside a worker
-    try:
-        assert app.in_transaction  # the default guarantee: exactly-once
-        assert asyncio.run(timeout_ms()) == int(settings.transaction_timeout_s * 1000)
-        assert settings.transaction_timeout_s * 1000 != 60_000
-    finally:
-        app.in_worker = was
+    extra = driver.Producer._settings_extra(producer(True))
+    assert extra["transaction_timeout_ms"] == int(settings.transaction_timeout_s * 1000)
+    assert extra["transaction_timeout_ms"] != 60_000  # not Kafka's default
+    assert "transaction_timeout_ms" not in driver.Producer._settings_extra(producer(False))

@@ -98,6 +98,7 @@ def test_unclean_stop_before_a_machine_restart_discards_even_with_undo_logs(
 
     tabledir = _tables(tmp_path)
     (tabledir.parent / "tables" / "stock-0.undo").write_bytes(b"")
+    (tabledir.parent / "tables" / "stock.undo-logged").touch()
     monkeypatch.setattr(local_state, "boot_id", lambda: "boot-1")
     mark_clean_stop(tmp_path)
     assert prepare_local_state(tmp_path, tabledir, app_id="app", topic_ids=IDS,

@@ -16,6 +16,7 @@ from pipeline.undo_store import (
     encode_entry,
     encode_offset,
     roll_back,
+    undo_marker,
     undo_path,
 )
 
@@ -41,6 +42,7 @@ def _committed_then_uncommitted(tabledir: Path) -> None:
     tabledir.mkdir(parents=True)
     db = _db(tabledir / "stock-0.db")
     db[b"a"], db[b"b"], db[OFFSET_KEY] = b"1", b"2", b"10"
+    undo_marker(tabledir, "stock").touch()
     undo_path(tabledir, "stock", 0).write_bytes(
         MAGIC + encode_offset(0, 10) + encode_entry(0, b"a", b"1") + encode_entry(0, b"c", None))
     db[b"a"], db[b"c"], db[OFFSET_KEY] = b"9", b"9", b"12"
@@ -69,12 +71,24 @@ def test_an_unclean_exactly_once_start_rolls_back_instead_of_discarding(tmp_path
     assert (tabledir / "stock-0.db").exists()
 
 
-def test_a_store_without_undo_log_is_discarded_after_an_unclean_stop(tmp_path: Path) -> None:
+def test_a_table_written_without_undo_logs_is_discarded_after_an_unclean_stop(
+        tmp_path: Path) -> None:
     tabledir = tmp_path / "v1" / "tables"
     _committed_then_uncommitted(tabledir)
-    undo_path(tabledir, "stock", 0).unlink()
+    undo_marker(tabledir, "stock").unlink()
     decision = prepare_local_state(tmp_path, tabledir, app_id="app", topic_ids={},
                                    exactly_once=True, undo_logs=True)
     assert decision.action == "discarded"
-    assert "no undo log" in decision.reason
+    assert "without undo logs" in decision.reason
     assert not tabledir.exists()
+
+
+def test_an_undo_logged_partition_without_a_log_has_nothing_to_undo(tmp_path: Path) -> None:
+    tabledir = tmp_path / "v1" / "tables"
+    _committed_then_uncommitted(tabledir)
+    other = _db(tabledir / "stock-1.db")  # opened, never written: no log of its own
+    other[b"z"] = b"1"
+    other.close()
+    decision = prepare_local_state(tmp_path, tabledir, app_id="app", topic_ids={},
+                                   exactly_once=True, undo_logs=True)
+    assert (decision.action, decision.keys_restored) == ("rolled_back", 2)
