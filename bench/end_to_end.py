@@ -248,19 +248,6 @@ def run_baselines(env: Any, spec: WorkloadSpec, count: int, workdir: Path,
     return out
 
 
-def replay_available() -> bool:
-    """Whether `stockflow replay` exists yet (another area writes it)."""
-    import typer
-
-    from pipeline.commands import register
-
-    app = typer.Typer()
-    register(app)
-    return any((c.name or (c.callback.__name__ if c.callback else "")) == "replay"
-               for c in app.registered_commands) or any(
-        g.name == "replay" for g in app.registered_groups)
-
-
 def replay(env: Any, events: int, timeout_s: float = 900) -> dict[str, Any]:
     """`stockflow replay --from beginning` over this run's whole log, into Cassandra and Redis.
 
@@ -359,10 +346,8 @@ def run(workdir: Path, *, skus: int, suppliers: int, rates: list[int], step_s: f
             result["replay"] = {"measured": True, "events": skus, "seconds": load["rebuild_s"],
                                 "rate": load["rebuild_rate"],
                                 "what": "stockflow rebuild over the key load's log"}
-        elif replay_available():
-            result["replay"] = replay(env, sender.sent, timeout_s=max(900.0, skus / 500))
         else:
-            result["replay"] = {"measured": False, "why": "stockflow replay does not exist yet"}
+            result["replay"] = replay(env, sender.sent, timeout_s=max(900.0, skus / 500))
         log(f"replay: {result['replay']}")
         log("baselines")
         result["baselines"] = run_baselines(

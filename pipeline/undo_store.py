@@ -9,8 +9,9 @@ minutes at a million keys.
 This store keeps that information. Before the first write of a key in a commit window it
 appends the key's previous value to the partition's log `<tabledir>/<table>-<partition>.undo`,
 and before the first write of the window the partition's persisted changelog offset (the
-offset the store is known to hold everything up to). After every successful commit (see
-`pipeline/transactions.py`) the persisted offsets are written and the log is emptied. At an
+offset the store is known to hold everything up to). After a commit (see
+`pipeline/transactions.py`), the partitions whose transactions it committed get their
+persisted offsets written and their logs emptied; the others keep theirs. At an
 unclean start `roll_back` puts the previous values back and rewinds the persisted offsets,
 so the store equals the last committed state and Faust's recovery reads only the committed
 changelog records after it: the writes of a transaction that did commit are read again,
@@ -32,6 +33,7 @@ from typing import Any
 from faust.stores.rocksdb import Store as RocksDBStore
 from faust.streams import current_event
 
+SCHEME = "stockflow-rocksdb"  # the store URL scheme: `stockflow-rocksdb://`
 MAGIC = b"stockflow-undo v1\n"
 SUFFIX = ".undo"
 OFFSET_KEY = RocksDBStore.offset_key
@@ -204,9 +206,9 @@ class UndoLoggedStore(RocksDBStore):
             self._log(partition, encode_entry(partition, key, db.get(key)))
             keys.add(key)
 
-    def undo_checkpoint(self, partitions: Iterable[int] | None = None) -> None:
-        """The writes to these partitions (None: all) are committed: empty their logs."""
-        for partition in list(self._undo_keys if partitions is None else partitions):
+    def undo_checkpoint(self, partitions: Iterable[int]) -> None:
+        """The writes to these partitions are committed: empty their logs."""
+        for partition in partitions:
             if self._undo_keys.pop(partition, None) is None:
                 continue
             fd = self._undo_file(partition)
@@ -240,5 +242,5 @@ def register() -> str:
     """Make `stockflow-rocksdb://` name this store in Faust's store registry."""
     from faust import stores
 
-    stores.STORES.aliases.setdefault("stockflow-rocksdb", f"{__name__}:UndoLoggedStore")
-    return "stockflow-rocksdb://"
+    stores.STORES.aliases.setdefault(SCHEME, f"{__name__}:UndoLoggedStore")
+    return f"{SCHEME}://"

@@ -47,7 +47,7 @@ def worker() -> None:
         topic_prefix=settings.topic_prefix)
     from faust.worker import Worker
 
-    from pipeline import local_state
+    from pipeline import local_state, undo_store
 
     app.discover()
     datadir = Path(app.conf.datadir)
@@ -56,7 +56,7 @@ def worker() -> None:
         datadir, Path(app.conf.tabledir), app_id=settings.app_id,
         topic_ids=local_state.changelog_topic_ids(settings.confluent_config(), changelogs),
         exactly_once=settings.processing_guarantee == "exactly_once",
-        undo_logs=str(app.conf.store).startswith("stockflow-rocksdb:"))
+        undo_logs=app.conf.store.scheme == undo_store.SCHEME)
     log = get_logger("stockflow.worker")
     if decision.action == "discarded":
         log.warning("worker.local_state_discarded", reason=decision.reason,

@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 import random
 import shutil
-import socket
 import subprocess
 import time
 import uuid
@@ -28,6 +27,7 @@ from connectors.redis_cache import (
 )
 from pipeline.aggregate import best_supplier, total_available
 from pipeline.metrics import SINK_RETRIES
+from tests.integration.pipeline_harness import free_port
 
 pytestmark = pytest.mark.integration
 
@@ -67,18 +67,12 @@ async def cache() -> AsyncIterator[RedisCache]:
         _drop_prefix(prefix)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 class PrivateRedis:
     """A redis-server of the test's own on a free port, which it may stop, restart and flush."""
 
     def __init__(self, directory: Path, *, persistent: bool) -> None:
         self.directory = directory
-        self.port = _free_port()
+        self.port = free_port()
         self.persistent = persistent
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -447,7 +441,7 @@ async def test_partial_hash_after_data_loss_is_a_miss(cache: RedisCache) -> None
 
 
 async def test_cache_aside_falls_back_to_cassandra_when_redis_is_unreachable() -> None:
-    cache = RedisCache(f"redis://127.0.0.1:{_free_port()}/0", socket_timeout_s=0.5)
+    cache = RedisCache(f"redis://127.0.0.1:{free_port()}/0", socket_timeout_s=0.5)
     try:
         got = await read_availability(cache, lambda s: [cassandra_row("a", 1, 3)], "P")
         assert got is not None and got["source"] == "cassandra" and got["total"] == 3
