@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import AsyncIterator
 from typing import Any, cast
 
@@ -68,6 +69,7 @@ class SourceTransactionManager(TransactionManager):
                                               start_new_transaction=start_new_transaction))
         if committed:
             after_commit(self.app, offsets)
+            note_commit_time(self.consumer, offsets)
         return committed
 
 
@@ -107,6 +109,22 @@ def after_commit(app: Any, offsets: Any) -> None:
         topic = table.changelog_topic.get_topic_name()
         checkpoint([p for p in range(table.partitions or app.conf.topic_partitions)
                     if was_committed(topic, p)])
+
+
+def note_commit_time(consumer: Any, offsets: Any, now: float | None = None) -> None:
+    """Tell Faust's stall detector that these source partitions committed.
+
+    The detector ("Has not committed TP(...) at all since worker start") only learns of
+    commits made by the consumer; under exactly-once the offsets commit inside the producers'
+    transactions, so it reported every partition as stalled, forever, and a real stall --
+    one partition whose offsets stop committing -- was lost among those errors.
+    """
+    thread = getattr(consumer, "_thread", None)
+    stamps = getattr(thread, "tp_last_committed_at", None)
+    if stamps is None:
+        return
+    at = time.monotonic() if now is None else now
+    stamps.update({tp: at for tp in offsets})
 
 
 def install(app: Any, transaction_timeout_s: float = 300.0) -> None:

@@ -54,6 +54,10 @@ def _sample_availability(settings: Any, limit: int = 6) -> Any:
     return table
 
 
+def _interrupt(signum: int, _frame: Any) -> None:
+    raise KeyboardInterrupt(signal.Signals(signum).name)
+
+
 def demo(
     config: Annotated[Path, typer.Option(
         "--config", "-c", help="suppliers + simulator YAML")] = Path("examples/suppliers.yaml"),
@@ -97,6 +101,11 @@ def demo(
         "connectors": ["connectors", "run", "--config", str(config)],
     }
     procs: dict[str, subprocess.Popen[bytes]] = {}
+    # SIGTERM or SIGHUP (a closed terminal, `timeout`, a service manager) stop the demo
+    # the way Ctrl-C does: through the `finally` below that stops its children, which run
+    # in their own sessions and would otherwise be left running.
+    for signum in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, _interrupt)
     for name, args in commands.items():
         with (log_dir / f"{name}.log").open("ab") as fh:
             procs[name] = subprocess.Popen(

@@ -39,3 +39,16 @@ def test_only_committed_partitions_are_persisted_and_checkpointed() -> None:
     assert store.persisted == {TP(changelog, 1): 20}
     assert pending == {TP(changelog, 0): (store, 10)}  # persisted once its transaction commits
     assert store.checkpoints == [[1]]
+
+
+def test_transactional_commits_reach_faust_stall_detector() -> None:
+    from pipeline.transactions import note_commit_time
+
+    tp0, tp1 = TP("app.inventory.deltas", 0), TP("app.inventory.deltas", 1)
+    thread = SimpleNamespace(tp_last_committed_at={tp0: 5.0})
+    note_commit_time(SimpleNamespace(_thread=thread), {tp1: 100}, now=42.0)
+
+    # Only the partition that committed is stamped; a stalled one keeps its old time.
+    assert thread.tp_last_committed_at == {tp0: 5.0, tp1: 42.0}
+    # A consumer without Faust's aiokafka thread (another driver) is left alone.
+    note_commit_time(SimpleNamespace(), {tp1: 100})

@@ -1,0 +1,70 @@
+"""`stockflow demo` runs the pipeline and stops all of it on Ctrl-C, SIGTERM or SIGHUP."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import wait_for
+from tests.integration.pipeline_harness import ROOT, PipelineEnv, free_port
+
+pytestmark = pytest.mark.integration
+
+CHILDREN = ("worker", "simulator", "connectors")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie has exited; only its parent has not collected it yet.
+    with contextlib.suppress(OSError):
+        if Path(f"/proc/{pid}/stat").read_text().split(") ", 1)[1].startswith("Z"):
+            return False
+    return True
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP])
+def test_signal_stops_the_demo_and_its_children(tmp_path: Path, sig: signal.Signals) -> None:
+    env = PipelineEnv(tmp_path, extra_env={
+        "STOCKFLOW_CONNECTORS_METRICS_PORT": str(free_port())})
+    demo = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "demo", "--interval", "0.5"],
+                            env=env.env, cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    output: list[str] = []
+    reader = threading.Thread(target=lambda: output.extend(iter(demo.stdout.readline, "")),
+                              daemon=True)  # type: ignore[union-attr]
+    reader.start()
+    pids: dict[str, int] = {}
+    try:
+        def started() -> bool:
+            for line in list(output):
+                if m := re.search(r"started (\w+) \(pid (\d+)", line):
+                    pids[m[1]] = int(m[2])
+            assert demo.poll() is None, "demo exited early:\n" + "".join(output)
+            return set(pids) == set(CHILDREN)
+
+        wait_for(started, timeout=240, message="the demo to start its children")
+        assert all(_alive(pid) for pid in pids.values())
+
+        os.kill(demo.pid, sig)
+        assert demo.wait(timeout=90) == 0, "".join(output)
+        wait_for(lambda: not any(_alive(pid) for pid in pids.values()), timeout=30,
+                 message="the demo's children to stop")
+        reader.join(timeout=10)
+        assert "demo stopped" in "".join(output)
+    finally:
+        for pid in [demo.pid, *pids.values()]:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(pid, signal.SIGKILL)
+        demo.wait(timeout=30)
+        env.cleanup()
