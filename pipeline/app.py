@@ -7,7 +7,7 @@ from typing import Any
 
 import faust
 
-from pipeline import recovery, transactions
+from pipeline import offsets, recovery, transactions
 from pipeline.settings import Settings, get_settings
 
 
@@ -81,6 +81,7 @@ settings = get_settings()
 app = create_app(settings)
 transactions.install(app, settings.transaction_timeout_s)
 recovery.install(settings.confluent_config())
+offsets.install()
 
 
 def avro_table(name: str, record: str, *, help: str) -> Any:
