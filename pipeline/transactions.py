@@ -64,7 +64,7 @@ class SourceTransactionManager(TransactionManager):
         consumer.force_commit = gated_force_commit
 
     async def commit(self, offsets: Any, start_new_transaction: bool = True) -> bool:
-        await self.app.producer.buffer.flush()
+        await drain_producer_buffer(self.app.producer.buffer)
         committed = bool(await super().commit(offsets,
                                               start_new_transaction=start_new_transaction))
         if committed:
@@ -111,6 +111,35 @@ def after_commit(app: Any, offsets: Any) -> None:
                     if was_committed(topic, p)])
 
 
+async def drain_producer_buffer(buffer: Any, poll_s: float = 1.0) -> None:
+    """Wait until every buffered record (table changelog writes) was handed to its producer.
+
+    Faust's `ProducerBuffer.flush()` returns as soon as no record was sent for 0.1 s, which
+    under load (a producer waiting for room in its batch accumulator) can leave records in
+    the buffer, or one in the middle of being sent: the commit after it would close the
+    transaction without them. This waits for an empty buffer *and* no send in progress
+    (counted by the `_send_pending` wrapper that install() sets up).
+    """
+    while buffer.size or getattr(buffer, "_stockflow_sending", 0):
+        if buffer.should_stop:
+            raise RuntimeError("the producer buffer stopped with records not sent")
+        buffer.message_sent.clear()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(buffer.message_sent.wait(), poll_s)
+
+
+def _count_sends(send_pending: Any) -> Any:
+    async def counted(self: Any, fut: Any) -> None:
+        self._stockflow_sending = getattr(self, "_stockflow_sending", 0) + 1
+        try:
+            await send_pending(self, fut)
+        finally:
+            self._stockflow_sending -= 1
+
+    counted.__wrapped__ = send_pending  # type: ignore[attr-defined]
+    return counted
+
+
 def note_commit_time(consumer: Any, offsets: Any, now: float | None = None) -> None:
     """Tell Faust's stall detector that these source partitions committed.
 
@@ -139,6 +168,11 @@ def install(app: Any, transaction_timeout_s: float = 300.0) -> None:
     from faust.transport.drivers import aiokafka as driver
 
     app.transport.TransactionManager = SourceTransactionManager
+    from faust.transport.producer import ProducerBuffer
+
+    if not hasattr(ProducerBuffer._send_pending, "__wrapped__"):
+        ProducerBuffer._send_pending = _count_sends(  # type: ignore[method-assign]
+            ProducerBuffer._send_pending)
     producer_cls: Any = driver.Producer
     if getattr(producer_cls, "_stockflow_settings_extra", None) is None:
         original = producer_cls._settings_extra
