@@ -183,8 +183,10 @@ def memory(env: Any, stack_dir: Path, keys: int) -> dict[str, Any]:
         "redis_keys": len(names), "redis_bytes_estimate": per_key * len(names),
         "redis_used_memory_total": used,
         # Flushed SSTables only: what still sits in memtables and the commit log is not here.
+        # None, not 0, when this is not the running stack's directory (see run()).
         "cassandra_data_bytes": dir_size_bytes(
-            stack_dir / "cassandra" / "data" / "data" / env.settings.cassandra_keyspace),
+            stack_dir / "cassandra" / "data" / "data" / env.settings.cassandra_keyspace)
+        if (stack_dir / "cassandra" / "data").is_dir() else None,
     }
 
 
@@ -273,6 +275,10 @@ def run(workdir: Path, *, skus: int, suppliers: int, rates: list[int], step_s: f
     from pipeline.settings import Settings
 
     stack_dir = stack_dir or Settings().stack_dir
+    if not stack_pids(stack_dir):
+        log(f"note: no pid files under {stack_dir / 'run'}: the Kafka, Cassandra and Redis "
+            f"CPU columns and the Cassandra data size will be missing (run from the folder "
+            f"whose stack is up, or set STOCKFLOW_STACK_DIR to that stack's directory)")
     PipelineEnv = pipeline_env_class()
     env = PipelineEnv(workdir / "e2e", guarantee=guarantee)
     (workdir / "e2e").mkdir(parents=True, exist_ok=True)

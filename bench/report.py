@@ -170,6 +170,10 @@ def _f(x: Any, fmt: str = ",.0f") -> str:
     return format(x, fmt)
 
 
+def _mb(n: Any) -> str:
+    return "n/a" if n is None or (isinstance(n, float) and math.isnan(n)) else f"{n / 2**20:.1f} MB"
+
+
 def markdown(result: dict[str, Any]) -> str:
     """The tables of docs/performance.md for this result."""
     lines: list[str] = []
@@ -209,7 +213,7 @@ def markdown(result: dict[str, Any]) -> str:
                   f"| Redis, this run's keys (MEMORY USAGE sample) | "
                   f"{_f(_get(mem, 'redis_bytes_estimate') / 2**20, '.1f')} MB |",
                   f"| Cassandra data dir (flushed SSTables) | "
-                  f"{_f(_get(mem, 'cassandra_data_bytes') / 2**20, '.1f')} MB |",
+                  f"{_mb(_get(mem, 'cassandra_data_bytes'))} |",
                   f"| recovery after SIGKILL (sentinel in Redis) | "
                   f"{_f(_get(e2e, 'recovery', 'seconds'), '.1f')} s (metrics up after "
                   f"{_f(_get(e2e, 'recovery', 'metrics_up_s'), '.1f')} s) |",

@@ -277,3 +277,15 @@ def test_collapsed_summary_self_and_inclusive_shares() -> None:
     assert s["self"][0] == ("send", pytest.approx(0.6))
     assert dict(s["inclusive"])["loop"] == pytest.approx(0.9)
     assert dict(s["inclusive"])["main"] == pytest.approx(1.0)
+
+
+def test_report_says_na_for_a_cassandra_size_it_could_not_read() -> None:
+    from bench.report import markdown
+
+    def table(mem: dict) -> str:
+        text = markdown({"end_to_end": {"steps": [], "memory": mem, "recovery": {},
+                                        "replay": {"measured": False, "why": "x"}}})
+        return next(line for line in text.splitlines() if line.startswith("| Cassandra data"))
+
+    assert table({"cassandra_data_bytes": None}).endswith("| n/a |")
+    assert table({"cassandra_data_bytes": 3 * 2**20}).endswith("| 3.0 MB |")
