@@ -355,8 +355,8 @@ def collapsed_summary(lines: Iterable[str], top: int = 15) -> dict[str, list[tup
 def py_spy(pid: int, out_dir: Path, name: str, duration_s: int = 20) -> dict[str, Any]:
     """Profile a process with py-spy: a flame graph (SVG) then collapsed stacks summarised.
 
-    Two consecutive recordings of duration_s/2 each (py-spy writes one format per run);
-    Blocking mode: py-spy pauses the worker for each sample. --nonblocking lost over 90 % of
+    Two consecutive recordings of duration_s/2 each (py-spy writes one format per run), in
+    blocking mode: py-spy pauses the worker for each sample. --nonblocking lost over 90 % of
     the samples of a busy worker (stacks read while they changed are dropped), and profiles
     are taken on a drain that is not the measured one.
     """

@@ -166,10 +166,9 @@ def install(app: Any, transaction_timeout_s: float = 300.0) -> None:
     the worker. Must not exceed the brokers' transaction.max.timeout.ms (15 min by default).
     """
     from faust.transport.drivers import aiokafka as driver
-
-    app.transport.TransactionManager = SourceTransactionManager
     from faust.transport.producer import ProducerBuffer
 
+    app.transport.TransactionManager = SourceTransactionManager
     if not hasattr(ProducerBuffer._send_pending, "__wrapped__"):
         ProducerBuffer._send_pending = _count_sends(  # type: ignore[method-assign]
             ProducerBuffer._send_pending)

@@ -4,7 +4,7 @@ inventory.stock-updates and inventory.changes are written in transactions, so ea
 each writer leaves a marker in every partition it wrote. Faust's own commit step passed at
 most one marker per commit (pipeline/offsets.py): under load, a partition that received
 markers faster than its reader committed fell further behind for as long as the load
-lasted, though every record was processed (2,500 offsets after 20 s at 400 events/s).
+lasted, though every record was processed (2,300 offsets after 20 s at 400 events/s).
 """
 
 from __future__ import annotations
