@@ -30,7 +30,13 @@ ack each partition's records in order and commit between units of work only
 from __future__ import annotations
 
 from bisect import bisect_left
+from collections.abc import Iterator
 from typing import Any
+
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+UNCOMMITTED = "stockflow_uncommitted_offsets"
 
 
 def next_commit(offsets: list[int], committed: int | None) -> tuple[int | None, list[int]]:
@@ -79,6 +85,46 @@ def _new_offset(self: Any, tp: Any) -> int | None:
         self._acked_index[tp].difference_update(acked[:done])
         del acked[:done]
     return offset
+
+
+def uncommitted_offsets(consumer: Any) -> dict[tuple[str, int], int]:
+    """Per source partition: how far the agents' finished (acked) records reach past the
+    committed offset, in offsets (records and the markers between them). A few commit
+    intervals' worth while commits keep up; grows for as long as a partition is processed
+    but its commits fall behind."""
+    committed = dict(consumer._committed_offset)  # copies: the event loop mutates them
+    out = {}
+    for tp, acked in list(consumer._acked.items()):
+        offsets = list(acked)
+        floor = committed.get(tp)
+        if floor is None:
+            floor = min(offsets, default=0)
+        top = max(offsets, default=floor - 1)
+        out[(tp.topic, tp.partition)] = max(0, top + 1 - floor)
+    return out
+
+
+class UncommittedOffsetsCollector(Collector):
+    """Exports uncommitted_offsets() of the worker's consumer when Prometheus scrapes."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    def _family(self) -> GaugeMetricFamily:
+        return GaugeMetricFamily(
+            UNCOMMITTED, "offsets the agents processed past the committed offset, per source "
+            "partition", labels=["topic", "partition"])
+
+    def describe(self) -> Iterator[GaugeMetricFamily]:
+        yield self._family()
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        family = self._family()
+        consumer = self.app._consumer  # not app.consumer: that would create one here
+        if consumer is not None:
+            for (topic, partition), count in sorted(uncommitted_offsets(consumer).items()):
+                family.add_metric([topic, str(partition)], count)
+        yield family
 
 
 def install() -> None:

@@ -32,14 +32,16 @@ def canonical_delta(obj: dict[str, Any], now_ms: int) -> dict[str, Any]:
 
 def worker() -> None:
     """Run the stockflow worker: validate, dedup, apply, aggregate, sink, cache."""
-    from prometheus_client import start_http_server
+    from prometheus_client import REGISTRY, start_http_server
 
-    from pipeline import lag
+    from pipeline import lag, offsets
     from pipeline.app import app, settings
     from pipeline.log import get_logger
 
-    # Consumer lag per topic-partition, looked up when Prometheus scrapes (pipeline/lag.py).
+    # Consumer lag per topic-partition, looked up when Prometheus scrapes (pipeline/lag.py),
+    # and how far processing ran past the committed offsets (pipeline/offsets.py).
     lag.install(settings)
+    REGISTRY.register(offsets.UncommittedOffsetsCollector(app))
     start_http_server(settings.metrics_port, addr=settings.bind_host)
     get_logger("stockflow.worker").info(
         "worker.starting", app_id=settings.app_id, broker=settings.kafka_bootstrap_servers,

@@ -85,3 +85,21 @@ def test_kept_offsets_do_not_grow_under_steady_markers() -> None:
             committed = consumer._committed_offset[TP0] = new
     assert committed == 2099
     assert consumer._acked[TP0] == []
+
+
+def test_uncommitted_offsets_reach_from_the_committed_to_the_highest_acked_offset() -> None:
+    from pipeline.offsets import UncommittedOffsetsCollector, uncommitted_offsets
+
+    consumer = fake_consumer()
+    consumer._committed_offset[TP0] = 10
+    consumer._acked[TP0] = [8, 10, 11, 11, 14]  # a stale offset, a duplicate, markers 12-13
+    assert uncommitted_offsets(consumer) == {(TP0.topic, 0): 5}
+    consumer._acked[TP0] = [8]  # only stale offsets: nothing past the committed one
+    assert uncommitted_offsets(consumer) == {(TP0.topic, 0): 0}
+    consumer._acked[TP0] = [11, 12]
+    [family] = UncommittedOffsetsCollector(SimpleNamespace(_consumer=consumer)).collect()
+    assert [(s.labels, s.value) for s in family.samples] == [
+        ({"topic": TP0.topic, "partition": "0"}, 3.0)]
+    # Before the worker made its consumer there is nothing to report (and none is made).
+    [family] = UncommittedOffsetsCollector(SimpleNamespace(_consumer=None)).collect()
+    assert family.samples == []
