@@ -55,6 +55,9 @@ def _sample_availability(settings: Any, limit: int = 6) -> Any:
 
 
 def _interrupt(signum: int, _frame: Any) -> None:
+    # Once: a second SIGTERM/SIGHUP must not cut the children's shutdown short.
+    for other in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(other, signal.SIG_IGN)
     raise KeyboardInterrupt(signal.Signals(signum).name)
 
 
@@ -106,18 +109,18 @@ def demo(
     # in their own sessions and would otherwise be left running.
     for signum in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(signum, _interrupt)
-    for name, args in commands.items():
-        with (log_dir / f"{name}.log").open("ab") as fh:
-            procs[name] = subprocess.Popen(
-                [sys.executable, "-m", "pipeline.cli", "--json-logs", *args], env=env,
-                stdout=fh, stderr=subprocess.STDOUT, start_new_session=True)
-        console.print(f"  started {name} (pid {procs[name].pid}, log {log_dir / name}.log)")
-
-    urls = [f"http://127.0.0.1:{settings.metrics_port}/metrics",
-            f"http://127.0.0.1:{settings.connectors_metrics_port}/metrics"]
-    started = time.monotonic()
-    prev = None
     try:
+        for name, args in commands.items():
+            with (log_dir / f"{name}.log").open("ab") as fh:
+                procs[name] = subprocess.Popen(
+                    [sys.executable, "-m", "pipeline.cli", "--json-logs", *args], env=env,
+                    stdout=fh, stderr=subprocess.STDOUT, start_new_session=True)
+            console.print(f"  started {name} (pid {procs[name].pid}, log {log_dir / name}.log)")
+
+        urls = [f"http://127.0.0.1:{settings.metrics_port}/metrics",
+                f"http://127.0.0.1:{settings.connectors_metrics_port}/metrics"]
+        started = time.monotonic()
+        prev = None
         with Live(console=console, refresh_per_second=2, screen=False) as live:
             while duration is None or time.monotonic() - started < duration:
                 cur = scrape(urls)

@@ -57,10 +57,11 @@ def test_signal_stops_the_demo_and_its_children(tmp_path: Path, sig: signal.Sign
         assert all(_alive(pid) for pid in pids.values())
 
         os.kill(demo.pid, sig)
-        assert demo.wait(timeout=90) == 0, "".join(output)
+        code = demo.wait(timeout=90)
+        reader.join(timeout=10)  # all of its output, a traceback included, for the message
+        assert code == 0, "".join(output)
         wait_for(lambda: not any(_alive(pid) for pid in pids.values()), timeout=30,
                  message="the demo's children to stop")
-        reader.join(timeout=10)
         assert "demo stopped" in "".join(output)
     finally:
         for pid in [demo.pid, *pids.values()]:
