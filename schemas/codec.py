@@ -80,7 +80,7 @@ def schema_json(name: str) -> dict[str, Any]:
 @cache
 def load_schema(name: str) -> Any:
     """The parsed (fastavro) schema of a stockflow record; parsed once per process."""
-    return fastavro.parse_schema(schema_json(name), _write_hint=False)
+    return fastavro.parse_schema(schema_json(name))
 
 
 class WriterSchemas:
@@ -90,7 +90,7 @@ class WriterSchemas:
         self._by_fingerprint: dict[bytes, Any] = {}
 
     def register(self, schema: dict[str, Any] | Any) -> bytes:
-        parsed = fastavro.parse_schema(schema, _write_hint=False) if isinstance(schema, dict) \
+        parsed = fastavro.parse_schema(schema) if isinstance(schema, dict) \
             else schema
         fp = fingerprint(parsed)
         self._by_fingerprint[fp] = parsed
@@ -122,7 +122,7 @@ class AvroCodec:
     def __init__(self, name: str, *, writers: WriterSchemas = WRITER_SCHEMAS,
                  schema: dict[str, Any] | None = None) -> None:
         self.name = name
-        self.schema = fastavro.parse_schema(schema, _write_hint=False) if schema is not None \
+        self.schema = fastavro.parse_schema(schema) if schema is not None \
             else load_schema(name)
         self.fingerprint = fingerprint(self.schema)
         self.header = MARKER + self.fingerprint
