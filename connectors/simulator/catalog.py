@@ -29,7 +29,7 @@ class Item:
 
     sku: str
     quantity: int
-    version: int  # per-SKU dense version counter
+    version: int  # per-SKU version counter, dense within one simulator run
     price_cents: int
     currency: str
     status: str  # active | discontinued
@@ -56,14 +56,22 @@ class SimulatedSupplier:
 
     Single-threaded by design (the simulator's event loop mutates it); readers in other
     threads (the FTP server) only see files written from it.
+
+    A real supplier's version and change counters never go back, but this catalog is built
+    anew at every start. So both counters start at the start time in milliseconds (a later
+    run starts above every number an earlier one reached, unless one SKU changed more often
+    than once per millisecond of the gap): the versions, webhook event ids (`evt-<revision>`)
+    and GraphQL cursors of a restarted demo are new to the connectors' stored cursors and
+    to the pipeline's dedup table, not repeats of the previous run's. `base=0` counts from 1.
     """
 
     def __init__(self, supplier_id: str, *, skus: int, seed: int = 0, currency: str = "EUR",
-                 clock: Callable[[], int] = now_ms) -> None:
+                 clock: Callable[[], int] = now_ms, base: int | None = None) -> None:
         self.supplier_id = supplier_id
         self.rng = random.Random(f"{supplier_id}:{seed}")
         self._clock = clock
-        self.revision = 0
+        self.base = clock() if base is None else base
+        self.revision = self.base
         self.last_updated = 0
         self.items: dict[str, Item] = {}
         self._subscribers: list[Callable[[Change], None]] = []
@@ -73,7 +81,7 @@ class SimulatedSupplier:
             self.revision += 1
             sku = f"{prefix}-{i:06d}"
             self.items[sku] = Item(
-                sku=sku, quantity=self.rng.randint(0, 200), version=1,
+                sku=sku, quantity=self.rng.randint(0, 200), version=self.base + 1,
                 price_cents=self.rng.randint(100, 100_00), currency=currency, status="active",
                 warehouse=self.rng.choice(["north", "south"]),
                 description=self.rng.choice(DESCRIPTIONS), updated_at=start,

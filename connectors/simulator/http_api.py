@@ -16,6 +16,7 @@ from .catalog import Item, SimulatedSupplier, iso_ms
 from .faults import FaultInjector
 
 GRAPHQL_SDL = """
+scalar Long
 type Query {
   inventory(supplierId: String!, after: String, first: Int = 100): InventoryConnection!
 }
@@ -25,7 +26,7 @@ type PageInfo { hasNextPage: Boolean!, endCursor: String }
 type StockItem {
   sku: String!
   onHand: Int
-  version: Int!
+  version: Long!
   price: String
   currency: String
   updatedAt: String!

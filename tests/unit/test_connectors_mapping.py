@@ -28,12 +28,12 @@ def mapper(**units: object) -> RecordMapper:
 def test_a_mapped_record_is_a_valid_supplier_delta() -> None:
     delta = mapper().map({"item_code": "A-1", "qty": "12", "version": 7,
                           "updated_at": "2024-05-01T10:00:00.250Z", "unit_price": "9.5",
-                          "currency": "eur", "status": "active"}, received_at=1_700_000_000_000)
+                          "currency": "eur", "status": "active"}, received_at=1_800_000_000_000)
     assert delta == {
         "supplier_id": "acme", "sku": "A-1", "event_id": "acme:A-1:7", "sequence": 7,
         "kind": "SNAPSHOT", "quantity": 12, "observed_at": 1714557600250, "price": "9.5",
         "currency": "EUR", "warehouse": None, "lead_time_days": None, "status": "ACTIVE",
-        "connector": "rest", "received_at": 1_700_000_000_000,
+        "connector": "rest", "received_at": 1_800_000_000_000,
     }
     assert codec_for("SupplierDelta").decode(codec_for("SupplierDelta").encode(delta)) == delta
 
