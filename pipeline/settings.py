@@ -52,6 +52,10 @@ class Settings(BaseSettings):
     cassandra_max_in_flight: int = Field(
         default=128, ge=1, le=4096, description="async requests in flight per sink"
     )
+    cassandra_batch_rows: int = Field(
+        default=50, ge=1, le=1000,
+        description="rows per unlogged batch; a batch only ever holds rows of one partition",
+    )
     cassandra_retry_base_delay_s: float = Field(default=0.05, gt=0)
     cassandra_max_retry_delay_s: float = Field(
         default=5.0, gt=0, description="cap of the sink's exponential backoff between retries"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import asyncio
 import random
 import threading
@@ -11,15 +12,25 @@ from typing import Any
 import pytest
 from cassandra import InvalidRequest, OperationTimedOut, WriteTimeout
 from cassandra.cluster import NoHostAvailable
+from cassandra.cqltypes import BooleanType, DateType, Int32Type, LongType, UTF8Type
+from cassandra.protocol import ColumnMetadata
+from cassandra.query import BatchStatement, BatchType, PreparedStatement
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from connectors.cassandra_cluster import CassandraError, check_keyspace_name
 from connectors.cassandra_schema import check_replication
 from connectors.cassandra_sink import (
+    _AVAILABILITY_COLUMNS,
+    _HISTORY_COLUMNS,
+    _STOCK_COLUMNS,
     CassandraSink,
+    PreparedInsert,
     _OutageLog,
     backoff_delay,
     check_update,
     coalesce,
+    group_by_partition,
     insert_cql,
     is_retryable,
     stock_bucket,
@@ -119,28 +130,153 @@ def test_outage_log_logs_first_failure_then_once_per_interval() -> None:
     assert outage.succeeded() is False
 
 
+# --- grouping per partition ----------------------------------------------------------------
+
+
+def test_group_by_partition_never_mixes_partitions_and_respects_the_cap() -> None:
+    rows = [("a", 1, "x"), ("b", 1, "y"), ("a", 1, "z"), ("a", 2, "w"), ("a", 1, "v")]
+    assert group_by_partition(rows, 2, 2) == [
+        [("a", 1, "x"), ("a", 1, "z")], [("a", 1, "v")], [("b", 1, "y")], [("a", 2, "w")]]
+    assert group_by_partition(rows, 1, 50) == [
+        [("a", 1, "x"), ("a", 1, "z"), ("a", 2, "w"), ("a", 1, "v")], [("b", 1, "y")]]
+    with pytest.raises(ValueError):
+        group_by_partition(rows, 1, 0)
+
+
+@settings(max_examples=200, deadline=None)
+@given(rows=st.lists(st.tuples(st.sampled_from("abc"), st.integers(0, 2), st.integers()),
+                     max_size=120),
+       key_columns=st.integers(1, 2), cap=st.integers(1, 7))
+def test_group_by_partition_keeps_every_row_once_in_a_chunk_of_its_own_partition(
+        rows: list[tuple[str, int, int]], key_columns: int, cap: int) -> None:
+    chunks = group_by_partition(rows, key_columns, cap)
+    assert sorted(row for chunk in chunks for row in chunk) == sorted(rows)
+    for chunk in chunks:
+        assert 1 <= len(chunk) <= cap
+        assert len({row[:key_columns] for row in chunk}) == 1
+    # A partition is split only where the cap forces it.
+    for key in {row[:key_columns] for row in rows}:
+        count = sum(row[:key_columns] == key for row in rows)
+        assert sum(chunk[0][:key_columns] == key for chunk in chunks) == -(-count // cap)
+
+
+# --- binding: the same bytes and routing key as the driver's own bind -----------------------
+
+
+def prepared_statement(table: str, columns: tuple[str, ...], types: list[Any],
+                       partition: int) -> PreparedStatement:
+    meta = [ColumnMetadata("ks", table, name, kind)
+            for name, kind in zip((*columns, "[timestamp]"), types, strict=True)]
+    return PreparedStatement(meta, f"id-{table}".encode(), list(range(partition)),
+                             f"INSERT INTO ks.{table}", "ks", 5, [], None)
+
+
+T, I32, I64, B, TS = UTF8Type, Int32Type, LongType, BooleanType, DateType
+TABLE_TYPES = {
+    "availability_by_sku": [T, T, T, I64, I64, T, I32, T, T, TS, I64],
+    "stock_by_supplier": [T, I32, T, T, I64, I64, T, I32, T, T, TS, I64],
+    "change_history": [T, T, I64, T, I64, I64, T, T, T, TS, TS, TS, T, T, I32, B, B, I64],
+}
+
+
+class PreparingSession:
+    """Prepares statements locally with the column types of the real tables."""
+
+    def prepare(self, cql: str) -> PreparedStatement:
+        for table, columns, partition in (
+                ("availability_by_sku", _AVAILABILITY_COLUMNS, 1),
+                ("stock_by_supplier", _STOCK_COLUMNS, 2),
+                ("change_history", _HISTORY_COLUMNS, 2)):
+            if f"ks.{table} " in cql:
+                return prepared_statement(table, columns, TABLE_TYPES[table], partition)
+        raise AssertionError(cql)
+
+
+def real_inserts() -> dict[str, PreparedInsert]:
+    session: Any = PreparingSession()
+    return {table: PreparedInsert.prepare(session, "ks", table, columns, partition)
+            for table, columns, partition in (
+                ("availability_by_sku", _AVAILABILITY_COLUMNS, 1),
+                ("stock_by_supplier", _STOCK_COLUMNS, 2),
+                ("change_history", _HISTORY_COLUMNS, 2))}
+
+
+def test_batches_bind_the_same_bytes_and_routing_key_as_the_driver() -> None:
+    sink = CassandraSink(keyspace="ks", batch_rows=3)
+    inserts = real_inserts()
+    sink._insert_availability = inserts["availability_by_sku"]
+    sink._insert_stock = inserts["stock_by_supplier"]
+    sink._insert_history = inserts["change_history"]
+    sink._buckets = 4
+    updates = [update(supplier=f"s{i % 2}", sku=f"ü-{i}", version=1_760_000_000_000_000 + i,
+                      platform_sku=f"P{i % 3}", price="1.50" if i % 2 else None,
+                      lead_time_days=i % 4 or None, suspect=bool(i % 5))
+               for i in range(40)]
+    requests = sink.requests_for(updates)
+    assert sum(len(rows) for _insert, rows in requests) == 6 + 40 + 40  # 6 availability keys
+    for insert, rows in requests:
+        batch = insert.batch(rows)
+        assert batch.batch_type == BatchType.UNLOGGED and batch.is_idempotent
+        assert len(batch) == len(rows) <= 3
+        bound = [insert.statement.bind(params) for params in rows]
+        assert [values for _prepared, _id, values in batch._statements_and_parameters] == [
+            b.values for b in bound]
+        assert {_id for _prepared, _id, _values in batch._statements_and_parameters} == {
+            insert.query_id}
+        # One partition per batch: every row has the batch's routing key.
+        assert {b.routing_key for b in bound} == {batch.routing_key}
+        assert batch.keyspace == "ks"
+
+
+def test_a_value_the_column_type_cannot_take_is_a_type_error_naming_the_column() -> None:
+    insert = real_inserts()["availability_by_sku"]
+    params = ("P", "s", "k", "many", 1, "ACTIVE", None, None, None, 0, 1)
+    with pytest.raises(TypeError, match="quantity"):
+        insert.batch([params])
+    with pytest.raises(TypeError):
+        insert.batch([params[:-1]])  # a missing value never shifts the others
+
+
+def test_a_statement_whose_partition_key_is_not_leading_is_refused() -> None:
+    class Session:
+        def prepare(self, _cql: str) -> PreparedStatement:
+            statement = prepared_statement("stock_by_supplier", _STOCK_COLUMNS,
+                                           TABLE_TYPES["stock_by_supplier"], 2)
+            statement.routing_key_indexes = [0, 2]
+            return statement
+
+    with pytest.raises(SinkError, match="partition key"):
+        PreparedInsert.prepare(Session(), "ks", "stock_by_supplier",  # type: ignore[arg-type]
+                               _STOCK_COLUMNS, 2)
+
+
 # --- the in-flight window against a fake driver session ------------------------------------
 
 
 class FakeFuture:
     """Completes from another thread, like the driver's ResponseFuture."""
 
-    def __init__(self, session: FakeSession, params: tuple[Any, ...]) -> None:
-        self.session, self.params = session, params
+    def __init__(self, session: FakeSession, rows: list[tuple[bytes, tuple[Any, ...]]]) -> None:
+        self.session, self.rows = session, rows
 
     def add_callbacks(self, callback: Any, errback: Any, callback_args: tuple[Any, ...] = (),
                       errback_args: tuple[Any, ...] = ()) -> None:
         def complete() -> None:
-            exc = self.session.outcome(self.params)
+            exc = self.session.outcome(self.rows)
+            if exc is HANG:
+                return  # never answers (lost by the network, a stuck coordinator)
             with self.session.lock:
                 self.session.in_flight -= 1
             if exc is None:
-                self.session.written.append(self.params)
+                self.session.written.extend(self.rows)
                 callback(None, *callback_args)
             else:
                 errback(exc, *errback_args)
 
         threading.Timer(self.session.rng.uniform(0, 0.002), complete).start()
+
+
+HANG = TimeoutError("never answered")
 
 
 class FakeSession:
@@ -149,30 +285,78 @@ class FakeSession:
         self.in_flight = 0
         self.max_in_flight = 0
         self.calls = 0
-        self.written: list[tuple[Any, ...]] = []
+        self.timeouts: set[Any] = set()
+        self.written: list[tuple[bytes, tuple[Any, ...]]] = []
+        self.requests: list[list[tuple[bytes, tuple[Any, ...]]]] = []
         self.rng = random.Random(1)
         self._fail = fail
 
-    def outcome(self, params: tuple[Any, ...]) -> BaseException | None:
-        return self._fail(self.calls, params) if self._fail else None
+    def outcome(self, rows: list[tuple[bytes, tuple[Any, ...]]]) -> BaseException | None:
+        return self._fail(self.calls, rows) if self._fail else None
 
-    def execute_async(self, statement: Any, params: tuple[Any, ...], timeout: float) -> FakeFuture:
+    def execute_async(self, request: BatchStatement, timeout: Any = "default") -> FakeFuture:
+        assert request.batch_type == BatchType.UNLOGGED
+        rows = [(query_id, decoded(values))
+                for _prepared, query_id, values in request._statements_and_parameters]
         with self.lock:
             self.calls += 1
             self.in_flight += 1
             self.max_in_flight = max(self.max_in_flight, self.in_flight)
-        return FakeFuture(self, params)
+            self.timeouts.add(timeout)
+            self.requests.append(rows)
+        return FakeFuture(self, rows)
 
 
-def fake_sink(session: FakeSession, max_in_flight: int) -> CassandraSink:
-    sink = CassandraSink(keyspace="ks", max_in_flight=max_in_flight, retry_base_delay_s=0.001,
-                         max_retry_delay_s=0.01)
-    sink._session = session
-    sink._insert_availability = "availability"
-    sink._insert_stock = "stock"
-    sink._insert_history = "history"
+def fake_insert(name: str, columns: int, partition: int) -> PreparedInsert:
+    # Values serialized as their repr: the fake session reads them back as given.
+    return PreparedInsert(name, partition, keyspace="ks", query_id=name.encode(),
+                          serializers=[lambda value, _version: repr(value).encode()]
+                          * (columns + 1),
+                          protocol_version=5)
+
+
+def decoded(values: list[bytes | None]) -> tuple[Any, ...]:
+    return tuple(None if v is None else ast.literal_eval(v.decode()) for v in values)
+
+
+def fake_sink(session: FakeSession, max_in_flight: int, **kwargs: Any) -> CassandraSink:
+    kwargs = {"retry_base_delay_s": 0.001, "max_retry_delay_s": 0.01, **kwargs}
+    sink = CassandraSink(keyspace="ks", max_in_flight=max_in_flight, **kwargs)
+    sink._session = session  # type: ignore[assignment]
+    sink._insert_availability = fake_insert("availability", len(_AVAILABILITY_COLUMNS), 1)
+    sink._insert_stock = fake_insert("stock", len(_STOCK_COLUMNS), 2)
+    sink._insert_history = fake_insert("history", len(_HISTORY_COLUMNS), 2)
     sink._buckets = 16
     return sink
+
+
+def expected_rows(sink: CassandraSink, updates: list[dict[str, Any]]) -> list[str]:
+    return sorted(repr((stmt.encode(), params)) for stmt, params in sink.statements_for(updates))
+
+
+PARTITION_COLUMNS = {b"availability": 1, b"stock": 2, b"history": 2}
+
+
+async def test_rows_go_out_as_one_batch_per_partition_chunk_never_mixing_partitions() -> None:
+    session = FakeSession()
+    sink = fake_sink(session, max_in_flight=8, batch_rows=7)
+    # Three suppliers' bursts: many SKUs per (supplier, bucket) and several suppliers per
+    # platform SKU, a few keys with several versions (history rows of one partition).
+    updates = [update(supplier=f"s{i % 3}", sku=f"k{i % 150}", version=1 + i // 150,
+                      platform_sku=f"P{i % 150 % 40}") for i in range(600)]
+    rows = await sink.write_batch(updates)
+    assert rows == len(sink.statements_for(updates))
+    assert sorted(map(repr, session.written)) == expected_rows(sink, updates)
+    sizes = []
+    for request in session.requests:
+        (table,) = {query_id for query_id, _values in request}
+        keys = {values[:PARTITION_COLUMNS[table]] for _query_id, values in request}
+        assert len(keys) == 1, f"a {table!r} batch mixes partitions: {keys}"
+        assert 1 <= len(request) <= 7
+        sizes.append(len(request))
+    assert max(sizes) == 7  # partitions with more rows than the cap were split
+    assert sink.stats.requests == len(session.requests) < rows / 3
+    assert session.timeouts == {None}  # no per-request driver timer
 
 
 async def test_window_never_exceeds_max_in_flight_and_writes_every_row() -> None:
@@ -186,7 +370,7 @@ async def test_window_never_exceeds_max_in_flight_and_writes_every_row() -> None
 
 
 async def test_transient_errors_are_retried_until_every_row_is_written() -> None:
-    def fail(call: int, _params: Any) -> BaseException | None:
+    def fail(call: int, _rows: Any) -> BaseException | None:
         # The first 150 requests fail as during an outage, then the node is back.
         return NoHostAvailable("down", {}) if call <= 150 else None
 
@@ -194,14 +378,49 @@ async def test_transient_errors_are_retried_until_every_row_is_written() -> None
     sink = fake_sink(session, max_in_flight=16)
     updates = [update(sku=f"k{i}", version=1) for i in range(40)]
     assert await sink.write_batch(updates) == 120
-    assert sorted(map(repr, session.written)) == sorted(
-        repr(params) for _stmt, params in sink.statements_for(updates))
+    assert sorted(map(repr, session.written)) == expected_rows(sink, updates)
     assert sink.stats.retries > 0
     assert sink.stats.outages == 1
 
 
+async def test_a_failed_batch_is_retried_whole() -> None:
+    failed: list[list[Any]] = []
+
+    def fail(call: int, rows: Any) -> BaseException | None:
+        if call <= 3 and len(rows) > 1:
+            failed.append(rows)
+            return WriteTimeout("timeout", write_type=0)
+        return None
+
+    session = FakeSession(fail)
+    sink = fake_sink(session, max_in_flight=2, batch_rows=10)
+    updates = [update(supplier="s1", sku=f"k{i}", version=1, platform_sku="P") for i in range(30)]
+    await sink.write_batch(updates)
+    assert failed and all(rows in session.requests[3:] for rows in failed)
+    assert sorted(map(repr, session.written)) == expected_rows(sink, updates)
+
+
+async def test_requests_that_never_answer_time_out_on_the_watchdog_and_are_retried() -> None:
+    hung: set[int] = set()
+
+    def fail(call: int, _rows: Any) -> BaseException | None:
+        if call in (2, 5) and call not in hung:
+            hung.add(call)
+            return HANG
+        return None
+
+    session = FakeSession(fail)
+    sink = fake_sink(session, max_in_flight=4, request_timeout_s=0.3)
+    updates = [update(sku=f"k{i}", version=1) for i in range(10)]
+    started = asyncio.get_running_loop().time()
+    assert await asyncio.wait_for(sink.write_batch(updates), timeout=10) == 30
+    assert asyncio.get_running_loop().time() - started >= 0.3
+    assert sorted(map(repr, session.written)) == expected_rows(sink, updates)
+    assert sink.stats.retries >= 1
+
+
 async def test_a_request_cassandra_can_never_accept_raises_sink_error() -> None:
-    session = FakeSession(lambda _call, _params: InvalidRequest("Key length too long"))
+    session = FakeSession(lambda _call, _rows: InvalidRequest("Key length too long"))
     sink = fake_sink(session, max_in_flight=4)
     with pytest.raises(SinkError) as info:
         await asyncio.wait_for(sink.write_batch([update()]), timeout=5)
@@ -223,14 +442,16 @@ async def test_an_encoding_error_raised_by_execute_async_is_fatal() -> None:
 class InlineSession(FakeSession):
     """Every future is complete before add_callbacks: callbacks run inline, in this thread."""
 
-    def execute_async(self, statement: Any, params: tuple[Any, ...], timeout: float) -> Any:
+    def execute_async(self, request: BatchStatement, timeout: Any = "default") -> Any:
         session = self
+        rows = [(query_id, decoded(values))
+                for _prepared, query_id, values in request._statements_and_parameters]
 
         class Done:
             def add_callbacks(self, callback: Any, errback: Any,
                               callback_args: tuple[Any, ...] = (),
                               errback_args: tuple[Any, ...] = ()) -> None:
-                session.written.append(params)
+                session.written.extend(rows)
                 callback(None, *callback_args)
 
         return Done()
