@@ -3,6 +3,8 @@
 - raw confluent-kafka produce and consume (librdkafka, what a C client gets out of Kafka here);
 - aiokafka getmany (the consumer Faust is built on, without Faust);
 - a Faust agent that does nothing (Faust's own per-event cost);
+- peers doing stockflow's delta step with the same rules (bench/peer_logic.py): a plain
+  confluent-kafka batch loop with transactions, and Quix Streams in its own venv;
 - raw Cassandra execute_concurrent_with_args of the rows the sink writes;
 - raw Redis pipelined HSETs of the keys the cache writes.
 
@@ -14,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import math
 import os
 import signal
 import subprocess
@@ -162,6 +165,112 @@ def faust_noop(settings: Any, topic: str, count: int, workdir: Path,
     return {"what": "Faust agent that does nothing (stream.events(), at_least_once)",
             "events": out["count"], "seconds": seconds, "rate": events / seconds,
             "cpu_us_per_event": (out["cpu_last"] - out["cpu_first"]) * 1e6 / max(events, 1)}
+
+
+def peer_report(raw: dict[str, Any], expected: int) -> dict[str, Any]:
+    """A peer's result file -> a baseline entry: `rate` is its 10-90 % window rate, as the
+    topology's; a peer that handled fewer records than were written gets an `error`."""
+    events = int(raw.get("events") or 0)
+    rate = raw.get("rate_steady")
+    if rate is None or not math.isfinite(rate):
+        rate = raw.get("rate_overall")
+    out = {k: v for k, v in raw.items() if k not in ("rate_steady",)}
+    out.update({"events": events, "rate": rate, "rate_steady": raw.get("rate_steady"),
+                "cpu_us_per_event": raw.get("cpu_us_per_event")})
+    if events != expected:
+        out["error"] = f"handled {events:,} of {expected:,} records"
+    return out
+
+
+def _run_peer(cmd: list[str], name: str, result: Path, workdir: Path, expected: int,
+              timeout_s: float) -> dict[str, Any]:
+    """Run one peer process to its end; its report, or an `error` with its log's tail."""
+    log_path = workdir / f"{name}.log"
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+        try:
+            code = proc.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            code = None
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    tail = log_path.read_text(errors="replace")[-1500:]
+    if code != 0 or not result.exists():
+        why = f"timed out after {timeout_s:.0f} s" if code is None else f"exited {code}"
+        return {"error": f"{name} {why}; see {log_path}", "log_tail": tail}
+    return peer_report(json.loads(result.read_text()), expected)
+
+
+def delete_peer_topics(config: dict[str, Any], prefix: str) -> None:
+    """Remove a peer's topics (its own, and Quix's changelog__<group>--...) and its group."""
+    from confluent_kafka.admin import AdminClient
+
+    admin = AdminClient(config)
+    names = [t for t in admin.list_topics(timeout=10).topics
+             if t.startswith(prefix) or f"__{prefix}group--" in t]
+    if names:
+        for fut in admin.delete_topics(names, operation_timeout=30).values():
+            with contextlib.suppress(Exception):
+                fut.result()
+    with contextlib.suppress(Exception):
+        for fut in admin.delete_consumer_groups([f"{prefix}group"]).values():
+            fut.result()
+
+
+def confluent_loop(settings: Any, topic: str, count: int, workdir: Path, *,
+                   guarantee: str = "exactly_once", batch: int = 500,
+                   timeout_s: float = 600, cleanup: bool = True) -> dict[str, Any]:
+    """The plain confluent-kafka batch loop (bench/peer_loop.py) in its own process, this venv.
+
+    Its output topics are `prefix`+name (`prefix` in the entry); `cleanup` deletes them.
+    """
+    prefix = f"{settings.topic_prefix}peer-loop-{uuid.uuid4().hex[:6]}."
+    result = workdir / f"peer-loop-{uuid.uuid4().hex[:6]}.json"
+    cmd = [sys.executable, "-m", "bench.peer_loop", "--broker", settings.kafka_bootstrap_servers,
+           "--topic", topic, "--count", str(count), "--prefix", prefix,
+           "--guarantee", guarantee, "--batch", str(batch),
+           "--dedup-ttl-s", str(settings.dedup_ttl_s),
+           "--linger-ms", str(round(settings.producer_linger_s * 1000)),
+           "--timeout-s", str(timeout_s), "--result", str(result)]
+    try:
+        return {**_run_peer(cmd, "peer-loop", result, workdir, count, timeout_s + 60),
+                "prefix": prefix}
+    finally:
+        if cleanup:
+            delete_peer_topics(settings.confluent_config(), prefix)
+
+
+def quix_streams(settings: Any, topic: str, count: int, workdir: Path, python: Path | None, *,
+                 guarantee: str = "exactly_once", why_not: str = "",
+                 timeout_s: float = 600, cleanup: bool = True) -> dict[str, Any]:
+    """Quix Streams with the same rules (bench/peer_quix.py), run by its venv's `python`.
+
+    Without a venv (`python` None) the entry says why it was skipped.
+    """
+    if python is None:
+        return {"skipped": why_not or "no Quix Streams venv"}
+    from confluent_kafka.admin import AdminClient
+
+    admin = AdminClient(settings.confluent_config())
+    partitions = len(admin.list_topics(topic, timeout=10).topics[topic].partitions)
+    prefix = f"{settings.topic_prefix}peer-quix-{uuid.uuid4().hex[:6]}."
+    result = workdir / f"peer-quix-{uuid.uuid4().hex[:6]}.json"
+    cmd = [str(python), "-m", "bench.peer_quix", "--broker", settings.kafka_bootstrap_servers,
+           "--topic", topic, "--count", str(count), "--prefix", prefix,
+           "--guarantee", guarantee, "--commit-interval", str(settings.commit_interval_s),
+           "--dedup-ttl-s", str(settings.dedup_ttl_s),
+           "--linger-ms", str(round(settings.producer_linger_s * 1000)),
+           "--partitions", str(partitions), "--state-dir", str(workdir / "quix-state"),
+           "--result", str(result)]
+    try:
+        return {**_run_peer(cmd, "peer-quix", result, workdir, count, timeout_s),
+                "prefix": prefix}
+    finally:
+        if cleanup:
+            delete_peer_topics(settings.confluent_config(), prefix)
 
 
 def cassandra_raw(settings: Any, updates: int, concurrency: int = 128) -> dict[str, Any]:

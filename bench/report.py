@@ -15,7 +15,14 @@ GOALS = {
     "freshness_p99_ms_at_5000": 250.0,
     "recovery_s_1m_keys": 10.0,
     "worker_rss_mb_1m_skus": 500.0,
+    # issue 18, same run, exactly-once: the worker against peers doing the same delta step
+    "topology_over_quix": 1.0,
+    "topology_over_loop": 0.8,
 }
+
+# The peer baselines of the topology phase: result key -> label.
+PEERS = {"peer_quix": "Quix Streams (same rules)",
+         "peer_loop": "confluent-kafka loop (same rules)"}
 
 
 def _get(d: Any, *path: str, default: Any = math.nan) -> Any:
@@ -50,6 +57,12 @@ def ratios(result: dict[str, Any]) -> dict[str, float]:
         out[f"topology[{g}] worker CPU per event / Faust no-op's"] = ratio(
             _get(run, "topology", "cpu_us_per_event"), _get(run, "faust_noop",
                                                             "cpu_us_per_event"))
+        for key, label in PEERS.items():
+            if key in run:
+                out[f"topology[{g}] / {label}"] = ratio(rate, _get(run, key, "rate"))
+                out[f"topology[{g}] worker CPU per event / {label}'s"] = ratio(
+                    _get(run, "topology", "cpu_us_per_event"),
+                    _get(run, key, "cpu_us_per_event"))
     e2e = result.get("end_to_end") or {}
     base = e2e.get("baselines") or {}
     sustained = e2e.get("sustained_rate", math.nan)
@@ -79,6 +92,9 @@ def goals(result: dict[str, Any]) -> list[dict[str, Any]]:
     p99_5k = at5k["p99_ms"] if at5k and at5k["bounded"] else math.nan
     rec = _get(e2e, "recovery", "seconds")
     rss_mb = _get(e2e, "memory", "worker_rss_bytes") / 2**20
+    eos = _get(result, "topology", "runs", "exactly_once", default={})
+    over_quix = ratio(topo, _get(eos, "peer_quix", "rate"))
+    over_loop = ratio(topo, _get(eos, "peer_loop", "rate"))
     rows = [
         ("events/s through validate-dedup-aggregate per worker (exactly-once)", topo,
          GOALS["topology_rate"], topo >= GOALS["topology_rate"]),
@@ -91,8 +107,42 @@ def goals(result: dict[str, Any]) -> list[dict[str, Any]]:
         (f"worker RSS (MB) at {keys:,} SKUs" if keys == keys else "worker RSS (MB)", rss_mb,
          GOALS["worker_rss_mb_1m_skus"], rss_mb <= GOALS["worker_rss_mb_1m_skus"]),
     ]
-    return [{"goal": g, "measured": v, "target": t, "met": bool(m) and v == v}
-            for g, v, t, m in rows]
+    out = [{"goal": g, "measured": v, "target": t, "met": bool(m) and v == v}
+           for g, v, t, m in rows]
+    peer_rows = [
+        ("topology / Quix Streams with the same rules, same run (exactly-once)", over_quix,
+         GOALS["topology_over_quix"]),
+        ("topology / confluent-kafka loop with the same rules, same run (exactly-once)",
+         over_loop, GOALS["topology_over_loop"]),
+    ]
+    out += [{"goal": g, "measured": v, "target": t, "met": v == v and v >= t, "fmt": ".2f"}
+            for g, v, t in peer_rows]
+    return out
+
+
+def topology_table(result: dict[str, Any]) -> list[str]:
+    """The topology phase next to its same-run baselines (peers skipped or failed say why)."""
+    runs = _get(result, "topology", "runs", default={})
+    if not runs:
+        return []
+    lines = ["| guarantee | system | events/s | CPU µs/event | topology / system |",
+             "|---|---|---|---|---|"]
+    for g, run in runs.items():
+        rate = _get(run, "topology", "rate_steady")
+        lines.append(f"| {g} | stockflow worker (steady 10-90 %) | {_f(rate)} | "
+                     f"{_f(_get(run, 'topology', 'cpu_us_per_event'))} | 1 |")
+        for key, label in (("faust_noop", "Faust agent that does nothing"), *PEERS.items()):
+            entry = run.get(key)
+            if entry is None:
+                continue
+            if entry.get("skipped") or entry.get("error"):
+                why = entry.get("skipped") or entry.get("error")
+                lines.append(f"| {g} | {label} | not measured: {why} | | |")
+                continue
+            lines.append(f"| {g} | {label} | {_f(entry.get('rate'))} | "
+                         f"{_f(entry.get('cpu_us_per_event'))} | "
+                         f"{_f(ratio(rate, entry.get('rate')), '.3f')} |")
+    return lines
 
 
 def write_json(result: dict[str, Any], path: Path) -> None:
@@ -179,8 +229,12 @@ def markdown(result: dict[str, Any]) -> str:
     lines: list[str] = []
     lines += ["| goal | measured | target | met |", "|---|---|---|---|"]
     for g in goals(result):
-        lines.append(f"| {g['goal']} | {_f(g['measured'])} | {_f(g['target'])} | "
+        fmt = g.get("fmt", ",.0f")
+        lines.append(f"| {g['goal']} | {_f(g['measured'], fmt)} | {_f(g['target'], fmt)} | "
                      f"{'yes' if g['met'] else 'no'} |")
+    topology = topology_table(result)
+    if topology:
+        lines += ["", *topology]
     steps = _get(result, "end_to_end", "steps", default=[])
     if steps:
         lines += ["", "| offered/s | sent/s | processed/s | bounded | p50 ms | p99 ms | "

@@ -6,8 +6,10 @@ The same workload bytes are written to the inventory.deltas topic of an isolated
 (Cassandra sink and Redis cache switched off: this measures the topology), then a worker
 starts and drains it; the rate is taken from the worker's counters over the 10 %-90 % part
 of the drain (steady state, no start-up or tail). Done with exactly-once on and off, each
-against raw confluent-kafka consumption, aiokafka getmany and a do-nothing Faust agent
-reading the same topic in the same run. A py-spy profile of the worker is taken on a
+against raw confluent-kafka consumption, aiokafka getmany, a do-nothing Faust agent and
+two peers doing the same delta step with stockflow's rules (a confluent-kafka batch loop
+with transactions, and Quix Streams in its own venv: bench/peer_*.py), all reading the
+same topic in the same run. A py-spy profile of the worker is taken on a
 second drain, after the measured one, so the profiler does not slow the measured run.
 """
 
@@ -16,12 +18,14 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bench import baselines
+from bench import baselines, peer_venv
 from bench.harness import (
     PipelineCounts,
     cpu_delta,
@@ -90,7 +94,8 @@ def drain(env: Any, total: int, timeout_s: float, *, already: PipelineCounts | N
 
 
 def run_guarantee(guarantee: str, spec: WorkloadSpec, events: int, workdir: Path,
-                  profile_s: int, with_baselines: bool) -> dict[str, Any]:
+                  profile_s: int, with_baselines: bool,
+                  quix: peer_venv.PeerVenv | None = None) -> dict[str, Any]:
     """One isolated pipeline: fill its deltas topic, baselines on it, then the worker drains it."""
     PipelineEnv = pipeline_env_class()
     env = PipelineEnv(workdir / guarantee, guarantee=guarantee, extra_env=TOPOLOGY_OFF)
@@ -107,6 +112,14 @@ def run_guarantee(guarantee: str, spec: WorkloadSpec, events: int, workdir: Path
             out["aiokafka_getmany"] = baselines.aiokafka_getmany(env.settings, topic, events)
             out["faust_noop"] = baselines.faust_noop(env.settings, topic, events,
                                                       workdir / guarantee)
+        if quix is not None:  # the peers (None: --no-peers)
+            out["peer_loop"] = baselines.confluent_loop(env.settings, topic, events,
+                                                        workdir / guarantee,
+                                                        guarantee=guarantee)
+            out["peer_quix"] = baselines.quix_streams(env.settings, topic, events,
+                                                      workdir / guarantee, quix.python,
+                                                      guarantee=guarantee,
+                                                      why_not=quix.reason)
         load0 = load_average()
         env.start_worker()
         res = drain(env, events, timeout_s=max(300.0, events / 200))
@@ -132,12 +145,22 @@ def run_guarantee(guarantee: str, spec: WorkloadSpec, events: int, workdir: Path
 
 
 def run(events: int, spec: WorkloadSpec, workdir: Path, *, profile_s: int = 20,
-        guarantees: tuple[str, ...] = ("exactly_once", "at_least_once")) -> dict[str, Any]:
+        guarantees: tuple[str, ...] = ("exactly_once", "at_least_once"), peers: bool = True,
+        log: Callable[[str], None] = print) -> dict[str, Any]:
     """The topology benchmark, every guarantee; baselines on each pipeline's own topic."""
     results: dict[str, Any] = {"events": events, "spec": spec.__dict__, "runs": {}}
+    quix = None
+    if peers:
+        # Built before any clock starts (pip is slow), once for every guarantee.
+        quix = peer_venv.ensure_quix_venv()
+        if quix.python is None:
+            log(f"Quix Streams baseline skipped: {quix.reason}")
+        elif quix.built:
+            log(f"built the Quix Streams venv {quix.python.parents[1]}")
+        results["quix_venv"] = str(quix.python) if quix.python else quix.reason
     for g in guarantees:
         res = run_guarantee(g, spec, events, workdir, profile_s if g == guarantees[0] else 0,
-                            with_baselines=True)
+                            with_baselines=True, quix=quix)
         res.pop("worker_log_tail", None)
         results["runs"][g] = res
     return results
@@ -150,6 +173,10 @@ def main() -> None:
     parser.add_argument("--skus", type=int, default=20_000)
     parser.add_argument("--suppliers", type=int, default=10)
     parser.add_argument("--profile", type=int, default=20, help="py-spy seconds (0 = none)")
+    parser.add_argument("--guarantee", choices=("exactly_once", "at_least_once"),
+                        action="append", help="only this guarantee (repeatable; default both)")
+    parser.add_argument("--no-peers", action="store_true",
+                        help="without the Quix Streams and confluent-kafka loop baselines")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
     from pipeline.log import configure_logging
@@ -158,9 +185,16 @@ def main() -> None:
     out = args.out or Path(tempfile.mkdtemp(prefix="stockflow-topology-"))
     out.mkdir(parents=True, exist_ok=True)
     result = run(args.events, WorkloadSpec(skus=args.skus, suppliers=args.suppliers), out,
-                 profile_s=args.profile)
+                 profile_s=args.profile, peers=not args.no_peers,
+                 guarantees=tuple(args.guarantee or ("exactly_once", "at_least_once")),
+                 log=lambda msg: print(msg, file=sys.stderr, flush=True))
     (out / "topology.json").write_text(json.dumps(result, indent=2, default=str))
     print(json.dumps(result, indent=2, default=str))
+    from bench.report import topology_table
+
+    table = "\n".join(topology_table({"topology": result}))
+    (out / "topology.md").write_text(table + "\n")
+    print(table)
 
 
 if __name__ == "__main__":

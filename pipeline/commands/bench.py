@@ -34,6 +34,9 @@ def bench(
     skus: Annotated[int | None, typer.Option(help="override the mode's SKU count")] = None,
     topology: Annotated[bool, typer.Option(help="run the topology benchmark")] = True,
     end_to_end: Annotated[bool, typer.Option(help="run the end-to-end benchmark")] = True,
+    peers: Annotated[bool, typer.Option(
+        help="Quix Streams (own venv, built on demand) and a confluent-kafka loop with the "
+             "same rules as topology baselines")] = True,
 ) -> None:
     """Benchmark stockflow on the running local stack; every result against a same-run baseline."""
     from bench import end_to_end as e2e
@@ -71,12 +74,15 @@ def bench(
             say(f"topology: {cfg['topology_events']:,} events, exactly-once and at-least-once")
             result["topology"] = topo.run(
                 cfg["topology_events"], WorkloadSpec(skus=cfg["skus"], suppliers=cfg["suppliers"]),
-                work, profile_s=cfg["profile_s"])
+                work, profile_s=cfg["profile_s"], peers=peers, log=say)
             for g, r in result["topology"]["runs"].items():
                 say(f"topology[{g}]: {r['topology']['rate_steady']:,.0f} events/s steady, "
                     f"{r['topology']['cpu_us_per_event']:,.0f} µs CPU/event; raw consume "
                     f"{r['confluent_consume']['rate']:,.0f}/s, Faust no-op "
                     f"{r['faust_noop']['rate']:,.0f}/s")
+                for key, label in report.PEERS.items():
+                    if key in r:
+                        say(f"topology[{g}] {label}: {_peer_line(r[key])}")
         if end_to_end:
             lo, hi = cfg["ladder"]
             rates = rate_ladder(lo, hi, 2.0, extra=(5_000,))
@@ -96,6 +102,16 @@ def bench(
         (out / "report.md").write_text(table + "\n")
     console.print(table, highlight=False, markup=False)
     say(f"wrote {out / 'bench.json'}, {', '.join(str(p) for p in plots)}, {out / 'report.md'}")
+
+
+def _peer_line(entry: dict[str, Any]) -> str:
+    """One peer baseline in a line: its rate and CPU, or why it was not measured."""
+    if entry.get("skipped"):
+        return f"skipped: {entry['skipped']}"
+    if entry.get("error"):
+        return f"failed: {entry['error']}"
+    return (f"{entry['rate']:,.0f} events/s, {entry['cpu_us_per_event']:,.0f} µs CPU/event "
+            f"({entry['events']:,} records)")
 
 
 def _interrupt_on_sigterm() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 
@@ -289,3 +290,113 @@ def test_report_says_na_for_a_cassandra_size_it_could_not_read() -> None:
 
     assert table({"cassandra_data_bytes": None}).endswith("| n/a |")
     assert table({"cassandra_data_bytes": 3 * 2**20}).endswith("| 3.0 MB |")
+
+
+# ------------------------------------------------------------ peer baselines
+
+
+def test_peer_report_uses_the_steady_rate_and_flags_a_short_count() -> None:
+    from bench.baselines import peer_report
+
+    raw = {"events": 2000, "seconds": 0.4, "rate_steady": 5000.0, "rate_overall": 4500.0,
+           "cpu_us_per_event": 150.0, "outcomes": {"applied": 1990, "invalid": 10},
+           "what": "loop"}
+    entry = peer_report(raw, 2000)
+    assert entry["rate"] == 5000.0 and entry["cpu_us_per_event"] == 150.0
+    assert entry["outcomes"] == {"applied": 1990, "invalid": 10} and "error" not in entry
+    # No steady window (a tiny run): the overall rate; fewer records than written: an error.
+    short = peer_report({**raw, "events": 1500, "rate_steady": None}, 2000)
+    assert short["rate"] == 4500.0
+    assert short["error"] == "handled 1,500 of 2,000 records"
+    assert peer_report({**raw, "rate_steady": math.inf}, 2000)["rate"] == 4500.0
+
+
+def test_peer_progress_counts_outcomes_and_times_from_the_first_event() -> None:
+    from bench.peer_logic import Progress
+
+    progress = Progress(total=1000, every=100)
+    assert progress.result()["events"] == 0  # nothing seen: no rate, no division by zero
+    for i in range(1000):
+        progress.add("applied" if i % 10 else "invalid")
+    out = progress.result(what="x")
+    assert out["events"] == 1000 and out["what"] == "x"
+    assert out["outcomes"] == {"invalid": 100, "applied": 900}
+    assert out["rate_steady"] > 0 and out["cpu_us_per_event"] >= 0
+    assert [v for _, v in progress.samples][:3] == [0.0, 100.0, 200.0]
+
+
+def test_peer_step_runs_stockflows_rules_on_raw_records() -> None:
+    """The peers' step: decode, validate, dedup by event_id, decide, one output each."""
+    from bench.peer_logic import DEAD_LETTER, UPDATE, DeltaStep
+
+    wl = Workload(WorkloadSpec(skus=5, suppliers=1, malformed_share=0, duplicate_share=0,
+                               stale_share=0, adjustment_share=0))
+    first = wl.next_event(now_ms=1_700_000_000_000)
+    step = DeltaStep("deltas", dedup_ttl_ms=3_600_000)
+    res = step(first.value, first.key, first.timestamp_ms, None, 0, 0)
+    assert res.outcome == "applied" and res.state is not None
+    [(kind, key, update)] = res.emits
+    assert kind == UPDATE and update["quantity_before"] == 0
+    assert key == update["platform_sku"].encode()
+    # The same bytes again, against the new state: a duplicate, nothing sent or changed.
+    again = step(first.value, first.key, first.timestamp_ms + 5, res.state, 0, 1)
+    assert (again.outcome, again.state, again.emits) == ("duplicate", None, [])
+    bad = step(b"\x00not avro", b"k", first.timestamp_ms, None, 3, 7)
+    assert bad.outcome == "invalid" and bad.state is None
+    [(kind, key, dl)] = bad.emits
+    assert kind == DEAD_LETTER and key == b"k"
+    assert (dl["reason"], dl["source_partition"], dl["source_offset"]) == ("decode_error", 3, 7)
+
+
+def _topology_result(quix: dict, loop: dict) -> dict:
+    return {"topology": {"runs": {"exactly_once": {
+        "topology": {"rate_steady": 2000.0, "cpu_us_per_event": 500.0},
+        "faust_noop": {"rate": 10_000.0, "cpu_us_per_event": 100.0},
+        "peer_quix": quix, "peer_loop": loop}}}}
+
+
+def test_report_puts_the_peers_next_to_the_topology_with_ratios_and_goals() -> None:
+    from bench.report import markdown
+
+    result = _topology_result({"rate": 8_000.0, "cpu_us_per_event": 125.0},
+                              {"rate": 10_000.0, "cpu_us_per_event": 100.0})
+    r = ratios(result)
+    assert r["topology[exactly_once] / Quix Streams (same rules)"] == pytest.approx(0.25)
+    assert r["topology[exactly_once] / confluent-kafka loop (same rules)"] == pytest.approx(0.2)
+    assert r["topology[exactly_once] worker CPU per event / Quix Streams (same rules)'s"] \
+        == pytest.approx(4)
+    peer_goals = {g["goal"]: g for g in goals(result) if "same rules" in g["goal"]}
+    assert [round(g["measured"], 2) for g in peer_goals.values()] == [0.25, 0.2]
+    assert not any(g["met"] for g in peer_goals.values())
+    text = markdown(result)
+    assert "| exactly_once | Quix Streams (same rules) | 8,000 | 125 | 0.250 |" in text
+    assert "| exactly_once | confluent-kafka loop (same rules) | 10,000 | 100 | 0.200 |" in text
+    assert "| topology / Quix Streams with the same rules, same run (exactly-once) | 0.25 | " \
+        "1.00 | no |" in text
+
+
+def test_report_says_why_a_peer_was_not_measured() -> None:
+    from bench.report import markdown
+
+    result = _topology_result({"skipped": "could not build the venv (no network?)"},
+                              {"error": "peer-loop exited 1; see x.log"})
+    text = markdown(result)
+    assert "| Quix Streams (same rules) | not measured: could not build the venv " \
+        "(no network?) |" in text
+    assert "| confluent-kafka loop (same rules) | not measured: peer-loop exited 1" in text
+    assert math.isnan(ratios(result)["topology[exactly_once] / Quix Streams (same rules)"])
+    assert not any(g["met"] for g in goals(result) if "same rules" in g["goal"])
+
+
+def test_quix_venv_that_cannot_be_built_gives_the_reason_and_no_venv(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No package index (as with no network): the bench is told why and goes on without Quix."""
+    from bench import peer_venv
+
+    monkeypatch.setenv("PIP_NO_INDEX", "1")
+    monkeypatch.setattr(peer_venv, "quix_requirements", lambda: ["quixstreams==3.28.*"])
+    got = peer_venv.ensure_quix_venv(tmp_path / "quix", timeout_s=120)
+    assert got.python is None
+    assert got.reason.startswith(f"could not build {tmp_path / 'quix'} (no network?)")
+    assert "quixstreams" in got.reason
+    assert not (tmp_path / "quix").exists()  # no half-built venv taken for a finished one
