@@ -5,13 +5,21 @@ Wire format (Avro specification, "Single-object encoding"): the two marker bytes
 then the Avro binary body. A reader looks the writer schema up by fingerprint and resolves it
 to its own reader schema, so producers and consumers can evolve independently (add a field
 with a default, and old records still read).
+
+Decoding is strict: before fastavro reads a body, `wire_check` walks it by the writer schema
+and refuses what fastavro would otherwise turn into a value (a negative enum or union index
+picks a symbol from the end, a varint beyond 64 bits wraps: status -1 read as DISCONTINUED,
+quantity 2^64 as 0), an int beyond 32 bits, a boolean byte other than 0 or 1, and any length
+or block count larger than the bytes left. Every failure is a SchemaError.
 """
 
 from __future__ import annotations
 
 import io
 import json
+import re
 import struct
+from collections.abc import Callable
 from functools import cache
 from importlib import resources
 from typing import Any
@@ -83,21 +91,221 @@ def load_schema(name: str) -> Any:
     return fastavro.parse_schema(schema_json(name))
 
 
+# --- strict wire check --------------------------------------------------------------------
+# One Python function per writer schema, generated once: a walk over the body that keeps no
+# values, with the one-byte varint inlined. It costs 2.3 us per SupplierDelta next to
+# fastavro's 7.4 us; the same walk as one closure per field took 14 us.
+
+WireCheck = Callable[[bytes, int], int]  # (data, position) -> position after the value
+
+_UINT64_LIMIT = 1 << 64
+
+
+def _long(data: bytes, pos: int) -> tuple[int, int]:
+    """The zigzag-decoded long at pos and the position after it, refusing overlong ones."""
+    result = 0
+    shift = 0
+    for _ in range(10):
+        byte = data[pos]
+        pos += 1
+        result |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            if result >= _UINT64_LIMIT:  # fastavro would wrap it: 2^64 read as 0
+                raise SchemaError("long out of range")
+            return (result >> 1) ^ -(result & 1), pos
+        shift += 7
+    raise SchemaError("long longer than 10 bytes")
+
+
+def _fail(message: str) -> None:
+    raise SchemaError(message)
+
+
+# A varint of up to 10 (long) or 5 (int) bytes: continuation bytes, then a final one.
+_LONG_BYTES = re.compile(rb"[\x80-\xff]{0,9}[\x00-\x7f]")
+_INT_BYTES = re.compile(rb"[\x80-\xff]{0,4}[\x00-\x7f]")
+
+
+def _skip_long(data: bytes, pos: int) -> int:
+    match = _LONG_BYTES.match(data, pos)
+    if match is None:
+        _fail("long longer than 10 bytes" if len(data) - pos >= 10 else "truncated long")
+    end = match.end()  # type: ignore[union-attr]
+    if end - pos == 10 and data[end - 1] > 1:  # beyond 64 bits: fastavro would wrap it
+        _fail("long out of range")
+    return end
+
+
+def _skip_int(data: bytes, pos: int) -> int:
+    match = _INT_BYTES.match(data, pos)
+    if match is None:
+        _fail("int longer than 5 bytes" if len(data) - pos >= 5 else "truncated int")
+    end = match.end()  # type: ignore[union-attr]
+    if end - pos == 5 and data[end - 1] > 0x0F:  # beyond 32 bits
+        _fail("int out of range")
+    return end
+
+
+class _CheckWriter:
+    """Writes the source of a wire check; every read of data[pos] may raise IndexError."""
+
+    def __init__(self, named: dict[str, Any]) -> None:
+        self.named = named
+        self.lines: list[str] = []
+        self.inlining: list[str] = []  # named types being written, outermost first
+        self.loops = 0
+
+    def line(self, depth: int, text: str) -> None:
+        self.lines.append("    " * depth + text)
+
+    def varint(self, depth: int) -> None:
+        """Sets v to the varint at pos and moves pos past it."""
+        self.line(depth, "b = data[pos]")
+        self.line(depth, "if b < 128:")
+        self.line(depth + 1, "v = (b >> 1) ^ -(b & 1)")
+        self.line(depth + 1, "pos += 1")
+        self.line(depth, "else:")
+        self.line(depth + 1, "v, pos = _long(data, pos)")
+
+    def length(self, depth: int) -> None:
+        self.varint(depth)
+        self.line(depth, "if v < 0 or v > n - pos:")
+        self.line(depth + 1, "_fail(f'length {v} with {n - pos} bytes left')")
+        self.line(depth, "pos += v")
+
+    def emit(self, schema: Any, depth: int) -> None:
+        if isinstance(schema, list):  # a union
+            self.varint(depth)
+            for index, branch in enumerate(schema):
+                self.line(depth, f"{'if' if index == 0 else 'elif'} v == {index}:")
+                self.line(depth + 1, "pass")
+                self.emit(branch, depth + 1)
+            self.line(depth, "else:")
+            self.line(depth + 1, f"_fail(f'union branch {{v}} is not one of {len(schema)}')")
+            return
+        if isinstance(schema, dict) and schema["type"] in _NAMED_KINDS:
+            name = schema["name"]
+            if name in self.inlining:  # none of stockflow's records holds itself
+                raise SchemaError(f"recursive type {name!r} is not supported")
+            self.inlining.append(name)
+            self.emit_named(schema, depth)
+            self.inlining.pop()
+            return
+        kind = schema if isinstance(schema, str) else schema["type"]
+        if kind == "null":
+            return
+        if kind == "boolean":
+            self.line(depth, "if data[pos] > 1:")
+            self.line(depth + 1, "_fail(f'boolean byte {data[pos]} is not 0 or 1')")
+            self.line(depth, "pos += 1")
+        elif kind in ("int", "long"):
+            self.line(depth, "if data[pos] < 128:")
+            self.line(depth + 1, "pos += 1")
+            self.line(depth, "else:")
+            self.line(depth + 1, f"pos = _skip_{kind}(data, pos)")
+        elif kind in ("float", "double"):
+            self.line(depth, f"pos += {4 if kind == 'float' else 8}")
+            self.line(depth, "if pos > n:")
+            self.line(depth + 1, f"_fail('truncated {kind}')")
+        elif kind in ("bytes", "string"):  # fastavro itself refuses invalid UTF-8
+            self.length(depth)
+        elif kind in ("array", "map"):
+            self.blocks(schema, depth)
+        elif isinstance(schema, str) and schema in self.named:
+            self.emit(self.named[schema], depth)
+        else:
+            raise SchemaError(f"unsupported Avro type {kind!r}")
+
+    def emit_named(self, schema: dict[str, Any], depth: int) -> None:
+        kind = schema["type"]
+        if kind in ("record", "error"):
+            for field in schema["fields"]:
+                self.emit(field["type"], depth)
+        elif kind == "enum":
+            symbols = len(schema["symbols"])
+            self.varint(depth)
+            self.line(depth, f"if v < 0 or v >= {symbols}:")  # fastavro reads -1 as the last
+            self.line(depth + 1, f"_fail(f'enum index {{v}} is not one of {symbols} symbols')")
+        else:  # fixed
+            self.line(depth, f"pos += {int(schema['size'])}")
+            self.line(depth, "if pos > n:")
+            self.line(depth + 1, "_fail('truncated fixed')")
+
+    def blocks(self, schema: dict[str, Any], depth: int) -> None:
+        """Blocks of a count (negative: followed by a byte size) and items; 0 ends them."""
+        self.loops += 1
+        count, budget = f"c{self.loops}", f"budget{self.loops}"
+        # No item is smaller than one byte in the schemas this reads; the budget bounds the
+        # work on any input even if one were.
+        self.line(depth, f"{budget} = n - pos")
+        self.line(depth, "while True:")
+        self.varint(depth + 1)
+        self.line(depth + 1, "if v == 0:")
+        self.line(depth + 2, "break")
+        self.line(depth + 1, f"{count} = v")
+        self.line(depth + 1, f"if {count} < 0:")
+        self.line(depth + 2, f"{count} = -{count}")
+        self.varint(depth + 2)
+        self.line(depth + 2, "if v < 0:")
+        self.line(depth + 3, "_fail(f'negative block size {v}')")
+        self.line(depth + 1, f"{budget} -= {count}")
+        self.line(depth + 1, f"if {budget} < 0 or {count} > n - pos:")
+        self.line(depth + 2, f"_fail(f'block of {{{count}}} items with {{n - pos}} bytes left')")
+        self.line(depth + 1, f"for _ in range({count}):")
+        self.line(depth + 2, "pass")
+        if schema["type"] == "map":
+            self.length(depth + 2)
+            self.emit(schema["values"], depth + 2)
+        else:
+            self.emit(schema["items"], depth + 2)
+
+    def function(self, name: str, schema: Any) -> str:
+        self.line(0, f"def {name}(data, pos):")
+        self.line(1, "n = len(data)")
+        self.line(1, "try:")
+        self.line(2, "pass")
+        self.emit(schema, 2)
+        self.line(1, "except IndexError:")
+        self.line(2, "_fail('truncated')")
+        self.line(1, "return pos")
+        return "\n".join(self.lines)
+
+
+_NAMED_KINDS = frozenset({"record", "error", "enum", "fixed"})
+
+
+def wire_check(parsed_schema: Any) -> WireCheck:
+    """The strict check of a body written with this (parsed) schema; SchemaError on failure."""
+    named = parsed_schema.get("__named_schemas", {}) if isinstance(parsed_schema, dict) else {}
+    env: dict[str, Any] = {"_long": _long, "_skip_long": _skip_long, "_skip_int": _skip_int,
+                           "_fail": _fail}
+    # The source is built from the schema alone, never from data.
+    exec(_CheckWriter(named).function("check", parsed_schema), env)
+    check: WireCheck = env["check"]
+    return check
+
+
 class WriterSchemas:
     """Known writer schemas by fingerprint: the current ones plus any registered older ones."""
 
     def __init__(self) -> None:
         self._by_fingerprint: dict[bytes, Any] = {}
+        self._checks: dict[bytes, WireCheck] = {}
 
     def register(self, schema: dict[str, Any] | Any) -> bytes:
         parsed = fastavro.parse_schema(schema) if isinstance(schema, dict) \
             else schema
         fp = fingerprint(parsed)
         self._by_fingerprint[fp] = parsed
+        self._checks[fp] = wire_check(parsed)
         return fp
 
     def get(self, fp: bytes) -> Any | None:
         return self._by_fingerprint.get(fp)
+
+    def check(self, fp: bytes) -> WireCheck | None:
+        """The strict wire check of a registered writer schema."""
+        return self._checks.get(fp)
 
 
 WRITER_SCHEMAS = WriterSchemas()
@@ -129,6 +337,7 @@ class AvroCodec:
         self.writers = writers
         if writers.get(self.fingerprint) is None:
             writers.register(self.schema)
+        self._check = wire_check(self.schema)
 
     def encode(self, record: dict[str, Any]) -> bytes:
         buf = io.BytesIO()
@@ -143,14 +352,24 @@ class AvroCodec:
         if len(data) < HEADER_SIZE or data[:2] != MARKER:
             raise SchemaError(f"not an Avro single-object {self.name}: bad marker")
         fp = bytes(data[2:HEADER_SIZE])
+        check: WireCheck | None
         if fp == self.fingerprint:
             writer = self.schema
             reader = None
+            check = self._check
         else:
             writer = self.writers.get(fp)
-            if writer is None:
+            check = self.writers.check(fp)
+            if writer is None or check is None:
                 raise SchemaError(f"unknown writer schema fingerprint {fp.hex()} for {self.name}")
             reader = self.schema
+        try:
+            # Strict first: fastavro alone reads some malformed bodies as values.
+            end = check(data, HEADER_SIZE)
+        except SchemaError as exc:
+            raise SchemaError(f"cannot decode {self.name}: {exc}") from None
+        if end != len(data):
+            raise SchemaError(f"cannot decode {self.name}: {len(data) - end} trailing bytes")
         buf = io.BytesIO(data)
         buf.seek(HEADER_SIZE)
         try:
