@@ -29,15 +29,27 @@ class SecretRef(_Strict):
     """Where a secret comes from: an environment variable, by name."""
 
     env: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
-    default: str | None = Field(default=None, description="development only (the demo)")
+    default: str | None = Field(default=None, repr=False,
+                                description="development only (the demo)")
 
-    def resolve(self, environ: Mapping[str, str], *, environment: str = "development") -> str:
+    def resolve(self, environ: Mapping[str, str], *, environment: str = "production") -> str:
+        """The secret's value; outside development, only a real one from the environment.
+
+        The file's `default` is public (it is in the repository), so outside development it
+        is never used, and a variable set to it is refused as well.
+        """
         value = environ.get(self.env)
         if value:
+            if environment != "development" and value == self.default:
+                raise ConfigurationError(
+                    f"environment variable {self.env} holds the public demo value from the "
+                    "suppliers file; set a real secret")
             return value
         if self.default is not None and environment == "development":
             return self.default
-        raise ConfigurationError(f"environment variable {self.env} is not set")
+        hint = " (the file's default is used only with STOCKFLOW_ENVIRONMENT=development)" \
+            if self.default is not None else ""
+        raise ConfigurationError(f"environment variable {self.env} is not set{hint}")
 
 
 class RateLimit(_Strict):
@@ -99,10 +111,27 @@ class HttpCredentials(_Strict):
     bearer: SecretRef | None = None
 
 
-class RestSupplier(_SupplierBase):
-    kind: Literal["rest"]
+class _HttpSupplier(_SupplierBase):
     endpoint: str = Field(pattern=r"^https?://")
     credentials: HttpCredentials = HttpCredentials()
+    allow_plain_http: bool = Field(
+        default=False, description="accept an http:// endpoint with credentials (logged)")
+    max_response_bytes: int = Field(default=16 * 1024 * 1024, ge=1024,
+                                    description="after decompression")
+
+    @model_validator(mode="after")
+    def _https_with_credentials(self) -> _HttpSupplier:
+        # A bearer token over http:// is readable by anyone on the path.
+        if urlsplit(self.endpoint).scheme != "https" and self.credentials.bearer is not None \
+                and not self.allow_plain_http:
+            raise ValueError("an endpoint with credentials must be https:// (set "
+                             "allow_plain_http: true to send them in clear, e.g. to a local "
+                             "simulator)")
+        return self
+
+
+class RestSupplier(_HttpSupplier):
+    kind: Literal["rest"]
     cursor_param: str = "updated_since"
     cursor_format: Literal["ms", "iso"] = "ms"
     page_token_param: str = "page_token"
@@ -119,10 +148,8 @@ class RestSupplier(_SupplierBase):
         return self
 
 
-class GraphqlSupplier(_SupplierBase):
+class GraphqlSupplier(_HttpSupplier):
     kind: Literal["graphql"]
-    endpoint: str = Field(pattern=r"^https?://")
-    credentials: HttpCredentials = HttpCredentials()
     query: str | None = None
     connection_path: str = "inventory"
     page_size: int = Field(default=100, ge=1, le=10_000)
@@ -148,12 +175,33 @@ class CsvSupplier(_SupplierBase):
     endpoint: str = Field(description="ftp://host:port/dir, sftp://host:port/dir or a local path")
     credentials: DropCredentials | None = None
     pattern: str = "*.csv"
-    encodings: list[str] = Field(default_factory=lambda: ["utf-8-sig", "latin-1"], min_length=1)
+    encoding: str = Field(default="utf-8-sig", description="one encoding, strict; utf-8-sig "
+                                                           "strips a BOM")
     delimiter: str = Field(default=",", min_length=1, max_length=1)
     stable_s: float = Field(default=2.0, ge=0)
     on_missing: Literal["zero", "ignore"] = "zero"
-    max_missing_ratio: float = Field(default=0.5, gt=0, le=1)
-    known_hosts: Path | None = None
+    max_missing_ratio: float = Field(default=0.05, gt=0, le=1)
+    min_size_ratio: float = Field(default=0.5, ge=0, le=1)
+    require_trailer: bool = False
+    require_final_newline: bool = True
+    max_file_bytes: int = Field(default=64 * 1024 * 1024, ge=1024)
+    tls: bool = Field(default=True, description="ftp: FTPS (explicit TLS); false = plain FTP")
+    ca_file: Path | None = Field(default=None, description="ftp: CA bundle of the server's "
+                                                           "certificate (default: system CAs)")
+    known_hosts: Path | None = Field(default=None, description="sftp: default ~/.ssh/known_hosts")
+    insecure_skip_host_key_check: bool = Field(
+        default=False, description="sftp: accept any host key (logged at every connection)")
+
+    @field_validator("encoding")
+    @classmethod
+    def _known_encoding(cls, value: str) -> str:
+        import codecs
+
+        try:
+            codecs.lookup(value)
+        except LookupError as exc:
+            raise ValueError(f"unknown encoding {value!r}") from exc
+        return value
 
     @model_validator(mode="after")
     def _endpoint_matches_kind(self) -> CsvSupplier:
@@ -174,6 +222,8 @@ class WebhookReceiverConfig(_Strict):
     host: str = "127.0.0.1"
     port: int = Field(default=8780, ge=0, le=65535)
     max_body_bytes: int = Field(default=1_048_576, ge=1024)
+    max_events: int = Field(default=1000, ge=1, le=100_000,
+                            description="events per request; more is refused with 413")
     tolerance_s: int = Field(default=300, ge=1)
 
 

@@ -157,7 +157,11 @@ class Settings(BaseSettings):
     # --- Logging ------------------------------------------------------------------
     log_json: bool | None = None
     log_level: str = "INFO"
-    environment: Literal["development", "production"] = "development"
+    # Production unless told otherwise: the suppliers file's demo secrets (public, in the
+    # repository) are used only in development, so a deployment that forgets to set a secret
+    # stops with an error instead of running on the demo value. `stockflow demo` sets
+    # development for its children; by hand: STOCKFLOW_ENVIRONMENT=development.
+    environment: Literal["development", "production"] = "production"
 
     def worker_instance_id(self) -> str | None:
         """This worker's group.instance.id (None: dynamic membership)."""

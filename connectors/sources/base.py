@@ -33,6 +33,7 @@ MAX_CLOCK_SKEW_MS = 60_000
 # literal ("1e1000000") cost unbounded CPU on the event loop every feed shares.
 NUMBER_TEXT_MAX = 40
 TIMESTAMP_TEXT_MAX = 64
+RECORD_FIELDS_MAX = 1000
 _TIMESTAMP_MS_MAX = 253_402_300_799_999  # 9999-12-31T23:59:59.999Z
 _SKU_BAD = re.compile(r"[|\x00-\x1f\x7f]")
 _CURRENCY = re.compile(r"^[A-Z]{3}$")
@@ -215,6 +216,8 @@ class RecordMapper:
         """
         if not isinstance(record, Mapping):
             raise ValidationError("malformed_record", f"not an object: {type(record).__name__}")
+        if names is None and len(record) > RECORD_FIELDS_MAX:
+            raise ValidationError("malformed_record", f"more than {RECORD_FIELDS_MAX} fields")
         keys = names if names is not None else self.mapping.resolve(list(record.keys()))
 
         def get(canonical: str) -> Any:
@@ -308,6 +311,20 @@ class RecordMapper:
             "connector": self.connector,
             "received_at": received,
         }
+
+    def observed_at_of(self, record: Any) -> int | None:
+        """The record's own timestamp in ms, if it has a readable one (for a cursor to move
+        past a record that could not be mapped); never raises."""
+        try:
+            if not isinstance(record, Mapping):
+                return None
+            names = list(record.keys())[:RECORD_FIELDS_MAX]
+            actual = self.mapping.resolve(names).get("observed_at")
+            value = record.get(actual) if actual is not None else None
+            return parse_timestamp_ms(value, self.units.timestamp) if value is not None \
+                else None
+        except Exception:  # whatever it is, it is not a usable timestamp
+            return None
 
     def _price(self, value: Any) -> str | None:
         if value is None:

@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ftplib
 import io
 import logging
+import os
+import ssl
+import stat
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from pipeline.errors import ConnectorError
 from pipeline.log import get_logger
@@ -27,17 +31,28 @@ class RemoteFile:
 
 
 class DropFolder(Protocol):
-    """List and read the files of one folder."""
+    """List and read the files of one folder; `read` returns at most `limit` bytes."""
 
     async def list(self) -> list[RemoteFile]: ...
 
-    async def read(self, name: str) -> bytes: ...
+    async def read(self, name: str, limit: int | None = None) -> bytes: ...
 
     async def close(self) -> None: ...
 
 
+def _plain_name(name: str) -> str:
+    # A listing could name "../x" or "a/b"; only a file directly in the folder is read.
+    if not name or name in (".", "..") or "/" in name or "\\" in name or "\x00" in name:
+        raise ConnectorError(f"not a plain file name: {name!r}")
+    return name
+
+
 class LocalFolder:
-    """A directory on this machine (a mounted share, or tests)."""
+    """A directory on this machine (a mounted share, or tests).
+
+    Only regular files are listed and read; a symbolic link is neither followed nor listed
+    (a link to a secret file would otherwise end up in a dead letter).
+    """
 
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
@@ -45,16 +60,31 @@ class LocalFolder:
     async def list(self) -> list[RemoteFile]:
         def scan() -> list[RemoteFile]:
             out = []
-            for p in self.path.iterdir():
-                if p.is_file():
-                    st = p.stat()
-                    out.append(RemoteFile(p.name, st.st_size, st.st_mtime))
+            with os.scandir(self.path) as entries:
+                for entry in entries:
+                    if entry.is_file(follow_symlinks=False):
+                        st = entry.stat(follow_symlinks=False)
+                        out.append(RemoteFile(entry.name, st.st_size, st.st_mtime))
             return out
 
         return await asyncio.to_thread(scan)
 
-    async def read(self, name: str) -> bytes:
-        return await asyncio.to_thread((self.path / name).read_bytes)
+    async def read(self, name: str, limit: int | None = None) -> bytes:
+        path = self.path / _plain_name(name)
+
+        def read() -> bytes:
+            # O_NOFOLLOW: a file swapped for a link after the listing is refused too.
+            fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0)
+                         | getattr(os, "O_NONBLOCK", 0))
+            with os.fdopen(fd, "rb") as fh:
+                if not stat.S_ISREG(os.fstat(fh.fileno()).st_mode):
+                    raise ConnectorError(f"{name!r} is not a regular file")
+                return fh.read(-1 if limit is None else limit)
+
+        try:
+            return await asyncio.to_thread(read)
+        except OSError as exc:
+            raise ConnectorError(f"cannot read {name!r}: {exc}") from exc
 
     async def close(self) -> None:
         return None
@@ -67,20 +97,45 @@ def _mlsd_time(value: str) -> float:
     return parsed.timestamp() + (float(f"0.{frac}") if frac else 0.0)
 
 
+class _ReadLimit(Exception):
+    pass
+
+
 class FtpFolder:
-    """A folder on an FTP server (stdlib ftplib in a worker thread, one session per call)."""
+    """A folder on an FTP server (stdlib ftplib in a worker thread, one session per call).
+
+    FTPS (explicit TLS, `AUTH TLS`, data channel protected, server certificate verified)
+    unless `tls=False`: plain FTP sends the password in clear, so it is only used when the
+    configuration asks for it, with a warning at every connection.
+    """
 
     def __init__(self, host: str, port: int, *, user: str, password: str, directory: str = "/",
-                 timeout_s: float = 15.0) -> None:
+                 timeout_s: float = 15.0, tls: bool = True,
+                 ssl_context: ssl.SSLContext | None = None) -> None:
         self.host, self.port = host, port
-        self.user, self.password = user, password
+        self.user = user
+        self._password = password
         self.directory = directory
         self.timeout_s = timeout_s
+        self.tls = tls
+        self.ssl_context = ssl_context
+
+    def __repr__(self) -> str:
+        return f"FtpFolder({self.host}:{self.port}, user={self.user!r}, tls={self.tls})"
 
     def _connect(self) -> ftplib.FTP:
-        ftp = ftplib.FTP(timeout=self.timeout_s)
+        ftp: ftplib.FTP
+        if self.tls:
+            ftp = ftplib.FTP_TLS(timeout=self.timeout_s,
+                                 context=self.ssl_context or ssl.create_default_context())
+        else:
+            log.warning("plain FTP: password and files travel unencrypted (tls: false)",
+                        host=self.host, port=self.port)
+            ftp = ftplib.FTP(timeout=self.timeout_s)
         ftp.connect(self.host, self.port)
-        ftp.login(self.user, self.password)
+        ftp.login(self.user, self._password)  # FTP_TLS.login sends AUTH TLS first
+        if isinstance(ftp, ftplib.FTP_TLS):
+            ftp.prot_p()
         ftp.cwd(self.directory)
         return ftp
 
@@ -96,18 +151,28 @@ class FtpFolder:
 
         return await self._call(listing)
 
-    async def read(self, name: str) -> bytes:
+    async def read(self, name: str, limit: int | None = None) -> bytes:
+        _plain_name(name)
+
         def fetch() -> bytes:
             buf = io.BytesIO()
-            with self._connect() as ftp:
-                ftp.retrbinary(f"RETR {name}", buf.write)
-            return buf.getvalue()
+
+            def write(chunk: bytes) -> None:
+                buf.write(chunk)
+                if limit is not None and buf.tell() >= limit:
+                    raise _ReadLimit  # the caller only needs to know it is too large
+
+            with self._connect() as ftp, contextlib.suppress(_ReadLimit):
+                ftp.retrbinary(f"RETR {name}", write)
+            return buf.getvalue()[:limit]
 
         return await self._call(fetch)
 
-    async def _call(self, fn):
+    async def _call(self, fn: Any) -> Any:
         try:
             return await asyncio.to_thread(fn)
+        except ssl.SSLError as exc:
+            raise ConnectorError(f"ftps {self.host}:{self.port}: TLS failed: {exc}") from exc
         except (OSError, EOFError, ftplib.error_temp) as exc:
             raise RetryableError(f"ftp {self.host}:{self.port}: {exc}") from exc
         except ftplib.Error as exc:
@@ -118,33 +183,56 @@ class FtpFolder:
 
 
 class SftpFolder:
-    """A folder on an SFTP server (asyncssh), one connection kept open and re-opened on loss."""
+    """A folder on an SFTP server (asyncssh), one connection kept open and re-opened on loss.
+
+    The server's host key is checked against `known_hosts` (default: the user's
+    ~/.ssh/known_hosts); an unknown or changed key refuses the connection before the
+    password is sent. Only `verify_host_key=False`, which the configuration must ask for
+    explicitly, skips the check, with a warning at every connection.
+    """
 
     def __init__(self, host: str, port: int, *, user: str, password: str, directory: str = ".",
-                 known_hosts: Path | None = None, timeout_s: float = 15.0) -> None:
+                 known_hosts: Path | None = None, verify_host_key: bool = True,
+                 timeout_s: float = 15.0) -> None:
         self.host, self.port = host, port
-        self.user, self.password = user, password
+        self.user = user
+        self._password = password
         self.directory = directory
         self.known_hosts = known_hosts
+        self.verify_host_key = verify_host_key
         self.timeout_s = timeout_s
-        self._conn = None
-        self._sftp = None
+        self._conn: Any = None
+        self._sftp: Any = None
 
-    async def _client(self):
+    def __repr__(self) -> str:
+        return f"SftpFolder({self.host}:{self.port}, user={self.user!r})"
+
+    def _known_hosts(self) -> Any:
+        if not self.verify_host_key:
+            log.warning("SFTP HOST KEY NOT VERIFIED: any server answering on this address "
+                        "gets the password (insecure_skip_host_key_check: true)",
+                        host=self.host, port=self.port)
+            return None
+        if self.known_hosts is not None:
+            return str(self.known_hosts)
+        return ()  # asyncssh: the user's ~/.ssh/known_hosts; a missing file trusts nothing
+
+    async def _client(self) -> Any:
         import asyncssh
 
         if self._sftp is None:
             # asyncssh logs every channel at INFO.
             logging.getLogger("asyncssh").setLevel(logging.WARNING)
-            if self.known_hosts is None:
-                log.warning("sftp host key not verified (no known_hosts configured)",
-                            host=self.host, port=self.port)
             try:
                 self._conn = await asyncio.wait_for(asyncssh.connect(
-                    self.host, self.port, username=self.user, password=self.password,
-                    known_hosts=str(self.known_hosts) if self.known_hosts else None,
+                    self.host, self.port, username=self.user, password=self._password,
+                    known_hosts=self._known_hosts(),
                     client_keys=None, agent_path=None), timeout=self.timeout_s)
                 self._sftp = await self._conn.start_sftp_client()
+            except asyncssh.HostKeyNotVerifiable as exc:
+                await self.close()
+                raise ConnectorError(f"sftp {self.host}:{self.port}: host key not trusted "
+                                     f"({exc}); add it to known_hosts") from exc
             except (OSError, TimeoutError, asyncssh.Error) as exc:
                 await self.close()
                 raise RetryableError(f"sftp {self.host}:{self.port}: {exc}") from exc
@@ -170,13 +258,14 @@ class SftpFolder:
             out.append(RemoteFile(entry.filename, int(entry.attrs.size or 0), mtime))
         return out
 
-    async def read(self, name: str) -> bytes:
+    async def read(self, name: str, limit: int | None = None) -> bytes:
         import asyncssh
 
+        _plain_name(name)
         sftp = await self._client()
         try:
             async with sftp.open(f"{self.directory.rstrip('/')}/{name}", "rb") as fh:
-                data: bytes = await fh.read()
+                data: bytes = await fh.read(-1 if limit is None else limit)
                 return data
         except (OSError, asyncssh.Error) as exc:
             await self.close()

@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass
 from typing import Any
 
-from pipeline.errors import ConnectorError, ValidationError
 from pipeline.log import get_logger
 
-from .base import Emitter, RecordMapper, Source, dead_letter, now_ms, raw_bytes
+from .base import Emitter, RecordMapper, Source, dead_letter, map_one, now_ms, raw_bytes, safe_text
 from .cursor_store import CursorStore
-from .http_client import SupplierHttp
-from .metrics import CONNECTOR_DEAD_LETTERS, CONNECTOR_DELTAS, LAST_POLL
+from .http_client import ResponseTooLarge, SupplierHttp
+from .metrics import CONNECTOR_DEAD_LETTERS, CONNECTOR_DELTAS, LAST_POLL, PAGINATION_STOPPED
+from .rest import PAGE_TOKEN_MAX, PageError
 from .retry import RetryableError
 
 log = get_logger(__name__)
@@ -33,6 +34,7 @@ class GraphqlOptions:
     query: str = DEFAULT_QUERY
     connection_path: str = "inventory"  # under `data`
     page_size: int = 100
+    max_pages_per_poll: int = 1000
     variables: tuple[tuple[str, str], ...] = ()  # extra fixed variables, e.g. supplierId
 
 
@@ -56,40 +58,117 @@ class GraphqlSource(Source):
     async def poll_once(self) -> int:
         state = self.store.get_cursor(self.key) or {}
         after: str | None = state.get("after")
+        cursors_seen: set[str] = {after} if after else set()
         emitted = 0
+        pages = 0
         while True:
             variables: dict[str, Any] = {"supplierId": self.supplier_id,
                                          **dict(self.options.variables),
                                          "after": after, "first": self.options.page_size}
-            response = await self.http.request(
-                "POST", self.options.url, json_body={"query": self.options.query,
-                                                     "variables": variables})
             try:
-                payload = json.loads(response.body)
-            except ValueError as exc:
-                raise ConnectorError(f"{self.options.url} sent a body that is not JSON") from exc
-            if payload.get("errors"):
+                response = await self.http.request(
+                    "POST", self.options.url, json_body={"query": self.options.query,
+                                                         "variables": variables})
+            except ResponseTooLarge as exc:
+                await self._page_failed(state, "response_too_large", str(exc), exc.head, after)
+                raise
+            pages += 1
+            payload = self._read(response.body)
+            if isinstance(payload, PageError):
+                await self._page_failed(state, payload.reason, str(payload), payload.original,
+                                        after)
+                raise payload
+            errors, connection = payload
+            if connection is None:
                 # Resolver errors are the supplier's transient trouble as often as not.
-                raise RetryableError(f"graphql errors: {payload['errors'][:3]}")
-            connection = (payload.get("data") or {}).get(self.options.connection_path)
-            if not isinstance(connection, dict):
-                raise ConnectorError(
-                    f"graphql: no connection at data.{self.options.connection_path}")
-            edges = connection.get("edges") or []
-            page_info = connection.get("pageInfo") or {}
+                raise RetryableError(f"graphql errors: {safe_text(errors[:3], 500)}")
+            edges = connection.get("edges")
+            page_info = connection.get("pageInfo")
+            if not isinstance(edges, list) or not isinstance(page_info, dict):
+                error = PageError("malformed_page", "graphql: edges is not a list or pageInfo "
+                                                    "not an object", response.body)
+                await self._page_failed(state, error.reason, str(error), error.original, after)
+                raise error
             deltas, dead = self._map_edges(edges, after)
+            if errors:
+                # Partial data: what came is used, the errors are kept for the operator.
+                dead.append(dead_letter(
+                    reason="graphql_error", message=safe_text(errors[:3], 1000),
+                    original=raw_bytes(errors), supplier_id=self.supplier_id,
+                    connector=self.kind, context={"url": self.options.url,
+                                                  "after": after or ""}))
             await self.emitter.emit(deltas, dead)
             emitted += len(deltas)
             CONNECTOR_DELTAS.labels(self.supplier_id, self.kind).inc(len(deltas))
             for d in dead:
                 CONNECTOR_DEAD_LETTERS.labels(self.supplier_id, self.kind, d["reason"]).inc()
-            end = page_info.get("endCursor")
-            if end:
-                after = str(end)
-                self.store.commit(self.key, cursor={"after": after})
-            if not page_info.get("hasNextPage") or not edges:
+            more = page_info.get("hasNextPage") is True and bool(edges)
+            # A cursor given again is a loop only when the supplier says there is more.
+            end = self._end_cursor(page_info.get("endCursor"),
+                                   cursors_seen if more else set(), pages)
+            if end is not None and end != after:
+                after = end
+                cursors_seen.add(end)
+                state = {"after": after}
+                self.store.commit(self.key, cursor=state)
+            if more and end is not None and pages >= self.options.max_pages_per_poll:
+                # Not a supplier fault: the next poll resumes from the stored cursor.
+                PAGINATION_STOPPED.labels(self.supplier_id, self.kind, "page_limit").inc()
+                more = False
+            if end is None or not more:
                 LAST_POLL.labels(self.supplier_id).set_to_current_time()
                 return emitted
+
+    def _read(self, body: bytes) -> tuple[list[Any], dict[str, Any] | None] | PageError:
+        """(errors, the connection or None), or the PageError of a body that is not one."""
+        try:
+            payload = json.loads(body)
+        except (ValueError, RecursionError) as exc:
+            return PageError("decode_error", f"{self.options.url} sent a body that is not "
+                                             f"JSON: {safe_text(exc, 200)}", body)
+        if not isinstance(payload, dict):
+            return PageError("malformed_page", "graphql: the response is not an object", body)
+        errors = payload.get("errors") or []
+        if not isinstance(errors, list):
+            errors = [errors]
+        data = payload.get("data")
+        connection = data.get(self.options.connection_path) if isinstance(data, dict) else None
+        if isinstance(connection, dict):
+            return errors, connection
+        if errors:
+            return errors, None
+        return PageError("malformed_page", "graphql: no connection at "
+                                           f"data.{self.options.connection_path}", body)
+
+    def _end_cursor(self, raw: Any, seen: set[str], pages: int) -> str | None:
+        """The cursor to store and continue from, or None (none given, or a loop)."""
+        if raw is None or raw == "":
+            return None
+        if not isinstance(raw, str | int) or isinstance(raw, bool) or \
+                len(str(raw)) > PAGE_TOKEN_MAX:
+            reason = "bad_token"
+        elif str(raw) in seen:
+            reason = "repeated_token"
+        else:
+            return safe_text(raw, PAGE_TOKEN_MAX)
+        PAGINATION_STOPPED.labels(self.supplier_id, self.kind, reason).inc()
+        log.warning("supplier pagination stopped", supplier=self.supplier_id,
+                    connector=self.kind, reason=reason, pages=pages,
+                    cursor=safe_text(raw, 80))
+        return None
+
+    async def _page_failed(self, state: dict[str, Any], reason: str, message: str,
+                           original: bytes, after: str | None) -> None:
+        """Dead-letter a response that cannot be read, once per distinct body at this cursor."""
+        fingerprint = hashlib.sha256(original[:65_536]).hexdigest()[:32]
+        if state.get("bad_page") == fingerprint:
+            return
+        await self.emitter.emit([], [dead_letter(
+            reason=reason, message=message, original=original, supplier_id=self.supplier_id,
+            connector=self.kind, context={"url": self.options.url, "after": after or ""})])
+        CONNECTOR_DEAD_LETTERS.labels(self.supplier_id, self.kind, reason).inc()
+        state["bad_page"] = fingerprint
+        self.store.commit(self.key, cursor=state)
 
     def _map_edges(self, edges: list[Any], after: str | None) -> tuple[list[dict[str, Any]],
                                                                        list[dict[str, Any]]]:
@@ -98,15 +177,15 @@ class GraphqlSource(Source):
         dead: list[dict[str, Any]] = []
         for index, edge in enumerate(edges):
             node = edge.get("node") if isinstance(edge, dict) else None
-            try:
-                delta = self.mapper.map(node if node is not None else edge, received_at=received)
-            except ValidationError as exc:
-                dead.append(dead_letter(
-                    reason=exc.code, message=exc.message, original=raw_bytes(edge),
-                    supplier_id=self.supplier_id, connector=self.kind,
-                    context={"url": self.options.url, "after": after or "", "index": str(index)}))
-                continue
-            deltas.setdefault(delta["event_id"], delta)
+            original = raw_bytes(edge)
+            delta, bad = map_one(self.mapper, node if node is not None else edge,
+                                 original=lambda o=original: o,
+                                 context={"url": self.options.url, "after": after or "",
+                                          "index": str(index)}, received_at=received)
+            if delta is not None:
+                deltas.setdefault(delta["event_id"], delta)
+            elif bad is not None:
+                dead.append(bad)
         return list(deltas.values()), dead
 
     async def close(self) -> None:

@@ -22,6 +22,19 @@ from .retry import Backoff, RetryableError
 log = get_logger(__name__)
 
 
+# Largest response body read, counted after decompression (a 300 KiB gzip response can
+# inflate to hundreds of MiB); a bigger one fails the request as `ResponseTooLarge`.
+DEFAULT_MAX_RESPONSE_BYTES = 16 * 1024 * 1024
+
+
+class ResponseTooLarge(ConnectorError):
+    """A supplier response was larger than the configured cap (after decompression)."""
+
+    def __init__(self, message: str, head: bytes) -> None:
+        super().__init__(message)
+        self.head = head
+
+
 @dataclass(frozen=True)
 class HttpResponse:
     status: int
@@ -48,7 +61,8 @@ class SupplierHttp:
                  backoff: Backoff, breaker: CircuitBreaker, timeout_s: float = 10.0,
                  headers: Mapping[str, str] | None = None,
                  sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
-                 rng: random.Random | None = None) -> None:
+                 rng: random.Random | None = None,
+                 max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES) -> None:
         self.supplier_id = supplier_id
         self.connector = connector
         self.limiter = limiter
@@ -56,6 +70,7 @@ class SupplierHttp:
         self.breaker = breaker
         self.timeout = aiohttp.ClientTimeout(total=timeout_s)
         self.headers = dict(headers or {})
+        self.max_response_bytes = max_response_bytes
         self._sleep = sleep
         self._rng = rng or random.Random()
         self._session: aiohttp.ClientSession | None = None
@@ -96,6 +111,7 @@ class SupplierHttp:
                 await self._sleep(delay)
                 continue
             except ConnectorError:
+                # A ResponseTooLarge too: the supplier is misbehaving, as for any error.
                 self.breaker.record_failure()
                 self._outcome("error")
                 raise
@@ -112,7 +128,7 @@ class SupplierHttp:
         try:
             async with session.request(method, url, params=params, headers=headers,
                                        json=json_body) as resp:
-                body = await resp.read()
+                body = await self._read_capped(resp, method, url)
                 result = HttpResponse(resp.status, resp.headers.copy(), body)
         except TimeoutError as exc:
             raise RetryableError(f"{method} {url} timed out") from exc
@@ -125,6 +141,27 @@ class SupplierHttp:
             raise ConnectorError(f"{method} {url} answered {result.status}: "
                                  f"{result.body[:200]!r}")
         return result
+
+    async def _read_capped(self, resp: aiohttp.ClientResponse, method: str, url: str) -> bytes:
+        """The body, decompressed, refused once it passes `max_response_bytes`."""
+        cap = self.max_response_bytes
+        declared = resp.content_length
+        if declared is not None and declared > cap and \
+                not resp.headers.get("Content-Encoding"):
+            raise ResponseTooLarge(f"{method} {url}: response of {declared} bytes exceeds "
+                                   f"the {cap}-byte cap", b"")
+        chunks: list[bytes] = []
+        size = 0
+        # iter_chunked yields decompressed bytes: the cap bounds memory, not the wire size.
+        async for chunk in resp.content.iter_chunked(65_536):
+            size += len(chunk)
+            if size > cap:
+                head = b"".join(chunks)[:4096]
+                resp.close()
+                raise ResponseTooLarge(f"{method} {url}: response larger than the {cap}-byte "
+                                       "cap (after decompression)", head)
+            chunks.append(chunk)
+        return b"".join(chunks)
 
     async def close(self) -> None:
         if self._session is not None:

@@ -48,3 +48,9 @@ LAST_POLL = Gauge(
     "When a supplier feed last completed a poll or delivery",
     ["supplier"],
 )
+PAGINATION_STOPPED = Counter(
+    "stockflow_connector_pagination_stopped_total",
+    "Page walks a connector ended early: repeated_token (the supplier sent a cursor or token "
+    "again), page_limit (more pages than one poll may walk)",
+    ["supplier", "connector", "reason"],
+)

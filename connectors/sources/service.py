@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import ssl
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -48,13 +49,17 @@ def http_for(cfg: RestSupplier | GraphqlSupplier, environ: Mapping[str, str],
     if cfg.credentials.bearer is not None:
         token = cfg.credentials.bearer.resolve(environ, environment=environment)
         headers["Authorization"] = f"Bearer {token}"
+    if urlsplit(cfg.endpoint).scheme != "https":
+        log.warning("plain http endpoint: requests and credentials travel unencrypted",
+                    supplier=cfg.id, endpoint=cfg.endpoint,
+                    credentials=cfg.credentials.bearer is not None)
     return SupplierHttp(
         cfg.id, cfg.kind,
         limiter=TokenBucket(cfg.rate_limit.per_second, cfg.rate_limit.burst),
         backoff=Backoff(cfg.retry.base_s, cfg.retry.cap_s, cfg.retry.max_attempts),
         breaker=CircuitBreaker(cfg.id, failure_threshold=cfg.circuit_breaker.failure_threshold,
                                reset_timeout_s=cfg.circuit_breaker.reset_timeout_s),
-        timeout_s=cfg.timeout_s, headers=headers)
+        timeout_s=cfg.timeout_s, headers=headers, max_response_bytes=cfg.max_response_bytes)
 
 
 def folder_for(cfg: CsvSupplier, environ: Mapping[str, str], environment: str) -> DropFolder:
@@ -65,16 +70,19 @@ def folder_for(cfg: CsvSupplier, environ: Mapping[str, str], environment: str) -
     password = cfg.credentials.password.resolve(environ, environment=environment)
     directory = url.path or ("/" if cfg.kind == "ftp" else ".")
     if cfg.kind == "ftp":
+        context = ssl.create_default_context(cafile=str(cfg.ca_file) if cfg.ca_file else None)
         return FtpFolder(url.hostname or "127.0.0.1", url.port or 21,
                          user=cfg.credentials.username, password=password, directory=directory,
-                         timeout_s=cfg.timeout_s)
+                         timeout_s=cfg.timeout_s, tls=cfg.tls, ssl_context=context)
     return SftpFolder(url.hostname or "127.0.0.1", url.port or 22,
                       user=cfg.credentials.username, password=password, directory=directory,
-                      known_hosts=cfg.known_hosts, timeout_s=cfg.timeout_s)
+                      known_hosts=cfg.known_hosts,
+                      verify_host_key=not cfg.insecure_skip_host_key_check,
+                      timeout_s=cfg.timeout_s)
 
 
 def build_source(cfg: SupplierConfig, *, emitter: Emitter, store: CursorStore,
-                 environ: Mapping[str, str], environment: str = "development") -> Source:
+                 environ: Mapping[str, str], environment: str = "production") -> Source:
     """The polling source of one supplier (webhook suppliers are served by the receiver)."""
     mapper = mapper_for(cfg, cfg.kind)
     interval = cfg.schedule.interval_s
@@ -92,10 +100,14 @@ def build_source(cfg: SupplierConfig, *, emitter: Emitter, store: CursorStore,
         return GraphqlSource(cfg.id, options=gql, http=http_for(cfg, environ, environment),
                              mapper=mapper, emitter=emitter, store=store, interval_s=interval)
     if isinstance(cfg, CsvSupplier):
-        csv_options = CsvOptions(pattern=cfg.pattern, encodings=tuple(cfg.encodings),
+        csv_options = CsvOptions(pattern=cfg.pattern, encoding=cfg.encoding,
                                  delimiter=cfg.delimiter, stable_s=cfg.stable_s,
                                  on_missing=cfg.on_missing,
-                                 max_missing_ratio=cfg.max_missing_ratio)
+                                 max_missing_ratio=cfg.max_missing_ratio,
+                                 min_size_ratio=cfg.min_size_ratio,
+                                 require_trailer=cfg.require_trailer,
+                                 require_final_newline=cfg.require_final_newline,
+                                 max_file_bytes=cfg.max_file_bytes)
         return CsvDropSource(cfg.id, connector=cfg.kind,
                              folder=folder_for(cfg, environ, environment), mapper=mapper,
                              emitter=emitter, store=store, options=csv_options,
@@ -105,7 +117,7 @@ def build_source(cfg: SupplierConfig, *, emitter: Emitter, store: CursorStore,
 
 def build_webhook_receiver(config: SuppliersFile, suppliers: Sequence[SupplierConfig], *,
                            emitter: Emitter, environ: Mapping[str, str],
-                           environment: str = "development") -> WebhookReceiver | None:
+                           environment: str = "production") -> WebhookReceiver | None:
     endpoints = {
         s.id: WebhookEndpoint(s.id, s.credentials.secret.resolve(
             environ, environment=environment).encode(), mapper_for(s, "webhook"),
@@ -116,14 +128,14 @@ def build_webhook_receiver(config: SuppliersFile, suppliers: Sequence[SupplierCo
         return None
     rc = config.webhook_receiver
     return WebhookReceiver(endpoints, emitter, max_body_bytes=rc.max_body_bytes,
-                           tolerance_s=rc.tolerance_s)
+                           tolerance_s=rc.tolerance_s, max_events=rc.max_events)
 
 
 class ConnectorService:
     """Every enabled supplier of a suppliers file (or one), polling and receiving, until stop."""
 
     def __init__(self, config: SuppliersFile, *, emitter: Emitter, store: CursorStore,
-                 environ: Mapping[str, str], environment: str = "development",
+                 environ: Mapping[str, str], environment: str = "production",
                  only: str | None = None) -> None:
         chosen = [config.supplier(only)] if only else [s for s in config.suppliers if s.enabled]
         self.config = config

@@ -14,15 +14,14 @@ import hmac
 import json
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
 
-from pipeline.errors import ValidationError
 from pipeline.log import get_logger
 
-from .base import Emitter, RecordMapper, dead_letter, now_ms, raw_bytes
+from .base import Emitter, RecordMapper, dead_letter, map_one, now_ms, raw_bytes, safe_text
 from .metrics import CONNECTOR_DEAD_LETTERS, CONNECTOR_DELTAS, LAST_POLL, WEBHOOK_REJECTED
 
 log = get_logger(__name__)
@@ -37,12 +36,16 @@ def webhook_signature(secret: bytes, timestamp: int, body: bytes) -> str:
     return f"sha256={digest}"
 
 
+class TooManyEvents(Exception):
+    """One request carries more events than the receiver accepts at once."""
+
+
 @dataclass(frozen=True)
 class WebhookSupplier:
     """One supplier's endpoint: its shared secret, mapping and where its events are."""
 
     supplier_id: str
-    secret: bytes
+    secret: bytes = field(repr=False)  # never in a log line or a traceback
     mapper: RecordMapper
     events_path: str = "events"
 
@@ -54,10 +57,14 @@ class WebhookReceiver:
 
     def __init__(self, suppliers: Mapping[str, WebhookSupplier], emitter: Emitter, *,
                  max_body_bytes: int = 1_048_576, tolerance_s: int = 300,
+                 max_events: int = 1000,
                  clock: Callable[[], float] = time.time) -> None:
         self.suppliers = dict(suppliers)
         self.emitter = emitter
         self.max_body_bytes = max_body_bytes
+        # More events than this in one request is refused (413) before any is mapped: a
+        # signed 1 MB body of tiny bad events must not become 250,000 dead letters.
+        self.max_events = max_events
         self.tolerance_s = tolerance_s
         self._clock = clock
         self._runner: web.AppRunner | None = None
@@ -72,10 +79,12 @@ class WebhookReceiver:
     async def _health(self, _request: web.Request) -> web.Response:
         return web.json_response({"ok": True})
 
-    def _reject(self, supplier_id: str, reason: str, status: int) -> web.Response:
+    def _reject(self, supplier_id: str, reason: str, status: int,
+                detail: str | None = None) -> web.Response:
         WEBHOOK_REJECTED.labels(supplier_id, reason).inc()
         log.warning("webhook rejected", supplier=supplier_id, reason=reason, status=status)
-        return web.json_response({"error": reason}, status=status)
+        body = {"error": reason, **({"detail": detail} if detail else {})}
+        return web.json_response(body, status=status)
 
     async def handle(self, request: web.Request) -> web.Response:
         supplier_id = request.match_info["supplier_id"]
@@ -94,12 +103,16 @@ class WebhookReceiver:
             return self._reject(supplier_id, "bad_signature", 401)
         expected = webhook_signature(supplier.secret, timestamp, body)
         given = request.headers.get(SIGNATURE_HEADER, "")
-        if not hmac.compare_digest(expected.encode(), given.encode()):
+        # backslashreplace: a header with non-ASCII bytes is a bad signature, not a 500.
+        if not hmac.compare_digest(expected.encode(), given.encode("utf-8", "backslashreplace")):
             return self._reject(supplier_id, "bad_signature", 401)
         if abs(self._clock() - timestamp) > self.tolerance_s:
             return self._reject(supplier_id, "expired", 401)
 
-        deltas, dead = self._map(supplier, body)
+        try:
+            deltas, dead = self._map(supplier, body)
+        except TooManyEvents as exc:
+            return self._reject(supplier_id, "too_many_events", 413, detail=str(exc))
         try:
             await self.emitter.emit(deltas, dead)
         except Exception as exc:  # Kafka did not acknowledge: the supplier must redeliver
@@ -114,27 +127,34 @@ class WebhookReceiver:
 
     def _map(self, supplier: WebhookSupplier, body: bytes) -> tuple[list[dict[str, Any]],
                                                                     list[dict[str, Any]]]:
+        """Deltas and dead letters of one signed body; never raises for bad content (only
+        TooManyEvents, answered 413)."""
         sid = supplier.supplier_id
         try:
             payload = json.loads(body)
-        except ValueError as exc:
-            return [], [dead_letter(reason="decode_error", message=f"body is not JSON: {exc}",
+        except (ValueError, RecursionError) as exc:
+            return [], [dead_letter(reason="decode_error",
+                                    message=f"body is not JSON: {safe_text(exc, 200)}",
                                     original=body, supplier_id=sid, connector=self.kind)]
         events = payload.get(supplier.events_path) if isinstance(payload, dict) else None
         if not isinstance(events, list):
             return [], [dead_letter(reason="malformed_record",
                                     message=f"no list of events at {supplier.events_path!r}",
                                     original=body, supplier_id=sid, connector=self.kind)]
+        if len(events) > self.max_events:
+            raise TooManyEvents(f"{len(events)} events in one request; at most "
+                                f"{self.max_events}")
         received = now_ms()
         deltas: list[dict[str, Any]] = []
         dead: list[dict[str, Any]] = []
         for index, event in enumerate(events):
-            try:
-                deltas.append(supplier.mapper.map(event, received_at=received))
-            except ValidationError as exc:
-                dead.append(dead_letter(reason=exc.code, message=exc.message,
-                                        original=raw_bytes(event), supplier_id=sid,
-                                        connector=self.kind, context={"index": str(index)}))
+            delta, bad = map_one(supplier.mapper, event,
+                                 original=lambda e=event: raw_bytes(e),
+                                 context={"index": str(index)}, received_at=received)
+            if delta is not None:
+                deltas.append(delta)
+            elif bad is not None:
+                dead.append(bad)
         return deltas, dead
 
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> int:

@@ -97,7 +97,9 @@ def demo(
 
     log_dir = settings.stack_dir / "demo"
     log_dir.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, "STOCKFLOW_SUPPLIERS_CONFIG": str(config)}
+    # The demo suppliers file's secrets are public defaults, accepted only in development.
+    env = {**os.environ, "STOCKFLOW_SUPPLIERS_CONFIG": str(config),
+           "STOCKFLOW_ENVIRONMENT": os.environ.get("STOCKFLOW_ENVIRONMENT", "development")}
     commands = {
         "worker": ["worker"],
         "simulator": ["simulate", "--config", str(config)],

@@ -104,7 +104,10 @@ def test_timestamps_in_any_supplier_unit(value: object, unit: str, expected: int
     assert parse_timestamp_ms(value, unit) == expected
 
 
-def test_text_decoding_strips_a_bom_and_falls_back_to_latin_1() -> None:
-    encodings = ("utf-8-sig", "latin-1")
-    assert decode_text(b"\xef\xbb\xbfsku;qty", encodings) == ("sku;qty", "utf-8-sig")
-    assert decode_text("Café".encode("latin-1"), encodings) == ("Café", "latin-1")
+def test_text_decoding_is_strict_in_the_one_configured_encoding() -> None:
+    assert decode_text(b"\xef\xbb\xbfsku;qty", "utf-8-sig") == "sku;qty"
+    assert decode_text("Café".encode("latin-1"), "latin-1") == "Café"
+    # No fallback: one stray byte in a UTF-8 file is a decode error, not latin-1 text.
+    with pytest.raises(ValidationError) as caught:
+        decode_text("Café".encode("latin-1"), "utf-8-sig")
+    assert caught.value.code == "decode_error"
