@@ -21,7 +21,7 @@ from pipeline.metrics import SINK_ERRORS, SINK_RETRIES
 
 if TYPE_CHECKING:
     from cassandra.cluster import Cluster, ResponseFuture, Session
-    from cassandra.query import BatchStatement, PreparedStatement
+    from cassandra.query import BatchStatement, BoundStatement, PreparedStatement
 
     from pipeline.settings import Settings
 
@@ -150,6 +150,12 @@ class PreparedInsert:
 
     def __init__(self, statement: Any, partition_columns: int, *, keyspace: str, query_id: bytes,
                  serializers: Sequence[Serializer], protocol_version: int) -> None:
+        from cassandra.query import BatchStatement, BatchType, BoundStatement
+
+        # Imported once, not per request.
+        self._batch_class = BatchStatement
+        self._bound_class = BoundStatement
+        self._unlogged = BatchType.UNLOGGED
         self.statement = statement
         self.partition_columns = partition_columns
         self.keyspace = keyspace
@@ -203,11 +209,17 @@ class PreparedInsert:
                         f"{value!r:.80} ({error})")
         return str(exc)
 
+    def request(self, rows: Sequence[tuple[Any, ...]]) -> BoundStatement | BatchStatement:
+        """The request writing `rows` (all of one partition): the row itself when alone."""
+        if len(rows) == 1:
+            bound = self._bound_class(self.statement)
+            bound.values = self.bind(rows[0])  # routing key and idempotence come with it
+            return bound
+        return self.batch(rows)
+
     def batch(self, rows: Sequence[tuple[Any, ...]]) -> BatchStatement:
         """One UNLOGGED batch of `rows`, which must all belong to one partition."""
-        from cassandra.query import BatchStatement, BatchType
-
-        batch = BatchStatement(BatchType.UNLOGGED)
+        batch = self._batch_class(self._unlogged)
         batch.is_idempotent = True
         # BatchStatement.add(prepared, params) would run PreparedStatement.bind again.
         add = batch._add_statement_and_params
@@ -659,7 +671,7 @@ class CassandraSink:
     def _execute(self, request: PartitionBatch) -> ResponseFuture:
         insert, rows = request
         # No driver timeout: the window's watchdog times the requests out (see _InFlightWindow).
-        return self.session.execute_async(insert.batch(rows), timeout=None)
+        return self.session.execute_async(insert.request(rows), timeout=None)
 
     async def _write(self, requests: Sequence[PartitionBatch]) -> None:
         loop = asyncio.get_running_loop()

@@ -14,7 +14,7 @@ from cassandra import InvalidRequest, OperationTimedOut, WriteTimeout
 from cassandra.cluster import NoHostAvailable
 from cassandra.cqltypes import BooleanType, DateType, Int32Type, LongType, UTF8Type
 from cassandra.protocol import ColumnMetadata
-from cassandra.query import BatchStatement, BatchType, PreparedStatement
+from cassandra.query import BatchStatement, BatchType, BoundStatement, PreparedStatement
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -215,6 +215,13 @@ def test_batches_bind_the_same_bytes_and_routing_key_as_the_driver() -> None:
     requests = sink.requests_for(updates)
     assert sum(len(rows) for _insert, rows in requests) == 6 + 40 + 40  # 6 availability keys
     for insert, rows in requests:
+        request = insert.request(rows)
+        if len(rows) == 1:  # a row alone goes as itself
+            assert isinstance(request, BoundStatement)
+            expected = insert.statement.bind(rows[0])
+            assert (request.values, request.routing_key, request.keyspace) == (
+                expected.values, expected.routing_key, "ks")
+            assert request.is_idempotent
         batch = insert.batch(rows)
         assert batch.batch_type == BatchType.UNLOGGED and batch.is_idempotent
         assert len(batch) == len(rows) <= 3
@@ -279,6 +286,15 @@ class FakeFuture:
 HANG = TimeoutError("never answered")
 
 
+def sent_rows(request: BoundStatement | BatchStatement) -> list[tuple[bytes, tuple[Any, ...]]]:
+    """(query id, values) of each row of a request the sink sent."""
+    if isinstance(request, BoundStatement):
+        return [(request.prepared_statement.query_id, decoded(request.values))]
+    assert request.batch_type == BatchType.UNLOGGED and len(request) > 1
+    return [(query_id, decoded(values))
+            for _prepared, query_id, values in request._statements_and_parameters]
+
+
 class FakeSession:
     def __init__(self, fail: Any = None) -> None:
         self.lock = threading.Lock()
@@ -294,10 +310,8 @@ class FakeSession:
     def outcome(self, rows: list[tuple[bytes, tuple[Any, ...]]]) -> BaseException | None:
         return self._fail(self.calls, rows) if self._fail else None
 
-    def execute_async(self, request: BatchStatement, timeout: Any = "default") -> FakeFuture:
-        assert request.batch_type == BatchType.UNLOGGED
-        rows = [(query_id, decoded(values))
-                for _prepared, query_id, values in request._statements_and_parameters]
+    def execute_async(self, request: Any, timeout: Any = "default") -> FakeFuture:
+        rows = sent_rows(request)
         with self.lock:
             self.calls += 1
             self.in_flight += 1
@@ -307,11 +321,12 @@ class FakeSession:
         return FakeFuture(self, rows)
 
 
-def fake_insert(name: str, columns: int, partition: int) -> PreparedInsert:
+def fake_insert(name: str, columns: tuple[str, ...], partition: int) -> PreparedInsert:
     # Values serialized as their repr: the fake session reads them back as given.
-    return PreparedInsert(name, partition, keyspace="ks", query_id=name.encode(),
+    statement = prepared_statement(name, columns, [UTF8Type] * (len(columns) + 1), partition)
+    return PreparedInsert(statement, partition, keyspace="ks", query_id=statement.query_id,
                           serializers=[lambda value, _version: repr(value).encode()]
-                          * (columns + 1),
+                          * (len(columns) + 1),
                           protocol_version=5)
 
 
@@ -323,18 +338,19 @@ def fake_sink(session: FakeSession, max_in_flight: int, **kwargs: Any) -> Cassan
     kwargs = {"retry_base_delay_s": 0.001, "max_retry_delay_s": 0.01, **kwargs}
     sink = CassandraSink(keyspace="ks", max_in_flight=max_in_flight, **kwargs)
     sink._session = session  # type: ignore[assignment]
-    sink._insert_availability = fake_insert("availability", len(_AVAILABILITY_COLUMNS), 1)
-    sink._insert_stock = fake_insert("stock", len(_STOCK_COLUMNS), 2)
-    sink._insert_history = fake_insert("history", len(_HISTORY_COLUMNS), 2)
+    sink._insert_availability = fake_insert("availability", _AVAILABILITY_COLUMNS, 1)
+    sink._insert_stock = fake_insert("stock", _STOCK_COLUMNS, 2)
+    sink._insert_history = fake_insert("history", _HISTORY_COLUMNS, 2)
     sink._buckets = 16
     return sink
 
 
 def expected_rows(sink: CassandraSink, updates: list[dict[str, Any]]) -> list[str]:
-    return sorted(repr((stmt.encode(), params)) for stmt, params in sink.statements_for(updates))
+    return sorted(repr((stmt.query_id, params))
+                  for stmt, params in sink.statements_for(updates))
 
 
-PARTITION_COLUMNS = {b"availability": 1, b"stock": 2, b"history": 2}
+PARTITION_COLUMNS = {b"id-availability": 1, b"id-stock": 2, b"id-history": 2}
 
 
 async def test_rows_go_out_as_one_batch_per_partition_chunk_never_mixing_partitions() -> None:
@@ -442,10 +458,9 @@ async def test_an_encoding_error_raised_by_execute_async_is_fatal() -> None:
 class InlineSession(FakeSession):
     """Every future is complete before add_callbacks: callbacks run inline, in this thread."""
 
-    def execute_async(self, request: BatchStatement, timeout: Any = "default") -> Any:
+    def execute_async(self, request: Any, timeout: Any = "default") -> Any:
         session = self
-        rows = [(query_id, decoded(values))
-                for _prepared, query_id, values in request._statements_and_parameters]
+        rows = sent_rows(request)
 
         class Done:
             def add_callbacks(self, callback: Any, errback: Any,
