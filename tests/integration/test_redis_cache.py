@@ -275,6 +275,29 @@ async def test_batch_coalesces_counts_keys_and_sets_ttl(cache: RedisCache) -> No
 
 
 @requires_redis
+async def test_a_batch_is_one_round_trip_of_evalsha_calls(
+        cache: RedisCache, monkeypatch: pytest.MonkeyPatch) -> None:
+    """apply_batch sends one pipeline: one write to the socket, one EVALSHA per platform SKU."""
+    from redis.asyncio.connection import AbstractConnection
+
+    batch = [change(f"P{i % 300}", f"s{i % 7}", 1 + i // 2100, i) for i in range(3000)]
+    await cache.apply_batch(batch[:10])  # loads the script if this Redis lacks it (NOSCRIPT)
+    sent: list[bytes] = []
+    original = AbstractConnection.send_packed_command
+
+    async def counting(self: Any, command: Any, check_health: bool = True) -> None:
+        chunks = [command] if isinstance(command, (bytes, str)) else list(command)
+        sent.append(b"".join(c if isinstance(c, bytes) else c.encode() for c in chunks))
+        await original(self, command, check_health)
+
+    monkeypatch.setattr(AbstractConnection, "send_packed_command", counting)
+    assert await cache.apply_batch(batch) == 300
+    assert len(sent) == 1, f"{len(sent)} round trips for one batch"
+    assert sent[0].count(b"\r\nEVALSHA\r\n") == 300  # one script call per platform SKU
+    assert b"\r\nEVAL\r\n" not in sent[0]  # the script text is never resent
+
+
+@requires_redis
 async def test_odd_skus_get_their_own_keys(cache: RedisCache) -> None:
     skus = ['a "quoted" sku', "a b", "a%20b", "{tag}x", "é/ü:ß", "🙂", "x*?[]"]
     await cache.apply_batch([change(s, "sup", 1, i + 1) for i, s in enumerate(skus)])
