@@ -8,8 +8,14 @@ checked too (`bool` is not an `int`, `5.0` is not a quantity).
 The rules are checked in a fixed order (types, ids, key, enums, numbers, timestamps, optional
 fields), so a record that breaks several rules always gets the same reason code.
 
-`now_ms` is the reference clock for the future-timestamp rule. Pass the Kafka timestamp of the
-record (not the wall clock) so that a replay of the log takes exactly the same decisions.
+`now_ms` is the reference clock for the future-timestamp and sparse-sequence rules. Pass the
+Kafka timestamp of the record (not the wall clock) so that a replay of the log takes exactly the
+same decisions.
+
+`dead_letter` builds the DeadLetter of a rejected record. Its size is bounded
+(`DEAD_LETTER_MAX_BYTES` encoded) whatever the input, so that it always fits under Kafka's
+1,000,000-byte send limit: the original value and key are cut (never dropped) and the context
+says so with their original sizes.
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ MISSING_FIELD = "missing_field"  # a required field is absent or null
 BAD_SUPPLIER_ID = "bad_supplier_id"
 BAD_SKU = "bad_sku"
 BAD_EVENT_ID = "bad_event_id"
+MISSING_KEY = "missing_key"  # the Kafka record has no key: per-key ordering is void
 KEY_MISMATCH = "key_mismatch"  # the Kafka key is not supplier_id|sku
 BAD_ENUM = "bad_enum"  # kind or status is not a known symbol
 BAD_SEQUENCE = "bad_sequence"
@@ -48,6 +55,7 @@ REASON_CODES: tuple[str, ...] = (
     BAD_SUPPLIER_ID,
     BAD_SKU,
     BAD_EVENT_ID,
+    MISSING_KEY,
     KEY_MISMATCH,
     BAD_ENUM,
     BAD_SEQUENCE,
@@ -68,8 +76,19 @@ STOCK_STATUSES: frozenset[str] = frozenset({"ACTIVE", "DISCONTINUED"})
 KEY_SEPARATOR = "|"
 AVRO_LONG_MAX = 2**63 - 1
 _MESSAGE_VALUE_CHARS = 80  # how much of an offending value a message quotes
-_DEAD_LETTER_TEXT_CHARS = 256  # best-effort ids in a DeadLetter are cut to this
+
+# --- DeadLetter bounds ----------------------------------------------------------------------
+# Kafka refuses a record over 1,000,000 bytes (key and value) by default; a dead letter that
+# cannot be sent used to fail the whole batch, and the record was then committed past. Every
+# field is cut so the encoded DeadLetter stays under DEAD_LETTER_MAX_BYTES (the unit tests
+# check the worst case), and its Kafka key (`dead_letter_key`) under DEAD_LETTER_KEY_MAX_BYTES.
+DEAD_LETTER_ORIGINAL_MAX_BYTES = 64 * 1024
+DEAD_LETTER_KEY_MAX_BYTES = 1024  # a valid key is at most 64 + 1 + 128 * 4 = 577 bytes
+DEAD_LETTER_MAX_BYTES = 128 * 1024
+_DEAD_LETTER_TEXT_CHARS = 256  # ids, topic, reason and context keys are cut to this
 _DEAD_LETTER_MESSAGE_CHARS = 1000
+_DEAD_LETTER_CONTEXT_VALUE_CHARS = 512
+_DEAD_LETTER_CONTEXT_ENTRIES = 16  # from the caller; the truncation notes come on top
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,7 +111,30 @@ class ValidationLimits:
 DEFAULT_LIMITS = ValidationLimits()
 
 _SUPPLIER_ID_RE = re.compile(r"[A-Za-z0-9._-]+")
-_CURRENCY_RE = re.compile(r"[A-Z]{3}")
+# ISO 4217 list one (the active codes) as published 2024-06-25, plus XCG (in use since
+# 2025-03-31). Not XTS (reserved for testing) nor XXX ("no currency"): a price needs a currency.
+# A code withdrawn later stays here until its records are out of the log, so a replay decides
+# as the first run did; changing this set is a contract change (docs/contract.md).
+# fmt: off
+ISO_4217_CURRENCIES: frozenset[str] = frozenset(
+    {
+        "AED", "AFN", "ALL", "AMD", "ANG", "AOA", "ARS", "AUD", "AWG", "AZN", "BAM", "BBD", "BDT",
+        "BGN", "BHD", "BIF", "BMD", "BND", "BOB", "BOV", "BRL", "BSD", "BTN", "BWP", "BYN", "BZD",
+        "CAD", "CDF", "CHE", "CHF", "CHW", "CLF", "CLP", "CNY", "COP", "COU", "CRC", "CUC", "CUP",
+        "CVE", "CZK", "DJF", "DKK", "DOP", "DZD", "EGP", "ERN", "ETB", "EUR", "FJD", "FKP", "GBP",
+        "GEL", "GHS", "GIP", "GMD", "GNF", "GTQ", "GYD", "HKD", "HNL", "HTG", "HUF", "IDR", "ILS",
+        "INR", "IQD", "IRR", "ISK", "JMD", "JOD", "JPY", "KES", "KGS", "KHR", "KMF", "KPW", "KRW",
+        "KWD", "KYD", "KZT", "LAK", "LBP", "LKR", "LRD", "LSL", "LYD", "MAD", "MDL", "MGA", "MKD",
+        "MMK", "MNT", "MOP", "MRU", "MUR", "MVR", "MWK", "MXN", "MXV", "MYR", "MZN", "NAD", "NGN",
+        "NIO", "NOK", "NPR", "NZD", "OMR", "PAB", "PEN", "PGK", "PHP", "PKR", "PLN", "PYG", "QAR",
+        "RON", "RSD", "RUB", "RWF", "SAR", "SBD", "SCR", "SDG", "SEK", "SGD", "SHP", "SLE", "SOS",
+        "SRD", "SSP", "STN", "SVC", "SYP", "SZL", "THB", "TJS", "TMT", "TND", "TOP", "TRY", "TTD",
+        "TWD", "TZS", "UAH", "UGX", "USD", "USN", "UYI", "UYU", "UYW", "UZS", "VED", "VES", "VND",
+        "VUV", "WST", "XAF", "XAG", "XAU", "XBA", "XBB", "XBC", "XBD", "XCD", "XCG", "XDR", "XOF",
+        "XPD", "XPF", "XPT", "XSU", "XUA", "YER", "ZAR", "ZMW", "ZWG",
+    }
+)
+# fmt: on
 # Plain decimal notation only: no sign, no exponent, no "NaN"; [0-9] because \d is Unicode.
 _PRICE_RE = re.compile(r"[0-9]+(?:\.[0-9]+)?")
 
@@ -238,12 +280,17 @@ def validate_delta(
             f"event_id {_quote(d['event_id'])} must be 1..{limits.max_event_id_length} "
             "printable characters",
         )
-    if key is not None:
-        expected = delta_key(d["supplier_id"], d["sku"])
-        if key != expected:
-            raise ValidationError(
-                KEY_MISMATCH, f"key {_quote(key)} is not supplier_id|sku {_quote(expected)}"
-            )
+    if key is None:
+        # Without a key the producer's partitioner scatters one SKU's events over partitions:
+        # their order, on which staleness and adjustments depend, is lost.
+        raise ValidationError(
+            MISSING_KEY, "the record has no Kafka key; it must be supplier_id|sku"
+        )
+    expected = delta_key(d["supplier_id"], d["sku"])
+    if key != expected:
+        raise ValidationError(
+            KEY_MISMATCH, f"key {_quote(key)} is not supplier_id|sku {_quote(expected)}"
+        )
     if d["kind"] not in DELTA_KINDS:
         raise ValidationError(
             BAD_ENUM, f"kind {_quote(d['kind'])} is not one of {sorted(DELTA_KINDS)}"
@@ -256,6 +303,17 @@ def validate_delta(
     sequence = d["sequence"]
     if not 1 <= sequence <= AVRO_LONG_MAX:
         raise ValidationError(BAD_SEQUENCE, f"sequence {sequence} must be between 1 and 2^63-1")
+    # A sparse sequence is a timestamp in microseconds: one from the future would make every
+    # later event of the SKU stale (2^63-1: for ever, and a replay would do it again). It gets
+    # the clock skew observed_at gets. A dense counter (< 10^12) is always far below the bound:
+    # the record's time is after 2000-01-01 (observed_at), 9.5 * 10^14 us.
+    max_sequence = (now_ms + limits.max_future_ms) * 1000
+    if sequence > max_sequence:
+        raise ValidationError(
+            BAD_SEQUENCE,
+            f"sequence {sequence} is a timestamp in us more than {limits.max_future_ms} ms "
+            f"after the record's time {now_ms} ms (at most {max_sequence})",
+        )
 
     quantity = d["quantity"]
     if d["kind"] == "SNAPSHOT":
@@ -278,10 +336,10 @@ def validate_delta(
         _check_price(d["price"], limits)
     currency = d["currency"]
     if currency is not None and (
-        not isinstance(currency, str) or _CURRENCY_RE.fullmatch(currency) is None
+        not isinstance(currency, str) or currency not in ISO_4217_CURRENCIES
     ):
         raise ValidationError(
-            BAD_CURRENCY, f"currency {_quote(currency)} must be three capital letters (ISO 4217)"
+            BAD_CURRENCY, f"currency {_quote(currency)} is not an active ISO 4217 code"
         )
     lead_time = d["lead_time_days"]
     if lead_time is not None and (
@@ -312,6 +370,11 @@ def _safe_text(value: str, limit: int) -> str:
     return value[:limit].encode("utf-8", "backslashreplace").decode("utf-8")[:limit]
 
 
+def dead_letter_key(key: bytes | None) -> bytes | None:
+    """The Kafka key of a dead letter: the original key, cut to DEAD_LETTER_KEY_MAX_BYTES."""
+    return None if key is None else bytes(key[:DEAD_LETTER_KEY_MAX_BYTES])
+
+
 def best_effort_ids(record: object) -> tuple[str | None, str | None]:
     """(supplier_id, event_id) of a record that failed validation, when they are strings."""
     if not isinstance(record, dict):
@@ -339,13 +402,35 @@ def dead_letter(
     event_id: str | None = None,
     context: dict[str, str] | None = None,
 ) -> dict[str, Any]:
-    """Build a DeadLetter record; untrusted text is cut and made encodable, bytes are kept whole."""
+    """Build a DeadLetter record; every field is cut and made encodable, so it stays bounded.
+
+    An original value over DEAD_LETTER_ORIGINAL_MAX_BYTES or key over DEAD_LETTER_KEY_MAX_BYTES
+    keeps its first bytes; the context then holds `original_truncated`/`original_size` (and
+    `original_key_truncated`/`original_key_size`). Context beyond its first
+    _DEAD_LETTER_CONTEXT_ENTRIES entries is counted in `context_dropped`.
+    """
+    notes: dict[str, str] = {}
+    if len(original) > DEAD_LETTER_ORIGINAL_MAX_BYTES:
+        notes["original_truncated"] = "true"
+        notes["original_size"] = str(len(original))
+    if original_key is not None and len(original_key) > DEAD_LETTER_KEY_MAX_BYTES:
+        notes["original_key_truncated"] = "true"
+        notes["original_key_size"] = str(len(original_key))
+    entries = list((context or {}).items())
+    if len(entries) > _DEAD_LETTER_CONTEXT_ENTRIES:
+        notes["context_dropped"] = str(len(entries) - _DEAD_LETTER_CONTEXT_ENTRIES)
+    kept = {
+        _safe_text(str(k), _DEAD_LETTER_TEXT_CHARS): _safe_text(
+            str(v), _DEAD_LETTER_CONTEXT_VALUE_CHARS
+        )
+        for k, v in entries[:_DEAD_LETTER_CONTEXT_ENTRIES]
+    }
     return {
-        "reason": reason,
+        "reason": _safe_text(reason, _DEAD_LETTER_TEXT_CHARS),
         "message": _safe_text(message, _DEAD_LETTER_MESSAGE_CHARS),
-        "original": bytes(original),
-        "original_key": None if original_key is None else bytes(original_key),
-        "source_topic": source_topic,
+        "original": bytes(original[:DEAD_LETTER_ORIGINAL_MAX_BYTES]),
+        "original_key": dead_letter_key(original_key),
+        "source_topic": _safe_text(source_topic, _DEAD_LETTER_TEXT_CHARS),
         "source_partition": source_partition,
         "source_offset": source_offset,
         "source_timestamp": source_timestamp,
@@ -353,11 +438,6 @@ def dead_letter(
         if supplier_id is None
         else _safe_text(supplier_id, _DEAD_LETTER_TEXT_CHARS),
         "event_id": None if event_id is None else _safe_text(event_id, _DEAD_LETTER_TEXT_CHARS),
-        "context": {
-            _safe_text(str(k), _DEAD_LETTER_TEXT_CHARS): _safe_text(
-                str(v), _DEAD_LETTER_MESSAGE_CHARS
-            )
-            for k, v in (context or {}).items()
-        },
+        "context": {**kept, **notes},  # the notes win over a caller's entry of the same name
         "failed_at": now_ms,
     }

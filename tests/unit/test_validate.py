@@ -41,9 +41,26 @@ def make_delta() -> Callable[..., dict[str, Any]]:
     return make
 
 
-def rejects(delta: dict[str, Any], *, key: bytes | None = None, now_ms: int = NOW) -> str:
+def own_key(delta: Any) -> bytes:
+    """The Kafka key a correct producer would send with this record."""
+    if not isinstance(delta, dict):
+        return b"s|k"
+    supplier_id, sku = delta.get("supplier_id"), delta.get("sku")
+    if not isinstance(supplier_id, str) or not isinstance(sku, str):
+        return b"s|k"
+    return f"{supplier_id}|{sku}".encode("utf-8", "surrogatepass")
+
+
+OWN_KEY: Any = object()  # rejects(): send the record's own supplier_id|sku as its key
+
+
+def accept(delta: dict[str, Any], *, now_ms: int = NOW, **kwargs: Any) -> dict[str, Any]:
+    return v.validate_delta(delta, key=own_key(delta), now_ms=now_ms, **kwargs)
+
+
+def rejects(delta: Any, *, key: bytes | None = OWN_KEY, now_ms: int = NOW) -> str:
     with pytest.raises(ValidationError) as info:
-        v.validate_delta(delta, key=key, now_ms=now_ms)
+        v.validate_delta(delta, key=own_key(delta) if key is OWN_KEY else key, now_ms=now_ms)
     assert info.value.code in v.REASON_CODES
     assert info.value.message
     return info.value.code
@@ -68,7 +85,7 @@ def test_normalisation_fills_defaults_and_drops_unknown_fields() -> None:
         "observed_at": NOW,
         "extra": "ignored",
     }
-    out = v.validate_delta(minimal, key=None, now_ms=NOW)
+    out = accept(minimal)
     assert out == {
         **{k: val for k, val in minimal.items() if k != "extra"},
         "price": None,
@@ -90,7 +107,7 @@ def test_reason_codes_are_unique_and_include_decode_error() -> None:
 
 @pytest.mark.parametrize("supplier_id", ["a", "A-b_c.9", "x" * 64])
 def test_supplier_id_accepted(make_delta: Callable[..., dict[str, Any]], supplier_id: str) -> None:
-    assert v.validate_delta(make_delta(supplier_id=supplier_id), key=None, now_ms=NOW)
+    assert accept(make_delta(supplier_id=supplier_id))
 
 
 @pytest.mark.parametrize(
@@ -145,24 +162,39 @@ def test_event_id_rejected(make_delta: Callable[..., dict[str, Any]], event_id: 
 
 
 def test_event_id_may_hold_any_printable_text(make_delta: Callable[..., dict[str, Any]]) -> None:
-    out = v.validate_delta(make_delta(event_id="e|1 'x' ü" + "e" * 119), key=None, now_ms=NOW)
+    out = accept(make_delta(event_id="e|1 'x' ü" + "e" * 119))
     assert len(out["event_id"]) == 128
 
 
-@pytest.mark.parametrize("sequence", [0, -1, 2**63])
+MAX_SPARSE = (NOW + v.DEFAULT_LIMITS.max_future_ms) * 1000  # the record's time + skew, in us
+
+
+@pytest.mark.parametrize("sequence", [0, -1, 2**63, 2**63 - 1, MAX_SPARSE + 1, NOW * 1000 * 2])
 def test_sequence_rejected(make_delta: Callable[..., dict[str, Any]], sequence: int) -> None:
     assert rejects(make_delta(sequence=sequence)) == v.BAD_SEQUENCE
 
 
-@pytest.mark.parametrize("sequence", [1, 10**12, 2**63 - 1])
+@pytest.mark.parametrize("sequence", [1, 10**12 - 1, 10**12, NOW * 1000, MAX_SPARSE])
 def test_sequence_accepted(make_delta: Callable[..., dict[str, Any]], sequence: int) -> None:
-    assert v.validate_delta(make_delta(sequence=sequence), key=None, now_ms=NOW)
+    assert accept(make_delta(sequence=sequence))
+
+
+def test_sparse_sequence_follows_the_records_clock(
+    make_delta: Callable[..., dict[str, Any]],
+) -> None:
+    # One future timestamp-sequence would make every later event of the SKU stale: 2^63-1 for
+    # ever. It is judged by the record's own (Kafka) time, so a replay rejects it again.
+    delta = make_delta(sequence=(NOW + 3_600_000) * 1000)
+    assert rejects(delta) == v.BAD_SEQUENCE
+    assert accept(delta, now_ms=NOW + 3_600_000 - v.DEFAULT_LIMITS.max_future_ms)
+    # A dense counter (< 10^12) is never near the bound: no valid record is older than 2000.
+    assert v.DEFAULT_LIMITS.min_observed_at_ms * 1000 > 900 * 10**12
 
 
 def test_snapshot_quantity_bounds(make_delta: Callable[..., dict[str, Any]]) -> None:
     limit = v.DEFAULT_LIMITS.max_quantity
-    assert v.validate_delta(make_delta(quantity=0), key=None, now_ms=NOW)
-    assert v.validate_delta(make_delta(quantity=limit), key=None, now_ms=NOW)
+    assert accept(make_delta(quantity=0))
+    assert accept(make_delta(quantity=limit))
     assert rejects(make_delta(quantity=-1)) == v.NEGATIVE_SNAPSHOT
     assert rejects(make_delta(quantity=limit + 1)) == v.QUANTITY_OUT_OF_RANGE
 
@@ -171,7 +203,7 @@ def test_adjustment_quantity_bounds(make_delta: Callable[..., dict[str, Any]]) -
     limit = v.DEFAULT_LIMITS.max_quantity
     for quantity in (-limit, -1, 0, limit):
         delta = make_delta(kind="ADJUSTMENT", quantity=quantity)
-        assert v.validate_delta(delta, key=None, now_ms=NOW)["quantity"] == quantity
+        assert accept(delta)["quantity"] == quantity
     assert rejects(make_delta(kind="ADJUSTMENT", quantity=limit + 1)) == v.QUANTITY_OUT_OF_RANGE
     assert rejects(make_delta(kind="ADJUSTMENT", quantity=-limit - 1)) == v.QUANTITY_OUT_OF_RANGE
 
@@ -179,7 +211,7 @@ def test_adjustment_quantity_bounds(make_delta: Callable[..., dict[str, Any]]) -
 def test_limits_are_configurable(make_delta: Callable[..., dict[str, Any]]) -> None:
     tight = v.ValidationLimits(max_quantity=5)
     with pytest.raises(ValidationError) as info:
-        v.validate_delta(make_delta(quantity=6), key=None, now_ms=NOW, limits=tight)
+        accept(make_delta(quantity=6), limits=tight)
     assert info.value.code == v.QUANTITY_OUT_OF_RANGE
     with pytest.raises(AttributeError):
         tight.max_quantity = 7  # type: ignore[misc]
@@ -188,8 +220,8 @@ def test_limits_are_configurable(make_delta: Callable[..., dict[str, Any]]) -> N
 @pytest.mark.parametrize("field", ["observed_at", "received_at"])
 def test_timestamp_window(make_delta: Callable[..., dict[str, Any]], field: str) -> None:
     limits = v.DEFAULT_LIMITS
-    assert v.validate_delta(make_delta(**{field: NOW + limits.max_future_ms}), key=None, now_ms=NOW)
-    assert v.validate_delta(make_delta(**{field: limits.min_observed_at_ms}), key=None, now_ms=NOW)
+    assert accept(make_delta(**{field: NOW + limits.max_future_ms}))
+    assert accept(make_delta(**{field: limits.min_observed_at_ms}))
     future = make_delta(**{field: NOW + limits.max_future_ms + 1})
     assert rejects(future) == v.TIMESTAMP_IN_FUTURE
     assert rejects(make_delta(**{field: limits.min_observed_at_ms - 1})) == v.TIMESTAMP_TOO_OLD
@@ -200,14 +232,14 @@ def test_timestamp_window(make_delta: Callable[..., dict[str, Any]], field: str)
 def test_future_rule_follows_the_given_clock(make_delta: Callable[..., dict[str, Any]]) -> None:
     delta = make_delta(observed_at=NOW + 3_600_000)
     assert rejects(delta) == v.TIMESTAMP_IN_FUTURE
-    assert v.validate_delta(delta, key=None, now_ms=NOW + 3_600_000)
+    assert accept(delta, now_ms=NOW + 3_600_000)
 
 
 @pytest.mark.parametrize(
     "price", [None, "0", "12", "12.5", "12.5000", "999999999.9999", "1000000000"]
 )
 def test_price_accepted(make_delta: Callable[..., dict[str, Any]], price: str | None) -> None:
-    assert v.validate_delta(make_delta(price=price), key=None, now_ms=NOW)["price"] == price
+    assert accept(make_delta(price=price))["price"] == price
 
 
 @pytest.mark.parametrize(
@@ -234,13 +266,28 @@ def test_price_rejected(make_delta: Callable[..., dict[str, Any]], price: object
     assert rejects(make_delta(price=price)) == v.BAD_PRICE
 
 
-@pytest.mark.parametrize("currency", ["eur", "EU", "EURO", "E1R", "ÉUR", "EUR\n", 978])
+@pytest.mark.parametrize(
+    "currency",
+    ["eur", "EU", "EURO", "E1R", "ÉUR", "EUR\n", 978, ["EUR"], "AAA", "ZZZ", "XTS", "XXX", "DEM",
+     "HRK", "\uff25\uff35\uff32"],
+)
 def test_currency_rejected(make_delta: Callable[..., dict[str, Any]], currency: object) -> None:
+    # Shape is not enough: AAA and ZZZ are three capitals but no currency.
     assert rejects(make_delta(currency=currency)) == v.BAD_CURRENCY
 
 
+@pytest.mark.parametrize("currency", ["EUR", "USD", "JPY", "CHF", "XAU", "XCG", "ZWG", "SLE"])
+def test_currency_accepted(make_delta: Callable[..., dict[str, Any]], currency: str) -> None:
+    assert accept(make_delta(currency=currency))["currency"] == currency
+
+
+def test_currency_list_is_iso_4217_shaped() -> None:
+    assert len(v.ISO_4217_CURRENCIES) == 178
+    assert all(len(c) == 3 and c.isascii() and c.isupper() for c in v.ISO_4217_CURRENCIES)
+
+
 def test_currency_optional(make_delta: Callable[..., dict[str, Any]]) -> None:
-    assert v.validate_delta(make_delta(currency=None), key=None, now_ms=NOW)["currency"] is None
+    assert accept(make_delta(currency=None))["currency"] is None
 
 
 @pytest.mark.parametrize("lead_time", [-1, 366, True, 1.5, "3"])
@@ -252,7 +299,7 @@ def test_lead_time_rejected(make_delta: Callable[..., dict[str, Any]], lead_time
 def test_lead_time_accepted(
     make_delta: Callable[..., dict[str, Any]], lead_time: int | None
 ) -> None:
-    out = v.validate_delta(make_delta(lead_time_days=lead_time), key=None, now_ms=NOW)
+    out = accept(make_delta(lead_time_days=lead_time))
     assert out["lead_time_days"] == lead_time
 
 
@@ -278,7 +325,16 @@ def test_key_must_be_supplier_and_sku(make_delta: Callable[..., dict[str, Any]])
     assert v.validate_delta(delta, key="acme-1|Größe 42".encode(), now_ms=NOW)
     assert rejects(delta, key=b"acme-1|other") == v.KEY_MISMATCH
     assert rejects(delta, key=b"") == v.KEY_MISMATCH
-    assert v.validate_delta(delta, key=None, now_ms=NOW)  # no key: nothing to compare
+    assert rejects(delta, key=None) == v.MISSING_KEY
+
+
+def test_missing_key_is_rejected(make_delta: Callable[..., dict[str, Any]]) -> None:
+    # A keyless record lands on any partition: the SKU's order (staleness, adjustments) is lost.
+    assert v.MISSING_KEY == "missing_key" and v.MISSING_KEY in v.REASON_CODES
+    assert rejects(make_delta(), key=None) == v.MISSING_KEY
+    # Rules before the key still come first, the ones after it still follow it.
+    assert rejects(make_delta(sku="a|b"), key=None) == v.BAD_SKU
+    assert rejects(make_delta(kind="GONE"), key=None) == v.MISSING_KEY
 
 
 def test_delta_key() -> None:
@@ -327,7 +383,7 @@ def test_first_broken_rule_wins(make_delta: Callable[..., dict[str, Any]]) -> No
 
 def test_error_message_escapes_and_truncates(make_delta: Callable[..., dict[str, Any]]) -> None:
     with pytest.raises(ValidationError) as info:
-        v.validate_delta(make_delta(sku="x\ud800" * 10_000), key=None, now_ms=NOW)
+        v.validate_delta(make_delta(sku="x\ud800" * 10_000), key=b"acme-1|x", now_ms=NOW)
     assert len(info.value.message) < 400
     info.value.message.encode("utf-8")  # no lone surrogate leaks into the message
 
@@ -336,7 +392,7 @@ def test_error_message_escapes_and_truncates(make_delta: Callable[..., dict[str,
 @given(st.dictionaries(st.text(max_size=12), st.none() | st.integers() | st.text() | st.booleans()))
 def test_any_json_object_is_accepted_or_rejected_with_a_reason(record: dict[str, Any]) -> None:
     try:
-        out = v.validate_delta(record, key=None, now_ms=NOW)
+        out = v.validate_delta(record, key=own_key(record), now_ms=NOW)
     except ValidationError as exc:
         assert exc.code in v.REASON_CODES
     else:
@@ -395,6 +451,73 @@ def test_dead_letter_defaults_and_untrusted_text() -> None:
     assert len(record["supplier_id"]) <= 256
     codec = codec_for("DeadLetter")
     assert codec.decode(codec.encode(record)) == record
+
+
+def huge_delta_bytes(sku_bytes: int) -> bytes:
+    """A SupplierDelta whose SKU alone is sku_bytes long (valid Avro, invalid SKU)."""
+    record = {
+        "supplier_id": "acme-1", "sku": "S" * sku_bytes, "event_id": "e", "sequence": 1,
+        "kind": "SNAPSHOT", "quantity": 1, "observed_at": NOW, "price": None, "currency": None,
+        "warehouse": None, "lead_time_days": None, "status": "ACTIVE", "connector": "rest",
+        "received_at": NOW,
+    }
+    return codec_for("SupplierDelta").encode(record)
+
+
+def test_oversized_original_is_cut_never_dropped() -> None:
+    # The issue's case: a 350 KiB SKU and a 520 KB key made a dead letter over Kafka's
+    # 1,000,000-byte send limit; the send failed and the record was committed past.
+    original = huge_delta_bytes(350 * 1024)
+    key = b"acme-1|" + b"K" * 520_000
+    with pytest.raises(ValidationError) as info:
+        v.validate_delta(codec_for("SupplierDelta").decode(original), key=key, now_ms=NOW)
+    assert info.value.code == v.BAD_SKU
+    record = v.dead_letter(
+        reason=info.value.code, message=info.value.message, original=original,
+        original_key=key, source_topic="inventory.deltas", source_partition=1,
+        source_offset=7, source_timestamp=NOW, now_ms=NOW, supplier_id="acme-1", event_id="e",
+    )
+    encoded = codec_for("DeadLetter").encode(record)
+    assert len(encoded) < 1_000_000
+    assert len(encoded) <= v.DEAD_LETTER_MAX_BYTES
+    assert record["original"] == original[: v.DEAD_LETTER_ORIGINAL_MAX_BYTES]
+    assert record["original_key"] == key[: v.DEAD_LETTER_KEY_MAX_BYTES]
+    assert record["context"] == {
+        "original_truncated": "true", "original_size": str(len(original)),
+        "original_key_truncated": "true", "original_key_size": str(len(key)),
+    }
+    # The Kafka key of the dead letter is cut the same way: key + value fit one send.
+    dl_key = v.dead_letter_key(key)
+    assert dl_key == record["original_key"]
+    assert len(dl_key or b"") + len(encoded) < 1_000_000
+    assert v.dead_letter_key(None) is None
+
+
+def test_original_at_the_bound_is_kept_whole() -> None:
+    original = b"x" * v.DEAD_LETTER_ORIGINAL_MAX_BYTES
+    key = b"k" * v.DEAD_LETTER_KEY_MAX_BYTES
+    record = v.dead_letter(
+        reason=v.DECODE_ERROR, message="m", original=original, original_key=key,
+        source_topic="t", source_partition=0, source_offset=0, source_timestamp=None, now_ms=NOW,
+    )
+    assert record["original"] == original and record["original_key"] == key
+    assert record["context"] == {}
+
+
+def test_dead_letter_worst_case_is_bounded() -> None:
+    wide = "\U0001f4e6"  # 4 bytes in UTF-8: the most a character costs
+    long_value = wide * 100_000
+    record = v.dead_letter(
+        reason=wide * 1_000_000, message=wide * 1_000_000, original=b"\xff" * 2_000_000,
+        original_key=b"\xff" * 2_000_000, source_topic=wide * 10_000,
+        source_partition=2**31 - 1, source_offset=2**63 - 1, source_timestamp=2**63 - 1,
+        now_ms=2**63 - 1, supplier_id=wide * 1_000_000, event_id="\ud800" * 1_000_000,
+        context={str(i) + wide * 1000: long_value for i in range(10_000)},
+    )
+    encoded = codec_for("DeadLetter").encode(record)
+    assert len(encoded) <= v.DEAD_LETTER_MAX_BYTES
+    assert record["context"]["context_dropped"] == str(10_000 - 16)
+    assert codec_for("DeadLetter").decode(encoded) == record
 
 
 def test_best_effort_ids() -> None:
