@@ -102,8 +102,10 @@ class RestSource(Source):
         since = int(state.get("updated_since", 0))
         token: str | None = state.get("page_token")
         newest = int(state.get("newest", since))
-        # key -> cursor candidate (None: undated) of items at or after the cursor.
+        # key -> cursor candidate (None: undated) of items at or after the cursor; those the
+        # last walk left are not sent again (within a walk, every record counts).
         recent: dict[str, int | None] = dict(state.get("recent") or {})
+        sent_before = frozenset(recent)
         tokens_seen: set[str] = {token} if token else set()
         emitted = 0
         pages = 0
@@ -132,7 +134,8 @@ class RestSource(Source):
             except PageError as exc:
                 await self._page_failed(state, exc, token)
                 raise
-            deltas, dead, seen = self._map_page(items, page=token or "first", recent=recent)
+            deltas, dead, seen = self._map_page(items, page=token or "first",
+                                                skip=sent_before)
             await self.emitter.emit(deltas, dead)
             emitted += len(deltas)
             CONNECTOR_DELTAS.labels(self.supplier_id, self.kind).inc(len(deltas))
@@ -205,15 +208,14 @@ class RestSource(Source):
         CONNECTOR_DEAD_LETTERS.labels(self.supplier_id, self.kind, exc.reason).inc()
         self.store.commit(self.key, cursor={**state, "bad_page": fingerprint})
 
-    def _map_page(self, items: list[Any], *, page: str, recent: Mapping[str, int | None],
+    def _map_page(self, items: list[Any], *, page: str, skip: frozenset[str],
                   ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], dict[str, int | None]]:
-        """Deltas and dead letters of one page, leaving out what `recent` says was sent;
+        """Deltas and dead letters of one page, leaving out the keys in `skip` (sent before);
         and every item's key with its cursor candidate (None when it has no usable date)."""
         received = now_ms()
         deltas: dict[str, dict[str, Any]] = {}
         dead: list[dict[str, Any]] = []
         seen: dict[str, int | None] = {}
-        dead_keys: set[str] = set()
         for index, item in enumerate(items):
             original = raw_bytes(item)
             delta, bad = map_one(self.mapper, item, original=lambda o=original: o,
@@ -228,13 +230,12 @@ class RestSource(Source):
                 stamp = self.mapper.observed_at_of(item)
                 candidate = min(stamp, received) if stamp is not None else None
             seen[key] = candidate
-            if key in recent:
+            if key in skip:
                 continue
             if delta is not None:
                 # A supplier repeating an item within a page: send it once.
                 deltas.setdefault(key, delta)
-            elif bad is not None and key not in dead_keys:
-                dead_keys.add(key)
+            elif bad is not None:
                 dead.append(bad)
         return list(deltas.values()), dead, seen
 

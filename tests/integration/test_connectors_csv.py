@@ -53,11 +53,16 @@ def csv_source(sim: Simulator, kind: str, emitter: Any, store: CursorStore, *,
                stable_s: float = 0.3) -> Any:
     port = sim.ftp_port if kind == "ftp" else sim.sftp_port
     delimiter = ";" if kind == "ftp" else ","
+    # The simulator serves plain FTP, and SFTP with a host key made at start: both opted
+    # out of explicitly, as the demo does.
+    transport = "tls: false\n    encoding: latin-1" if kind == "ftp" \
+        else "insecure_skip_host_key_check: true"
     config = parse_suppliers(f"""
 suppliers:
   - id: crate-{kind}
     kind: {kind}
     endpoint: {kind}://127.0.0.1:{port}/
+    {transport}
     credentials: {{username: crate-{kind}, password: {{env: DROP_PASSWORD}}}}
     delimiter: "{delimiter}"
     stable_s: {stable_s}
@@ -121,7 +126,8 @@ async def test_a_file_still_being_uploaded_is_not_read(
     source = csv_source(sim, kind, emitter, CursorStore(tmp_path / "state.sqlite"),
                         stable_s=2.0)
     try:
-        await poll_until_processed(source, sim.writers[supplier_id].drops[-1].path.name)
+        previous = sim.writers[supplier_id].drops[-1].path.name
+        await poll_until_processed(source, previous)
         sim.supplier(supplier_id).step(60)
         # Half the file, a stall of 1.2 s (several polls see it unchanged), then the rest.
         upload = asyncio.create_task(sim.drop(supplier_id, partial=True, pause_s=1.2))
@@ -130,9 +136,8 @@ async def test_a_file_still_being_uploaded_is_not_read(
             await source.poll_once()
             polls += 1
             cursor = source.store.get_cursor(source.key)
-            assert not cursor["last"][1].startswith(f"stock_{supplier_id}_") or \
-                cursor["last"][1] == sim.writers[supplier_id].drops[-1].path.name, \
-                "the half-written file was read"
+            # (Compared with the file before the upload: the upload may end during a poll.)
+            assert cursor["last"][1] == previous, "the half-written file was read"
             await asyncio.sleep(0.1)
         assert polls >= 5
         drop = upload.result()

@@ -46,6 +46,7 @@ suppliers:
   - id: {SUPPLIER}
     kind: graphql
     endpoint: http://127.0.0.1:{sim.http_port}/graphql
+    allow_plain_http: true
     credentials: {{bearer: {{env: ECHO_TOKEN}}}}
     page_size: 40
     timeout_s: 1.0
