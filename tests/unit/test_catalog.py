@@ -5,8 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from pipeline.catalog import Catalog
+from pipeline.catalog import Catalog, CatalogError
 from pipeline.errors import ConfigurationError
 
 
@@ -128,3 +130,47 @@ def test_missing_file_and_unknown_format(tmp_path: Path) -> None:
         Catalog.from_file(tmp_path / "missing.csv")
     with pytest.raises(ConfigurationError, match="unknown format"):
         Catalog.from_file(write(tmp_path, "catalog.json", "{}"))
+
+
+def test_every_catalog_problem_is_a_catalog_error(tmp_path: Path) -> None:
+    assert issubclass(CatalogError, ConfigurationError)
+    with pytest.raises(CatalogError, match="maps both 'A-1' \\(line 1\\) and 'A-2'"):
+        Catalog.from_file(write(tmp_path, "c.csv", "acme,A-1,P-1\nacme,A-2,P-1\n"))
+    with pytest.raises(CatalogError, match="cannot read"):
+        Catalog.from_file(tmp_path / "missing.yaml")
+    with pytest.raises(CatalogError, match="maps both"):
+        Catalog({("acme", "A-1"): "P-1", ("acme", "A-2"): "P-1"})
+
+
+def test_unmapped_sku_named_like_its_suppliers_target_does_not_merge() -> None:
+    # acme sells platform product P-1 as A-1, and also has a SKU of its own called P-1. As
+    # itself it would land in P-1's availability entry for acme, overwriting A-1's stock.
+    catalog = Catalog({("acme", "A-1"): "P-1", ("acme", "X"): "X", ("beta", "B-7"): "P-1"})
+    assert catalog.platform_sku("acme", "A-1") == "P-1"
+    assert catalog.platform_sku("acme", "P-1") == "acme|P-1"
+    assert catalog.platform_sku("beta", "P-1") == "beta|P-1"
+    # Other suppliers' unmapped P-1 adds up with the mapped product, as unmapped SKUs always do.
+    assert catalog.platform_sku("gamma", "P-1") == "P-1"
+    assert catalog.platform_sku("acme", "X") == "X"  # an identity row reserves nothing
+    assert catalog.platform_sku("acme", "Y") == "Y"
+    # A row for acme's own P-1 gives it a real platform SKU.
+    remapped = Catalog({("acme", "A-1"): "P-1", ("acme", "P-1"): "P-9"})
+    assert remapped.platform_sku("acme", "P-1") == "P-9"
+
+
+_NAMES = st.sampled_from(["A", "B", "C", "P1", "P2"])
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.dictionaries(st.tuples(st.sampled_from(["s1", "s2"]), _NAMES), _NAMES, max_size=8),
+       st.lists(_NAMES, min_size=1, max_size=5, unique=True))
+def test_no_two_skus_of_one_supplier_share_a_platform_sku(
+    mapping: dict[tuple[str, str], str], skus: list[str]
+) -> None:
+    try:
+        catalog = Catalog(mapping)
+    except CatalogError:
+        return  # two mappings of one supplier onto one platform SKU: refused at load
+    for supplier_id in ("s1", "s2"):
+        platform = [catalog.platform_sku(supplier_id, sku) for sku in skus]
+        assert len(set(platform)) == len(platform), (supplier_id, skus, platform)
