@@ -181,7 +181,6 @@ class CsvSupplier(_SupplierBase):
     stable_s: float = Field(default=2.0, ge=0)
     on_missing: Literal["zero", "ignore"] = "zero"
     max_missing_ratio: float = Field(default=0.05, gt=0, le=1)
-    min_size_ratio: float = Field(default=0.5, ge=0, le=1)
     require_trailer: bool = False
     require_final_newline: bool = True
     max_file_bytes: int = Field(default=64 * 1024 * 1024, ge=1024)

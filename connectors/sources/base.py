@@ -265,7 +265,8 @@ class RecordMapper:
 
         if event_id_parts is None:
             supplier_event = get("event_id")
-            if supplier_event is not None and not isinstance(supplier_event, str | int):
+            if supplier_event is not None and (not isinstance(supplier_event, str | int)
+                                               or isinstance(supplier_event, bool)):
                 raise ValidationError("bad_event_id", "event id is not a string")
             if isinstance(supplier_event, str) and len(supplier_event) > 4 * EVENT_ID_MAX:
                 raise ValidationError("bad_event_id", "event id longer than "
@@ -277,7 +278,9 @@ class RecordMapper:
         event_id = stable_event_id(self.supplier_id, *event_id_parts)
 
         price = self._price(get("price"))
-        currency = get("currency") or (self.units.default_currency if price is not None else None)
+        currency = get("currency")
+        if currency is None:
+            currency = self.units.default_currency if price is not None else None
         if currency is not None:
             currency = safe_text(currency, 8).upper()
             if not _CURRENCY.match(currency):

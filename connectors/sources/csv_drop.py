@@ -53,8 +53,6 @@ class CsvOptions:
     # A file missing more than this share of the known SKUs is held as suspect (truncated?)
     # rather than zeroing them.
     max_missing_ratio: float = 0.05
-    # A file smaller than this share of the last accepted one is held as suspect too.
-    min_size_ratio: float = 0.5
     # The last line must be a row-count trailer (`# rows: N`); one present is always checked.
     require_trailer: bool = False
     # A last row without a line end was probably cut mid-upload: dead-lettered, not applied.
@@ -164,8 +162,7 @@ class CsvDropSource(Source):
         """Read, check and diff one file; `mtime` is its effective time (default: its own)."""
         mtime = f.mtime if mtime is None else mtime
         sequence = max(int(mtime * 1_000_000), int(state.get("sequence", 0)) + 1)
-        cursor = {"last": [mtime, f.name, f.size, f.mtime], "sequence": sequence,
-                  "accepted_size": state.get("accepted_size")}
+        cursor = {"last": [mtime, f.name, f.size, f.mtime], "sequence": sequence}
         if f.size > self.options.max_file_bytes:
             return await self._reject(f, cursor, FileRejected(
                 "file_too_large", f"{f.size} bytes; at most {self.options.max_file_bytes}"),
@@ -183,7 +180,7 @@ class CsvDropSource(Source):
         previous = self.store.snapshot(self.key)
         try:
             rows, dead = self._parse(f.name, data, sequence)
-            self._check_complete(f, data, rows, dead, previous, state)
+            self._check_complete(rows, dead, previous)
         except FileRejected as exc:
             return await self._reject(f, cursor, exc, data)
         deltas: list[dict[str, Any]] = []
@@ -210,8 +207,7 @@ class CsvDropSource(Source):
                 })
                 upserts[sku] = gone
         await self.emitter.emit(deltas, dead)
-        self.store.commit(self.key, cursor={**cursor, "accepted_size": f.size},
-                          upserts=upserts)
+        self.store.commit(self.key, cursor=cursor, upserts=upserts)
         CONNECTOR_DELTAS.labels(self.supplier_id, self.kind).inc(len(deltas))
         for d in dead:
             CONNECTOR_DEAD_LETTERS.labels(self.supplier_id, self.kind, d["reason"]).inc()
@@ -220,14 +216,9 @@ class CsvDropSource(Source):
                  file=f.name, rows=len(rows), deltas=len(deltas), dead_letters=len(dead))
         return len(deltas)
 
-    def _check_complete(self, f: RemoteFile, data: bytes, rows: dict[str, Any],
-                        dead: list[dict[str, Any]], previous: dict[str, dict[str, Any]],
-                        state: dict[str, Any]) -> None:
+    def _check_complete(self, rows: dict[str, Any], dead: list[dict[str, Any]],
+                        previous: dict[str, dict[str, Any]]) -> None:
         """Raise FileRejected for a file that looks cut short: it must never zero stock."""
-        accepted = state.get("accepted_size")
-        if previous and accepted and f.size < self.options.min_size_ratio * accepted:
-            raise FileRejected("suspect_snapshot", f"{f.size} bytes, the last accepted file "
-                                                   f"had {accepted}")
         bad_skus = {d["original_key"] for d in dead if d.get("original_key")}
         missing = [sku for sku, v in previous.items() if sku not in rows
                    and f"{self.supplier_id}|{sku}".encode() not in bad_skus

@@ -104,7 +104,6 @@ def build_source(cfg: SupplierConfig, *, emitter: Emitter, store: CursorStore,
                                  delimiter=cfg.delimiter, stable_s=cfg.stable_s,
                                  on_missing=cfg.on_missing,
                                  max_missing_ratio=cfg.max_missing_ratio,
-                                 min_size_ratio=cfg.min_size_ratio,
                                  require_trailer=cfg.require_trailer,
                                  require_final_newline=cfg.require_final_newline,
                                  max_file_bytes=cfg.max_file_bytes)

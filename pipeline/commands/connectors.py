@@ -11,6 +11,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 console = Console()
 
@@ -35,12 +36,14 @@ def check(config: ConfigOption = None) -> None:
 
     path = config or get_settings().suppliers_config
     parsed = load_suppliers(path)
-    table = Table(title=str(path))
+    table = Table(title=Text(str(path)))
     for col in ("supplier", "kind", "endpoint", "every", "enabled"):
         table.add_column(col)
     for s in parsed.suppliers:
         endpoint = getattr(s, "endpoint", None) or f"POST /webhooks/{s.id}"
-        table.add_row(s.id, s.kind, endpoint, f"{s.schedule.interval_s:g}s", str(s.enabled))
+        # Text: a path or URL with brackets is not Rich markup.
+        table.add_row(*(Text(c) for c in (s.id, s.kind, endpoint,
+                                          f"{s.schedule.interval_s:g}s", str(s.enabled))))
     console.print(table)
 
 

@@ -8,6 +8,7 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 console = Console()
 
@@ -22,9 +23,10 @@ def _millis(value: int | None) -> str:
 
 def availability_table(availability: dict[str, Any], source: str) -> Table:
     """A rich table of one availability dict (as connectors.cassandra_read returns it)."""
-    table = Table(title=f"{availability['platform_sku']} ({source})",
-                  caption=f"total available: {availability['total']}   best supplier: "
-                          f"{availability['best_supplier'] or '-'}")
+    # Text, not str: a SKU is supplier data, and `[/oops]` is a valid SKU but broken markup.
+    table = Table(title=Text(f"{availability['platform_sku']} ({source})"),
+                  caption=Text(f"total available: {availability['total']}   best supplier: "
+                               f"{availability['best_supplier'] or '-'}"))
     for col in ("supplier", "sku", "quantity", "status", "lead time (d)", "price", "version",
                 "updated at (UTC)"):
         table.add_column(col, justify="right" if col in ("quantity", "version") else "left")
@@ -32,10 +34,10 @@ def availability_table(availability: dict[str, Any], source: str) -> Table:
         best = supplier_id == availability["best_supplier"]
         price = f"{s.get('price')} {s.get('currency') or ''}".strip() if s.get("price") else "-"
         lead = s.get("lead_time_days")
-        table.add_row(
-            supplier_id, s["sku"], str(s["quantity"]), s["status"],
-            "-" if lead is None else str(lead), price, str(s["version"]),
-            _millis(s.get("updated_at")), style="bold green" if best else None)
+        cells = [supplier_id, s["sku"], str(s["quantity"]), s["status"],
+                 "-" if lead is None else str(lead), price, str(s["version"]),
+                 _millis(s.get("updated_at"))]
+        table.add_row(*(Text(str(c)) for c in cells), style="bold green" if best else None)
     return table
 
 
