@@ -149,7 +149,8 @@ class PreparedInsert:
     """
 
     def __init__(self, statement: Any, partition_columns: int, *, keyspace: str, query_id: bytes,
-                 serializers: Sequence[Serializer], protocol_version: int) -> None:
+                 serializers: Sequence[Serializer], protocol_version: int,
+                 names: Sequence[str] = ()) -> None:
         from cassandra.query import BatchStatement, BatchType, BoundStatement
 
         # Imported once, not per request.
@@ -162,7 +163,7 @@ class PreparedInsert:
         self.query_id = query_id
         self._serializers = tuple(serializers)
         self._protocol_version = protocol_version
-        self._names: tuple[str, ...] = ()
+        self._names = tuple(names)  # column names, for error messages
 
     @classmethod
     def prepare(cls, session: Session, keyspace: str, table: str, columns: Sequence[str],
@@ -180,12 +181,11 @@ class PreparedInsert:
             raise SinkError(f"{keyspace}.{table}: partition key is not the first "
                             f"{partition_columns} column(s) of the INSERT; run `stockflow db "
                             "migrate` or fix the sink's column order")
-        insert = cls(statement, partition_columns, keyspace=meta[0].keyspace_name,
-                     query_id=statement.query_id,
-                     serializers=[column.type.serialize for column in meta],
-                     protocol_version=statement.protocol_version)
-        insert._names = tuple(column.name for column in meta)
-        return insert
+        return cls(statement, partition_columns, keyspace=meta[0].keyspace_name,
+                   query_id=statement.query_id,
+                   serializers=[column.type.serialize for column in meta],
+                   protocol_version=statement.protocol_version,
+                   names=[column.name for column in meta])
 
     def bind(self, params: Sequence[Any]) -> list[bytes | None]:
         """The row's values serialized as the prepared statement's column types."""
@@ -405,8 +405,8 @@ class _InFlightWindow:
                 self._stopped = True
             if not self._stopped and self._next < len(self._items):
                 chained: int | None = self._next
+                self._out.add(self._next)
                 self._next += 1
-                self._out.add(chained)
                 finish = False
             else:
                 chained = None

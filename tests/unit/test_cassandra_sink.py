@@ -253,7 +253,7 @@ def test_a_statement_whose_partition_key_is_not_leading_is_refused() -> None:
             return statement
 
     with pytest.raises(SinkError, match="partition key"):
-        PreparedInsert.prepare(Session(), "ks", "stock_by_supplier",  # type: ignore[arg-type]
+        PreparedInsert.prepare(Session(), "ks", "stock_by_supplier",
                                _STOCK_COLUMNS, 2)
 
 
@@ -337,7 +337,7 @@ def decoded(values: list[bytes | None]) -> tuple[Any, ...]:
 def fake_sink(session: FakeSession, max_in_flight: int, **kwargs: Any) -> CassandraSink:
     kwargs = {"retry_base_delay_s": 0.001, "max_retry_delay_s": 0.01, **kwargs}
     sink = CassandraSink(keyspace="ks", max_in_flight=max_in_flight, **kwargs)
-    sink._session = session  # type: ignore[assignment]
+    sink._session = session
     sink._insert_availability = fake_insert("availability", _AVAILABILITY_COLUMNS, 1)
     sink._insert_stock = fake_insert("stock", _STOCK_COLUMNS, 2)
     sink._insert_history = fake_insert("history", _HISTORY_COLUMNS, 2)
