@@ -148,8 +148,9 @@ def decode_kinds(rng: random.Random) -> Iterator[Kind]:
                    MARKER + fp + good[HEADER_SIZE:], DECODE)
     yield Kind("fingerprint", "fingerprint byte-swapped", KEY,
                MARKER + DELTA.fingerprint[::-1] + good[HEADER_SIZE:], DECODE)
-    yield Kind("fingerprint", "fingerprint big-endian CRC", KEY,
-               MARKER + bytes(reversed(DELTA.fingerprint)) + good[HEADER_SIZE:], DECODE)
+    yield Kind("fingerprint", "fingerprint with one bit flipped", KEY,
+               MARKER + bytes([DELTA.fingerprint[0] ^ 1]) + DELTA.fingerprint[1:]
+               + good[HEADER_SIZE:], DECODE)
 
     for cut in range(HEADER_SIZE + 1, len(good)):
         yield Kind("truncated", f"body cut at byte {cut} of {len(good)}", KEY, good[:cut], DECODE)
