@@ -282,6 +282,9 @@ class RecordMapper:
         if currency is None:
             currency = self.units.default_currency if price is not None else None
         if currency is not None:
+            if not isinstance(currency, str):
+                raise ValidationError("bad_currency", f"currency is not a string: "
+                                                      f"{safe_text(repr(currency), 40)}")
             currency = safe_text(currency, 8).upper()
             if not _CURRENCY.match(currency):
                 raise ValidationError("bad_currency", f"currency {currency!r} is not ISO 4217")

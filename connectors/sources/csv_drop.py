@@ -33,6 +33,7 @@ log = get_logger(__name__)
 # The fields whose change makes a new delta; the rest (timestamps) do not.
 COMPARED = ("quantity", "price", "currency", "warehouse", "lead_time_days", "status")
 UPLOAD_SUFFIXES = (".part", ".tmp", ".partial", ".filepart", ".uploading")
+FUTURE_FILES_MAX = 100
 # `# rows: 1500` (or `#row_count=1500`, `# count 1500`) as the last line: how many data rows
 # the supplier wrote, so a cut file is known to be cut.
 TRAILER = re.compile(r"#\s*(?:rows|row_count|row count|records|count)\s*[:=]?\s*([0-9]{1,9})\s*",
@@ -139,9 +140,14 @@ class CsvDropSource(Source):
         def effective(f: RemoteFile) -> float:
             return min(f.mtime, wall)
 
+        # Files dated after their listing that were processed: their effective time keeps
+        # moving with the clock, so only their identity says they were read.
+        future = {tuple(x) for x in state.get("future", [])}
+
         def processed(f: RemoteFile) -> bool:
-            return last is not None and (f.name, f.size, f.mtime) == \
-                (last[1], last[2], last[3] if len(last) > 3 else last[0])
+            return (f.name, f.size, f.mtime) in future or (last is not None and (
+                f.name, f.size, f.mtime) == (last[1], last[2], last[3] if len(last) > 3
+                                             else last[0]))
 
         fresh = [f for f in listing if not processed(f) and (
             last is None or (effective(f), f.name) > (last[0], last[1]) or f.name == last[1])]
@@ -153,6 +159,14 @@ class CsvDropSource(Source):
         skipped = [f.name for f in stable if f is not newest]
         if skipped:
             log.info("older snapshots superseded", supplier=self.supplier_id, files=skipped)
+        listed = {(f.name, f.size, f.mtime) for f in listing}
+        kept = [list(x) for x in future if x in listed]
+        if newest.mtime > effective(newest):
+            log.warning("file dated in the future; its time is taken as now",
+                        supplier=self.supplier_id, file=safe_text(newest.name, 200),
+                        mtime=newest.mtime)
+            kept = [*kept, [newest.name, newest.size, newest.mtime]][-FUTURE_FILES_MAX:]
+        state = {**state, "future": kept}
         emitted = await self.process(newest, state, effective(newest))
         LAST_POLL.labels(self.supplier_id).set_to_current_time()
         return emitted
@@ -162,11 +176,14 @@ class CsvDropSource(Source):
         """Read, check and diff one file; `mtime` is its effective time (default: its own)."""
         mtime = f.mtime if mtime is None else mtime
         sequence = max(int(mtime * 1_000_000), int(state.get("sequence", 0)) + 1)
-        cursor = {"last": [mtime, f.name, f.size, f.mtime], "sequence": sequence}
+        cursor = {"last": [mtime, f.name, f.size, f.mtime], "sequence": sequence,
+                  "future": state.get("future", [])}
         if f.size > self.options.max_file_bytes:
+            # Its head only, for the dead letter (which keeps 64 KiB of an original).
+            head = await self.folder.read(f.name, limit=65_536)
             return await self._reject(f, cursor, FileRejected(
                 "file_too_large", f"{f.size} bytes; at most {self.options.max_file_bytes}"),
-                b"")
+                head)
         data = await self.folder.read(f.name, limit=self.options.max_file_bytes + 1)
         if len(data) > self.options.max_file_bytes:
             return await self._reject(f, cursor, FileRejected(
