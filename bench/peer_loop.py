@@ -112,15 +112,16 @@ def run(broker: str, topic: str, count: int, prefix: str, *, guarantee: str = "e
             for msg in msgs:
                 if msg.error():
                     continue
-                key = msg.key()
-                res = step(msg.value(), key, msg.timestamp()[1], state.get(key),
-                           msg.partition(), msg.offset())
+                key, partition, offset = msg.key(), msg.partition(), msg.offset()
+                assert partition is not None and offset is not None  # a consumed record
+                res = step(msg.value(), key, msg.timestamp()[1], state.get(key), partition,
+                           offset)
                 if res.state is not None:
                     state[key] = res.state
                     changed.add(key)
                 for kind, out_key, record in res.emits:
                     send(out_topics[kind], codecs[kind].encode(record), out_key)
-                next_offsets[msg.partition()] = msg.offset() + 1
+                next_offsets[partition] = offset + 1
                 progress.add(res.outcome)
             # The state's durability: one changelog record per key this batch changed.
             for key in changed:
