@@ -17,8 +17,10 @@ Processing-time fields (`changed_at`, the cache's `t:`/`updated_at`, the availab
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from functools import cache
 from typing import Any
 
 from pipeline.aggregate import best_supplier, total_available
@@ -29,13 +31,20 @@ BEHIND = "behind"
 MISSING = "missing"
 MISMATCH = "mismatch"
 UNEXPECTED = "unexpected"
+ABSENT = "absent"  # no Redis hash at all: a cache miss unless --require-cache
 DRIFT_KINDS = frozenset({BEHIND, MISSING, MISMATCH, UNEXPECTED})
 
 CASSANDRA_FIELDS = ("sku", "quantity", "version", "status", "lead_time_days", "price",
                     "currency", "updated_at")
 CACHE_FIELDS = ("sku", "quantity", "version", "status")
-STOCK_FIELDS = ("quantity", "version", "status", "platform_sku", "suspect", "updated_at",
-                "recent_events")
+
+@cache
+def stock_fields() -> tuple[str, ...]:
+    """Every field of StockState (the schema's, so a new field is compared without an edit)."""
+    from schemas.codec import schema_json
+
+    return tuple(f["name"] for f in schema_json("StockState")["fields"])
+
 AVAILABILITY_FIELDS = ("sku", "quantity", "version", "status", "lead_time_days")
 
 
@@ -58,23 +67,83 @@ class Difference:
         where = f"{self.store} {self.key!r}" + (f" [{self.entry}]" if self.entry else "")
         return f"{where}: {self.kind}: expected {self.expected!r}, found {self.actual!r}"
 
+    def as_json(self) -> dict[str, Any]:
+        """The report's shape: key, store, entry, kind, expected, found."""
+        return {"store": self.store, "key": self.key, "entry": self.entry, "kind": self.kind,
+                "expected": _plain(self.expected), "found": _plain(self.actual)}
+
+
+def _plain(value: Any) -> Any:
+    """JSON-ready: sets (suppliers of a missing hash) as sorted lists."""
+    if isinstance(value, set | frozenset):
+        return sorted(value)
+    return value
+
 
 @dataclass
 class Comparison:
-    """Counts per store and the differences found."""
+    """Counts per store and kind over every key compared; the drift differences, up to `keep`.
 
-    checked: dict[str, int] = field(default_factory=dict)
+    Keys are added one at a time (`add`) as the stores are streamed, so memory holds counters
+    and at most `keep` differences, whatever the number of keys. With `defer`, a key whose
+    differences include drift is only remembered in `suspects` (per store): the caller
+    re-checks those keys later (the worker may still be writing them) and `settle`s the
+    result with what the re-check found.
+    """
+
+    keep: int = 10_000
+    defer: bool = False
+    checked: Counter[str] = field(default_factory=Counter)
+    kinds: Counter[tuple[str, str]] = field(default_factory=Counter)
     differences: list[Difference] = field(default_factory=list)
+    suspects: dict[str, set[str]] = field(default_factory=dict)
+    not_kept: int = 0
 
-    def add(self, store: str, diffs: Iterable[Difference]) -> None:
-        self.checked[store] = self.checked.get(store, 0) + 1
-        self.differences.extend(diffs)
+    def add(self, store: str, key: str, diffs: Iterable[Difference]) -> None:
+        """One key of one store compared (diffs may be empty: the key is clean)."""
+        self.checked[store] += 1
+        self._record(store, key, list(diffs))
+
+    def add_clean(self, store: str, n: int) -> None:
+        """n keys of a store compared and found identical."""
+        self.checked[store] += n
+
+    def _record(self, store: str, key: str, diffs: list[Difference]) -> None:
+        if not diffs:
+            return
+        if self.defer and any(d.is_drift for d in diffs):
+            self.suspects.setdefault(store, set()).add(key)
+            return
+        for d in diffs:
+            self.kinds[(store, d.kind)] += 1
+            if not d.is_drift:
+                continue  # ahead / absent: counted, not reported one by one
+            if len(self.differences) < self.keep:
+                self.differences.append(d)
+            else:
+                self.not_kept += 1
+
+    def settle(self, recheck: Comparison) -> None:
+        """Take the re-check's findings for the suspect keys (counted once, in `checked`)."""
+        for (store, kind), n in recheck.kinds.items():
+            self.kinds[(store, kind)] += n
+        room = max(0, self.keep - len(self.differences))
+        self.differences.extend(recheck.differences[:room])
+        self.not_kept += recheck.not_kept + max(0, len(recheck.differences) - room)
+        self.suspects = {}
+        self.defer = False
 
     def drift(self) -> list[Difference]:
-        return [d for d in self.differences if d.is_drift]
+        """The drift differences kept (`drift_count` counts all of them)."""
+        return list(self.differences)
 
-    def count(self, kind: str) -> int:
-        return sum(1 for d in self.differences if d.kind == kind)
+    def count(self, kind: str, store: str | None = None) -> int:
+        return sum(n for (s, k), n in self.kinds.items()
+                   if k == kind and (store is None or s == store))
+
+    def drift_count(self, store: str | None = None) -> int:
+        return sum(n for (s, k), n in self.kinds.items()
+                   if k in DRIFT_KINDS and (store is None or s == store))
 
 
 def _pick(entry: Mapping[str, Any], fields: tuple[str, ...]) -> dict[str, Any]:
@@ -159,31 +228,24 @@ def compare_cache(platform_sku: str, expected: Mapping[str, Mapping[str, Any]],
     return diffs
 
 
-def compare_stock_table(expected: Mapping[bytes, Mapping[str, Any]],
-                        actual: Mapping[bytes, Mapping[str, Any]]) -> list[Difference]:
-    """The worker's `stock` table (from its changelog) against the folded one."""
-    out: list[Difference] = []
-    for key in expected.keys() | actual.keys():
-        name = key.decode("utf-8", "backslashreplace")
-        exp, act = expected.get(key), actual.get(key)
-        out.extend(compare_entries("table:stock", name, {"": exp} if exp else {},
-                                   {"": act} if act else {}, STOCK_FIELDS))
-    return out
+def compare_stock_entry(key: str, expected: Mapping[str, Any] | None,
+                        actual: Mapping[str, Any] | None) -> list[Difference]:
+    """One key of the worker's `stock` table (from its changelog) against the folded one."""
+    return compare_entries("table:stock", key, {"": expected} if expected else {},
+                           {"": actual} if actual else {}, stock_fields())
 
 
-def compare_availability_table(expected: Mapping[str, Mapping[str, Any]],
-                               actual: Mapping[str, Mapping[str, Any]]) -> list[Difference]:
-    """The worker's `availability` table (from its changelog) against the folded one."""
-    out: list[Difference] = []
-    for key in expected.keys() | actual.keys():
-        exp, act = expected.get(key), actual.get(key)
-        out.extend(compare_entries("table:availability", key,
-                                   exp["suppliers"] if exp else {},
-                                   act["suppliers"] if act else {}, AVAILABILITY_FIELDS))
-        if exp and act and _same_versions(exp, act):
-            for f in ("total", "best_supplier"):
-                if exp[f] != act[f]:
-                    out.append(Difference("table:availability", key, f, MISMATCH, exp[f], act[f]))
+def compare_availability_entry(platform_sku: str, expected: Mapping[str, Any] | None,
+                               actual: Mapping[str, Any] | None) -> list[Difference]:
+    """One key of the worker's `availability` table (from its changelog) against the fold."""
+    out = compare_entries("table:availability", platform_sku,
+                          expected["suppliers"] if expected else {},
+                          actual["suppliers"] if actual else {}, AVAILABILITY_FIELDS)
+    if expected and actual and _same_versions(expected, actual):
+        for f in ("total", "best_supplier"):
+            if expected[f] != actual[f]:
+                out.append(Difference("table:availability", platform_sku, f, MISMATCH,
+                                      expected[f], actual[f]))
     return out
 
 

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import asyncio
-import random
+import json
+import sys
 import time
 from collections import Counter
 from typing import TYPE_CHECKING, Annotated, Any
@@ -12,121 +12,164 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from pipeline.errors import StockflowError
+from pipeline.log import get_logger
+
 if TYPE_CHECKING:
+    from rich.progress import Progress as RichProgressBar
+    from rich.progress import TaskID
+
     from connectors.replay.compare import Comparison
-    from connectors.replay.fold import LogFold
-    from pipeline.settings import Settings
+    from connectors.replay.verification import Progress, Verification
 
 console = Console()
+log = get_logger(__name__)
 
 
-def _redis_hashes(settings: Settings, skus: list[str]) -> dict[str, dict[str, Any] | None]:
-    from connectors.redis_cache import RedisCache
+class BarProgress:
+    """A rich progress bar per phase on stderr (a terminal)."""
 
-    async def run() -> dict[str, dict[str, Any] | None]:
-        out: dict[str, dict[str, Any] | None] = {}
-        async with RedisCache.from_settings(settings) as cache:
-            for i in range(0, len(skus), 500):
-                chunk = skus[i:i + 500]
-                got = await asyncio.gather(*(cache.get(s) for s in chunk))
-                out.update(zip(chunk, got, strict=True))
-        return out
+    def __init__(self) -> None:
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+        )
 
-    return asyncio.run(run())
+        self.bar: RichProgressBar = Progress(
+            TextColumn("{task.description:<22}"), BarColumn(), MofNCompleteColumn(),
+            TextColumn("{task.fields[rate]:>10}"), TimeElapsedColumn(),
+            console=Console(stderr=True))
+        self.task: TaskID | None = None
+        self.done = 0
+        self.shown = 0.0
+        self.started = 0.0
+
+    def start(self, phase: str, total: int | None) -> None:
+        if self.task is None and not self.bar.live.is_started:
+            self.bar.start()
+        self.task = self.bar.add_task(phase, total=total, rate="")
+        self.done, self.started = 0, time.monotonic()
+
+    def advance(self, n: int = 1) -> None:
+        self.done += n
+        now = time.monotonic()
+        if now - self.shown > 0.2:  # a redraw per key would cost more than the key
+            self.shown = now
+            self._show(now)
+
+    def _show(self, now: float) -> None:
+        if self.task is not None:
+            rate = self.done / max(now - self.started, 1e-6)
+            self.bar.update(self.task, completed=self.done, rate=f"{rate:,.0f}/s")
+
+    def finish(self) -> None:
+        self._show(time.monotonic())
+        if self.task is not None:
+            # A total read before the phase is an estimate (SKUs added meanwhile).
+            self.bar.update(self.task, total=self.done)
+
+    def close(self) -> None:
+        if self.bar.live.is_started:
+            self.bar.stop()
 
 
-def _redis_skus(settings: Settings) -> set[str]:
-    import redis
+class LogProgress:
+    """A log line per phase every `every_s` seconds and at its end (not a terminal: cron)."""
 
-    from connectors.redis_cache import platform_sku_of
+    def __init__(self, every_s: float = 10.0) -> None:
+        self.every_s = every_s
+        self.phase = ""
+        self.total: int | None = None
+        self.done = 0
+        self.started = self.last = 0.0
 
-    client = redis.Redis.from_url(settings.redis_url.get_secret_value(), decode_responses=True)
-    prefix = settings.redis_cache_key_prefix
-    try:
-        return {platform_sku_of(prefix, k)
-                for k in client.scan_iter(match=f"{prefix}avail:*", count=1000)}
-    finally:
-        client.close()
+    def start(self, phase: str, total: int | None) -> None:
+        self.phase, self.total, self.done = phase, total, 0
+        self.started = self.last = time.monotonic()
+
+    def advance(self, n: int = 1) -> None:
+        self.done += n
+        now = time.monotonic()
+        if now - self.last >= self.every_s:
+            self.last = now
+            self._line("verify.progress", now)
+
+    def finish(self) -> None:
+        self._line("verify.phase_done", time.monotonic())
+
+    def _line(self, event: str, now: float) -> None:
+        elapsed = now - self.started
+        log.info(event, phase=self.phase, done=self.done, total=self.total,
+                 seconds=round(elapsed, 1), per_s=round(self.done / max(elapsed, 1e-6)))
+
+    def close(self) -> None:
+        pass
 
 
-def _cassandra(settings: Settings, skus: list[str] | None) -> dict[str, dict[str, Any]]:
-    """Availability per platform SKU: the given ones, or every partition of the table."""
-    from connectors.cassandra_cluster import ClusterConfig, connect
-    from connectors.cassandra_read import iter_sku_availability, read_availability
-
-    cluster, session = connect(ClusterConfig.from_settings(settings))
-    ks = settings.cassandra_keyspace
-    try:
-        if skus is None:
-            return {a["platform_sku"]: a for a in iter_sku_availability(session, ks)}
-        out = {}
-        for sku in skus:
-            got = read_availability(session, sku, ks)
-            if got is not None:
-                out[sku] = got
-        return out
-    finally:
-        cluster.shutdown()
-
-
-def _compare(settings: Settings, fold: LogFold, skus: list[str], *, full_scan: bool,
-             cache: bool, tables: bool, require_cache: bool) -> Comparison:
+def _report(v: Verification, result: Comparison, *, rechecked: int, settle: float,
+            seconds: float) -> dict[str, Any]:
     from connectors.replay import compare as cmp
-    from connectors.replay.rebuild import changelog_topic, read_changelog
 
-    result = cmp.Comparison()
-    by_sku: dict[str, dict[str, dict[str, Any]]] = {}
-    for (platform_sku, supplier_id), change in fold.changes.items():
-        by_sku.setdefault(platform_sku, {})[supplier_id] = change
+    stores: dict[str, dict[str, Any]] = {}
+    for store, checked in result.checked.items():
+        kinds = {k: n for (s, k), n in sorted(result.kinds.items()) if s == store}
+        stores[store] = {"checked": checked, "drift": result.drift_count(store),
+                         "ahead": kinds.get(cmp.AHEAD, 0), "absent": kinds.get(cmp.ABSENT, 0),
+                         "by_kind": kinds}
+    drift = result.drift_count()
+    by_kind = Counter({k: n for (_s, k), n in result.kinds.items() if k in cmp.DRIFT_KINDS})
+    return {
+        "status": "drift" if drift else "clean",
+        "log_records": v.records,
+        "platform_skus": len(v.fold.availability),
+        "supplier_skus": len(v.fold.stock),
+        "stores": stores,
+        "drift": drift,
+        "drift_by_kind": dict(sorted(by_kind.items())),
+        "differences": [d.as_json() for d in sorted(
+            result.differences, key=lambda d: (d.store, d.key, d.entry))],
+        "differences_not_listed": result.not_kept,
+        "rechecked": rechecked,
+        "settle_s": settle,
+        "seconds": round(seconds, 2),
+        "phases_s": {k: round(t, 2) for k, t in v.phases.items()},
+        "connections": v.connections(),
+    }
 
-    actual = _cassandra(settings, None if full_scan else skus)
-    for sku in skus:
-        result.add("cassandra", cmp.compare_cassandra(sku, fold.expected_rows(sku),
-                                                      actual.get(sku)))
-    if full_scan:
-        for sku in actual.keys() - set(skus):
-            result.add("cassandra", cmp.compare_cassandra(sku, {}, actual[sku]))
 
-    if cache:
-        wanted = [s for s in skus if s in by_sku]
-        hashes = _redis_hashes(settings, wanted)
-        for sku in wanted:
-            diffs = cmp.compare_cache(sku, cmp.expected_cache_entries(by_sku[sku]), hashes[sku])
-            if not require_cache:
-                # An absent hash is a cache miss (TTL, eviction), refilled on read.
-                diffs = [d if not (d.kind == cmp.MISSING and d.entry == "") else
-                         cmp.Difference(d.store, d.key, d.entry, "absent", d.expected, None)
-                         for d in diffs]
-            result.add("redis", diffs)
-        if full_scan:
-            extra = sorted(_redis_skus(settings) - set(by_sku))
-            extra_hashes = _redis_hashes(settings, extra)
-            for sku in extra:
-                result.add("redis", cmp.compare_cache(sku, {}, extra_hashes[sku]))
+def _print(report: dict[str, Any], show: int) -> None:
+    table = Table(title=f"stockflow verify: {report['log_records']} log records, "
+                        f"{report['platform_skus']} platform SKUs, "
+                        f"{report['supplier_skus']} supplier SKUs")
+    for col in ("store", "checked", "drift", "ahead (newer than the log)", "absent"):
+        table.add_column(col)
+    for store, s in report["stores"].items():
+        table.add_row(store, str(s["checked"]), str(s["drift"]), str(s["ahead"]),
+                      str(s["absent"]))
+    console.print(table)
+    phases = ", ".join(f"{k} {t:.1f}s" for k, t in report["phases_s"].items())
+    console.print(f"{phases}; connections {report['connections']}", highlight=False)
+    if report["rechecked"]:
+        console.print(f"re-checked {report['rechecked']} keys after {report['settle_s']:.0f}s",
+                      highlight=False)
+    from connectors.replay.compare import Difference
 
-    if tables:
-        stock = read_changelog(settings, changelog_topic(settings, "stock"), "StockState")
-        avail_raw = read_changelog(settings, changelog_topic(settings, "availability"),
-                                   "Availability")
-        avail = {k.decode(): v for k, v in avail_raw.items()}
-        wanted_sku = set(skus)
-        if full_scan:
-            result.add("table:stock", cmp.compare_stock_table(fold.stock, stock))
-            result.add("table:availability",
-                       cmp.compare_availability_table(fold.availability, avail))
-        else:
-            keys = {k for k, v in fold.stock.items() if v["platform_sku"] in wanted_sku}
-            result.add("table:stock", cmp.compare_stock_table(
-                {k: fold.stock[k] for k in keys}, {k: stock[k] for k in keys if k in stock}))
-            result.add("table:availability", cmp.compare_availability_table(
-                {k: fold.availability[k] for k in wanted_sku if k in fold.availability},
-                {k: avail[k] for k in wanted_sku if k in avail}))
-        # The whole tables were compared in one call each: count their keys, not calls.
-        result.checked["table:stock"] = len(fold.stock if full_scan else keys)
-        result.checked["table:availability"] = len(fold.availability if full_scan
-                                                   else wanted_sku)
-    return result
-
+    for d in report["differences"][:show]:
+        diff = Difference(d["store"], d["key"], d["entry"], d["kind"], d["expected"], d["found"])
+        # One line per difference, never wrapped: grep and tests read them.
+        console.print(f"  {diff.describe()}", highlight=False, markup=False, soft_wrap=True)
+    hidden = len(report["differences"]) - show + report["differences_not_listed"]
+    if hidden > 0:
+        console.print(f"  ... and {hidden} more (--show N, --json)", highlight=False)
+    if report["drift"]:
+        console.print(f"[red]DRIFT[/]: {report['drift']} differences "
+                      f"({report['drift_by_kind']}) in {report['seconds']:.1f}s;"
+                      " see docs/runbook.md")
+    else:
+        console.print(f"[green]OK[/]: no drift ({report['seconds']:.1f}s)")
 
 
 def verify(
@@ -143,69 +186,56 @@ def verify(
     = False,
     show: Annotated[int, typer.Option(help="differences to print")] = 20,
     seed: Annotated[int | None, typer.Option(help="random seed of --sample")] = None,
+    as_json: Annotated[bool, typer.Option(
+        "--json", help="print the report as JSON on stdout, no progress")] = False,
+    max_listed: Annotated[int, typer.Option(
+        "--max-listed", min=0, help="differences listed in the report (all are counted)")]
+    = 10_000,
 ) -> None:
-    """Recompute state from inventory.deltas and compare; exit 1 on drift (fit for cron).
+    """Recompute state from inventory.deltas and compare; exit 1 on drift, 2 on error.
 
     Drift: an entry older than the log says (after a re-check), missing, unexpected, or with
     the same version but other values. A store ahead of the folded log (the worker wrote it
-    after the log was read) is not drift.
+    after the log was read) is not drift. The stores are streamed in fixed-size batches.
     """
-    from connectors.replay import compare as cmp
-    from connectors.replay.runner import fold_log, new_fold, new_reader
+    from connectors.replay.compare import Comparison
+    from connectors.replay.verification import NoProgress, Verification
     from pipeline.settings import get_settings
 
-    settings = get_settings()
+    progress: Progress
+    progress = NoProgress() if as_json else (
+        BarProgress() if sys.stderr.isatty() else LogProgress())
     t0 = time.monotonic()
-    fold = new_fold(settings)
-    with new_reader(settings) as reader:
-        marks = reader.watermarks()
-        start = {p: lo for p, (lo, _hi) in marks.items()}
-        end = {p: hi for p, (_lo, hi) in marks.items()}
-        read = fold_log(reader, fold, start, end)
-        skus = sorted(fold.availability)
-        full_scan = sample is None
-        if sample is not None and sample < len(skus):
-            skus = sorted(random.Random(seed).sample(skus, sample))
-        result = _compare(settings, fold, skus, full_scan=full_scan, cache=cache,
-                          tables=tables, require_cache=require_cache)
-        rechecked = 0
-        suspects = sorted({d.key for d in result.drift()})
-        if suspects and settle > 0:
-            # The worker may not have written what the log already holds: give it time,
-            # extend the fold to the new log end, and look at those keys again.
-            time.sleep(settle)
-            later = {p: hi for p, (_lo, hi) in reader.watermarks().items()}
-            read += fold_log(reader, fold, end, later)
-            suspect_skus = sorted({fold.stock[k.encode()]["platform_sku"]
-                                   if k.encode() in fold.stock else k for k in suspects})
-            again = _compare(settings, fold, suspect_skus, full_scan=False, cache=cache,
-                             tables=tables, require_cache=require_cache)
-            unsettled = {d.key for d in result.drift()}
-            kept = [d for d in result.differences if d.key not in unsettled]
-            result.differences = kept + again.differences
-            rechecked = len(suspect_skus)
-    drift = result.drift()
-    table = Table(title=f"stockflow verify: {read} log records, {len(fold.availability)} "
-                        f"platform SKUs, {len(fold.stock)} supplier SKUs")
-    for col in ("store", "checked", "drift", "ahead (newer than the log)", "absent"):
-        table.add_column(col)
-    by_store = Counter(d.store for d in drift)
-    ahead = Counter(d.store for d in result.differences if d.kind == cmp.AHEAD)
-    absent = Counter(d.store for d in result.differences if d.kind == "absent")
-    for store, checked in result.checked.items():
-        table.add_row(store, str(checked), str(by_store[store]), str(ahead[store]),
-                      str(absent[store]))
-    console.print(table)
-    if rechecked:
-        console.print(f"re-checked {rechecked} platform SKUs after {settle:.0f}s", highlight=False)
-    for d in drift[:show]:
-        console.print(f"  {d.describe()}", highlight=False, markup=False)
-    if drift:
-        console.print(f"[red]DRIFT[/]: {len(drift)} differences "
-                      f"({dict(Counter(d.kind for d in drift))}) in {time.monotonic() - t0:.1f}s;"
-                      " see docs/runbook.md")
+    try:
+        with Verification(get_settings(), progress=progress) as v:
+            v.fold_to_end()
+            skus = None if sample is None else v.sample(sample, seed)
+            result = Comparison(keep=max_listed, defer=settle > 0)
+            v.check(result, skus, cache=cache, tables=tables, require_cache=require_cache)
+            rechecked = 0
+            if result.suspects:
+                # The worker may not have written what the log already holds: give it time,
+                # extend the fold to the new log end, and look at those keys again.
+                time.sleep(settle)
+                v.fold_to_end()
+                rechecked = v.recheck(result, require_cache=require_cache)
+            report = _report(v, result, rechecked=rechecked, settle=settle,
+                             seconds=time.monotonic() - t0)
+    except StockflowError as exc:
+        if not as_json:
+            raise  # the CLI prints "error: ..." and exits 2
+        print(json.dumps({"status": "error", "error": str(exc)}))
+        raise typer.Exit(2) from exc
+    finally:
+        close = getattr(progress, "close", None)
+        if close is not None:
+            close()
+    if as_json:
+        print(json.dumps(report, default=str))
+    else:
+        _print(report, show)
+    if report["drift"]:
         raise typer.Exit(1)
-    console.print(f"[green]OK[/]: no drift ({time.monotonic() - t0:.1f}s)")
 
 
 def register(app: typer.Typer) -> None:
