@@ -28,44 +28,43 @@ from connectors.suppliers import SuppliersFile, load_yaml, parse_suppliers
 
 async def run_once(config_path: Path, seconds: float, tmp: str,
                    store: CursorStore) -> list[dict[str, Any]]:
-    """One demo session of `seconds`; returns the deltas the connectors emitted."""
+    """One demo session of `seconds` on `store`; returns the deltas the connectors emitted."""
     text = config_path.read_text(encoding="utf-8")
     data, _marks = load_yaml(text, str(config_path))
-    if True:
-        sim_section = {**data["simulator"], "http_port": 0, "ftp_port": 0, "sftp_port": 0,
-                       "drop_dir": str(Path(tmp) / "drops")}
-        sim = Simulator(SimulatorConfig.model_validate(sim_section))
-        await sim.start(webhooks=False)
-        suppliers = parse_suppliers(text, str(config_path))
-        ports = {"http": sim.http_port, "ftp": sim.ftp_port, "sftp": sim.sftp_port}
-        rewritten = []
-        for s in suppliers.suppliers:
-            endpoint = getattr(s, "endpoint", None)
-            if endpoint is not None:
-                for old, key in ((":8701", "http"), (":8721", "ftp"), (":8722", "sftp")):
-                    endpoint = endpoint.replace(old, f":{ports[key]}")
-                s = s.model_copy(update={"endpoint": endpoint})
-            rewritten.append(s)
-        config = SuppliersFile.model_validate({
-            **suppliers.model_dump(exclude={"suppliers", "webhook_receiver"}),
-            "webhook_receiver": {**suppliers.webhook_receiver.model_dump(), "port": 0},
-            "suppliers": [s.model_dump() for s in rewritten]})
-        emitter = MemoryEmitter()
-        service = ConnectorService(config, emitter=emitter, store=store, environ={},
-                                   environment="development")
-        stop = asyncio.Event()
-        task = asyncio.create_task(service.run(stop))
-        while service.receiver is not None and service.receiver.port in (None, 0):
-            await asyncio.sleep(0.05)
-        if service.receiver is not None:
-            for spec in sim.specs.values():
-                if spec.feed == "webhook":
-                    sim.start_webhooks(spec.id, f"http://127.0.0.1:{service.receiver.port}"
-                                                f"/webhooks/{spec.id}")
-        await asyncio.sleep(seconds)
-        stop.set()
-        await task
-        await sim.stop()
+    sim_section = {**data["simulator"], "http_port": 0, "ftp_port": 0, "sftp_port": 0,
+                   "drop_dir": str(Path(tmp) / "drops")}
+    sim = Simulator(SimulatorConfig.model_validate(sim_section), environment="development")
+    await sim.start(webhooks=False)
+    suppliers = parse_suppliers(text, str(config_path))
+    ports = {":8701": sim.http_port, ":8721": sim.ftp_port, ":8722": sim.sftp_port}
+    rewritten = []
+    for s in suppliers.suppliers:
+        endpoint = getattr(s, "endpoint", None)
+        if endpoint is not None:
+            for old, port in ports.items():
+                endpoint = endpoint.replace(old, f":{port}")
+            s = s.model_copy(update={"endpoint": endpoint})
+        rewritten.append(s)
+    config = SuppliersFile.model_validate({
+        **suppliers.model_dump(exclude={"suppliers", "webhook_receiver"}),
+        "webhook_receiver": {**suppliers.webhook_receiver.model_dump(), "port": 0},
+        "suppliers": [s.model_dump() for s in rewritten]})
+    emitter = MemoryEmitter()
+    service = ConnectorService(config, emitter=emitter, store=store, environ={},
+                               environment="development")
+    stop = asyncio.Event()
+    task = asyncio.create_task(service.run(stop))
+    while service.receiver is not None and service.receiver.port in (None, 0):
+        await asyncio.sleep(0.05)
+    if service.receiver is not None:
+        for spec in sim.specs.values():
+            if spec.feed == "webhook":
+                sim.start_webhooks(spec.id, f"http://127.0.0.1:{service.receiver.port}"
+                                            f"/webhooks/{spec.id}")
+    await asyncio.sleep(seconds)
+    stop.set()
+    await task
+    await sim.stop()
     return emitter.deltas
 
 
