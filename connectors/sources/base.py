@@ -399,14 +399,14 @@ def dead_letter(*, reason: str, message: str, original: bytes, supplier_id: str,
     }
 
 
-def raw_bytes(record: Any, limit: int = DEAD_LETTER_ORIGINAL_MAX + 1) -> bytes:
-    """The original bytes of a JSON record for a dead letter (only what a dead letter keeps
-    plus one byte, so that it knows it was cut)."""
+def raw_bytes(record: Any) -> bytes:
+    """The original bytes of a JSON record for a dead letter (as large as the request or page
+    it came in, which are capped; the dead letter keeps the first 64 KiB and the size)."""
     try:
         text = json.dumps(record, sort_keys=True, default=str)
     except (TypeError, ValueError, RecursionError):
         text = repr(record)
-    return text[:limit].encode("utf-8", "backslashreplace")[:limit]
+    return text.encode("utf-8", "backslashreplace")
 
 
 def map_one(mapper: RecordMapper, record: Any, *, original: Callable[[], bytes],

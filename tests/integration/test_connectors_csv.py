@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -177,4 +179,36 @@ async def test_csv_restart_mid_file_resumes_without_loss(
         emitter.close()
     produced = topics.deltas_read()
     state = fold(produced, supplier_id)
+    assert quantities(state) == truth_quantities(sim.truth(supplier_id))
+
+
+async def test_a_file_that_is_not_utf_8_is_dead_lettered_whole_and_the_feed_goes_on(
+        sim: Simulator, topics: Topics, tmp_path: Path) -> None:
+    supplier_id = "crate-sftp"
+    emitter = topics.emitter()
+    source = csv_source(sim, "sftp", emitter, CursorStore(tmp_path / "state.sqlite"))
+    try:
+        first = sim.writers[supplier_id].drops[-1].path
+        await poll_until_processed(source, first.name)
+        # The supplier's next file has one stray 0xFF byte: not read as latin-1, refused whole.
+        bad = first.with_name("stock_crate-sftp_9.csv")
+        bad.write_bytes(first.read_bytes().replace(b"\r\n", b"\xff\r\n", 5))
+        # SFTP times are whole seconds: one second after the first file, and the next drop
+        # only once the clock is past it, so the three are in order whatever the speed.
+        bad_mtime = int(first.stat().st_mtime) + 1
+        os.utime(bad, (bad_mtime, bad_mtime))
+        produced = topics.end_offsets(topics.deltas)
+        await poll_until_processed(source, bad.name)
+        assert topics.end_offsets(topics.deltas) == produced  # nothing of it applied
+        sim.supplier(supplier_id).step(40)
+        while time.time() < bad_mtime + 1:
+            await asyncio.sleep(0.05)
+        drop = await sim.drop(supplier_id)
+        await poll_until_processed(source, drop.path.name)
+    finally:
+        await source.close()
+        emitter.close()
+    refused = [d for d in topics.dead_read() if d["context"]["file"] == bad.name]
+    assert [d["reason"] for d in refused] == ["decode_error"]
+    state = fold(topics.deltas_read(), supplier_id)
     assert quantities(state) == truth_quantities(sim.truth(supplier_id))

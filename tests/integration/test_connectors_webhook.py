@@ -173,3 +173,40 @@ async def test_webhook_is_not_acknowledged_when_kafka_does_not_acknowledge(
         await receiver.stop()
         emitter.deltas._closed.set()  # nothing will ever be acknowledged; do not flush
         emitter.dead_letters._closed.set()
+
+
+async def test_hostile_events_become_dead_letters_that_kafka_accepts(topics: Topics) -> None:
+    emitter = topics.emitter()
+    receiver = receiver_for(emitter)
+    port = await receiver.start("127.0.0.1", 0)
+    good = {"id": "evt-good", "sku": "BOLT-000001", "version": 7, "on_hand": 5,
+            "occurred_at": "2024-01-01T00:00:00Z"}
+    hostile = [
+        ({**good, "id": "h1", "on_hand": "Infinity"}, "bad_quantity"),
+        ({**good, "id": "h2", "on_hand": "1e1000000"}, "bad_quantity"),
+        ({**good, "id": "h3", "version": 2**64}, "bad_sequence"),
+        ({**good, "id": "h4", "price": "1e30"}, "bad_price"),
+        ({**good, "id": "h5", "occurred_at": "nan"}, "bad_timestamp"),
+        ({**good, "id": "h6", "status": "\ud800"}, "bad_status"),
+        ({**good, "id": "h7", "sku": "S" * 350 * 1024}, "bad_sku"),  # 350 KiB
+    ]
+    body = json.dumps({"events": [e for e, _ in hostile] + [good]}).encode()
+    started = time.perf_counter()
+    try:
+        async with aiohttp.ClientSession() as session, session.post(
+                f"http://127.0.0.1:{port}/webhooks/{SUPPLIER}", data=body,
+                headers=_signed(SECRET, int(time.time()), body)) as resp:
+            assert (resp.status, await resp.json()) == (
+                200, {"accepted": 1, "dead_lettered": len(hostile)})
+    finally:
+        await receiver.stop()
+        emitter.close()
+    assert time.perf_counter() - started < 10.0  # no 27 s of parsing on the loop
+    assert [d["event_id"] for d in topics.deltas_read()] == [f"{SUPPLIER}:evt-good"]
+    dead = sorted(topics.dead_read(), key=lambda d: d["context"]["index"])
+    assert [d["reason"] for d in dead] == [reason for _, reason in hostile]
+    huge = dead[-1]
+    # Cut to 64 KiB, not dropped; keyed by the supplier, not by the 350 KiB SKU.
+    assert len(huge["original"]) == 65_536 and huge["context"]["original_truncated"] == "true"
+    assert int(huge["context"]["original_size"]) > 350 * 1024
+    assert huge["original_key"] is None
