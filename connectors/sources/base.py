@@ -177,13 +177,14 @@ def parse_timestamp_ms(value: Any, unit: str = "auto") -> int:
             parsed = datetime.fromisoformat(text)
             if parsed.tzinfo is None:
                 parsed = parsed.replace(tzinfo=UTC)
-            ms = int(parsed.timestamp() * 1000)
+            iso_ms = int(parsed.timestamp() * 1000)
         except (ValueError, OverflowError) as exc:
             raise ValidationError("bad_timestamp",
                                   f"not a timestamp: {safe_text(value, 60)!r}") from exc
-        if not 0 <= ms <= _TIMESTAMP_MS_MAX:
-            raise ValidationError("bad_timestamp", f"timestamp {value!r} is before 1970")
-        return ms
+        if not 0 <= iso_ms <= _TIMESTAMP_MS_MAX:
+            raise ValidationError("bad_timestamp",
+                                  f"timestamp {safe_text(value, 60)!r} is before 1970")
+        return iso_ms
     raise ValidationError("bad_timestamp", f"not a timestamp: {type(value).__name__}")
 
 

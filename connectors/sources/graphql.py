@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from dataclasses import dataclass
@@ -179,7 +180,7 @@ class GraphqlSource(Source):
             node = edge.get("node") if isinstance(edge, dict) else None
             original = raw_bytes(edge)
             delta, bad = map_one(self.mapper, node if node is not None else edge,
-                                 original=lambda o=original: o,
+                                 original=functools.partial(bytes, original),
                                  context={"url": self.options.url, "after": after or "",
                                           "index": str(index)}, received_at=received)
             if delta is not None:

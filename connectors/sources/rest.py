@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from collections.abc import Mapping
@@ -218,7 +219,7 @@ class RestSource(Source):
         seen: dict[str, int | None] = {}
         for index, item in enumerate(items):
             original = raw_bytes(item)
-            delta, bad = map_one(self.mapper, item, original=lambda o=original: o,
+            delta, bad = map_one(self.mapper, item, original=functools.partial(bytes, original),
                                  context={"url": self.options.url, "page": page,
                                           "index": str(index)}, received_at=received)
             if delta is not None:

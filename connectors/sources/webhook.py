@@ -9,6 +9,7 @@ supplier event ids, so the pipeline's dedup makes it harmless.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import json
@@ -149,7 +150,7 @@ class WebhookReceiver:
         dead: list[dict[str, Any]] = []
         for index, event in enumerate(events):
             delta, bad = map_one(supplier.mapper, event,
-                                 original=lambda e=event: raw_bytes(e),
+                                 original=functools.partial(raw_bytes, event),
                                  context={"index": str(index)}, received_at=received)
             if delta is not None:
                 deltas.append(delta)

@@ -73,6 +73,12 @@ def bad(kind: Kind, i: int) -> Any:
                       event_id=f"bad-{i}")
 
 
+def cursor_of(store: CursorStore, key: str) -> dict[str, Any]:
+    cursor = store.get_cursor(key)
+    assert cursor is not None, f"no cursor stored for {key}"
+    return cursor
+
+
 def check_one(kind: Kind, emitter: MemoryEmitter, before: tuple[int, int], i: int,
               tally: Counter[str]) -> None:
     """Exactly one new dead letter with one of the kind's reasons, and the good delta."""
@@ -218,7 +224,7 @@ async def test_rest_fuzz(supplier: ScriptedSupplier, tmp_path: Path) -> None:
             await source.poll_once()
             check_one(kind, emitter, before, i, tally)
             # The cursor moved on to the good item (never stuck before the bad one).
-            assert store.get_cursor(source.key)["updated_since"] == T0 + i * 1000, kind
+            assert cursor_of(store, source.key)["updated_since"] == T0 + i * 1000, kind
         n = len(kinds())
         bomb, bomb_headers = gzip_bomb()
         pages: list[tuple[str, bytes, dict[str, str], str]] = [
@@ -232,11 +238,11 @@ async def test_rest_fuzz(supplier: ScriptedSupplier, tmp_path: Path) -> None:
             ("over the response cap", b" " * (RESPONSE_CAP + 1), {}, "response_too_large"),
         ]
         for j, (name, body, headers, reason) in enumerate(pages):
-            before = len(emitter.dead_letters)
+            dead_before = len(emitter.dead_letters)
             supplier.push(body, headers=headers)
             with pytest.raises(ConnectorError):  # the poll fails, logged by Source.run
                 await source.poll_once()
-            assert [d["reason"] for d in emitter.dead_letters[before:]] == [reason], name
+            assert [d["reason"] for d in emitter.dead_letters[dead_before:]] == [reason], name
             supplier.push({"items": [good(n + j)]})
             deltas = len(emitter.deltas)
             await source.poll_once()
@@ -249,7 +255,7 @@ async def test_rest_fuzz(supplier: ScriptedSupplier, tmp_path: Path) -> None:
             if token != "again":
                 supplier.push({"items": [], "next_page_token": token})
             await source.poll_once()
-            cursor = store.get_cursor(source.key)
+            cursor = cursor_of(store, source.key)
             assert cursor["page_token"] is None and cursor["updated_since"] == T0 + (k + 1) * 1000
             supplier.script.clear()
     finally:
@@ -292,23 +298,23 @@ async def test_graphql_fuzz(supplier: ScriptedSupplier, tmp_path: Path) -> None:
             ("gzip bomb", bomb, bomb_headers, "response_too_large"),
         ]
         for j, (name, body, headers, reason) in enumerate(pages):
-            before = len(emitter.dead_letters)
+            dead_before = len(emitter.dead_letters)
             supplier.push(body, headers=headers)
             with pytest.raises(ConnectorError):
                 await source.poll_once()
-            assert [d["reason"] for d in emitter.dead_letters[before:]] == [reason], name
+            assert [d["reason"] for d in emitter.dead_letters[dead_before:]] == [reason], name
             supplier.push(connection([{"node": good(n + j)}], f"p{j}"))
             deltas = len(emitter.deltas)
             await source.poll_once()
             assert [d["sku"] for d in emitter.deltas[deltas:]] == [f"GOOD-{n + j}"], name
         # Partial data with errors: the data is used, the errors dead-lettered.
         k = n + len(pages)
-        before = len(emitter.dead_letters)
+        dead_before = len(emitter.dead_letters)
         supplier.push({**connection([{"node": good(k)}], "partial"),
                        "errors": [{"message": "one resolver failed"}]})
         await source.poll_once()
         assert emitter.deltas[-1]["sku"] == f"GOOD-{k}"
-        assert [d["reason"] for d in emitter.dead_letters[before:]] == ["graphql_error"]
+        assert [d["reason"] for d in emitter.dead_letters[dead_before:]] == ["graphql_error"]
         # An end cursor given again while the supplier says there is more ends the walk.
         supplier.push(connection([{"node": good(k + 1)}], "loop", more=True))
         supplier.push(connection([{"node": good(k + 2)}], "loop", more=True))
@@ -452,7 +458,7 @@ async def test_csv_fuzz(tmp_path: Path) -> None:
         before = (len(emitter.deltas), len(emitter.dead_letters))
         await source.poll_once()  # sees the file
         await source.poll_once()  # finds it unchanged, reads it
-        assert store.get_cursor(source.key)["last"][1] == path.name, name  # moved on
+        assert cursor_of(store, source.key)["last"][1] == path.name, name  # moved on
         new_dead = emitter.dead_letters[before[1]:]
         assert len(new_dead) == 1 and new_dead[0]["reason"] in reasons, \
             (name, [d["reason"] for d in new_dead])
