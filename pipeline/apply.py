@@ -146,6 +146,8 @@ def decide(
         "platform_sku": platform_sku,
         "suspect": suspect,
         "lead_time_days": delta.get("lead_time_days"),
+        # The dedup memory as it was; the step adds this event to it (pipeline/dedup.py).
+        "recent_ids": state.get("recent_ids", b"") if state is not None else b"",
     }
     published_before = published_quantity(quantity_before, status_before)
     published_after = published_quantity(quantity, status)

@@ -1,26 +1,66 @@
-"""The event_id dedup table logic: which (supplier, event_id) was seen, and when it expires.
+"""The dedup memory of one (supplier, sku): the newest accepted event_ids, hashed and packed.
 
-The table `seen_events` maps `seen_key(supplier_id, event_id)` to the time (epoch ms) the event
-was applied. An entry older than the TTL counts as absent even before the sweeper deletes it,
-so the TTL is exact whatever the sweep interval. Use the same clock for writing and checking
-(the Kafka timestamp of the delta keeps a replay deterministic).
+A StockState carries `recent_ids`: up to RECENT_EVENTS_MAX entries of 16 bytes, the 8-byte
+BLAKE2b digest of an accepted event_id and the time (epoch ms, the delta's Kafka timestamp) it
+was first accepted, little-endian, oldest first. The memory only decides the *reason* a
+redelivery is dropped: any redelivery of an accepted event carries a sequence at or below the
+state's version and is rejected as stale by the version check anyway. So the memory is small
+(at most 128 bytes a key) and never decoded into objects; an entry older than the TTL counts
+as absent and is pruned on the next write. Use the same clock for writing and checking (the
+Kafka timestamp of the delta keeps a replay deterministic).
 """
 
 from __future__ import annotations
 
-from pipeline.validate import KEY_SEPARATOR
+import hashlib
+import struct
+
+RECENT_EVENTS_MAX = 8
+_ENTRY = struct.Struct("<QQ")
+ENTRY_SIZE = _ENTRY.size
 
 
-def seen_key(supplier_id: str, event_id: str) -> str:
-    """Table key of one supplier event; unambiguous because a supplier_id never contains '|'."""
-    return f"{supplier_id}{KEY_SEPARATOR}{event_id}"
+def event_hash(event_id: str) -> int:
+    """The 64-bit digest of an event_id that the memory stores (collisions: 2^-64 a pair)."""
+    digest = hashlib.blake2b(event_id.encode("utf-8", "surrogatepass"), digest_size=8).digest()
+    return int.from_bytes(digest, "little")
 
 
 def expired(seen_at_ms: int, now_ms: int, ttl_ms: int) -> bool:
-    """True when an entry written at seen_at_ms is at least ttl_ms old: the sweeper deletes it."""
+    """True when an entry written at seen_at_ms is at least ttl_ms old."""
     return now_ms - seen_at_ms >= ttl_ms
 
 
 def is_duplicate(seen_at_ms: int | None, now_ms: int, ttl_ms: int) -> bool:
     """True when the event was seen and its entry has not expired."""
     return seen_at_ms is not None and not expired(seen_at_ms, now_ms, ttl_ms)
+
+
+def seen_at(recent: bytes, digest: int) -> int | None:
+    """When the event with this digest was accepted, or None if the memory lacks it."""
+    for i in range(0, len(recent) - ENTRY_SIZE + 1, ENTRY_SIZE):
+        h, t = _ENTRY.unpack_from(recent, i)
+        if h == digest:
+            return t
+    return None
+
+
+def remember(recent: bytes, digest: int, now_ms: int, ttl_ms: int,
+             limit: int = RECENT_EVENTS_MAX) -> bytes:
+    """The memory after accepting the event: expired entries and the oldest beyond `limit`
+    dropped, the new entry last."""
+    kept = [
+        (h, t) for h, t in (_ENTRY.unpack_from(recent, i)
+                            for i in range(0, len(recent) - ENTRY_SIZE + 1, ENTRY_SIZE))
+        if h != digest and not expired(t, now_ms, ttl_ms)
+    ]
+    kept.append((digest, now_ms))
+    if len(kept) > limit:
+        kept = kept[-limit:]
+    return b"".join(_ENTRY.pack(h, t) for h, t in kept)
+
+
+def entries(recent: bytes) -> list[tuple[int, int]]:
+    """The (digest, first seen ms) entries of a memory, oldest first (for tools and tests)."""
+    return [_ENTRY.unpack_from(recent, i)
+            for i in range(0, len(recent) - ENTRY_SIZE + 1, ENTRY_SIZE)]

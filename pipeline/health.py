@@ -1,9 +1,8 @@
 """Liveness and readiness of a worker, and the sizes of its tables, read from the Faust app.
 
-Live: the process answers. Ready: table recovery has finished and no rebalance is in
-progress, so the tables hold every key of the assigned partitions and the agents are
-consuming. Faust sets `tables.recovery.completed` once the first recovery is done (it never
-clears it) and `app.in_recovery` / `app.rebalancing` while a later one runs.
+Live: the process answers. Ready: the first assignment has been restored and no rebalance is
+in progress, so the tables hold every key of the assigned partitions and the agents are
+consuming (the batch runtime restores a partition's table inside the assignment).
 """
 
 from __future__ import annotations
@@ -45,42 +44,27 @@ def is_ready(*, recovery_completed: bool, in_recovery: bool, rebalancing: bool) 
 
 
 def worker_health(app: Any) -> WorkerHealth:
-    """Read the state of a Faust app (never blocks: flags only)."""
-    recovery = getattr(app.tables, "_recovery", None)
-    completed = bool(recovery is not None and recovery.completed.is_set())
-    in_recovery = bool(getattr(app, "in_recovery", False))
-    rebalancing = bool(getattr(app, "rebalancing", False))
-    try:
-        assigned = len(app.assignor.assigned_actives())
-    except Exception:  # the assignor is not set up before the first rebalance
-        assigned = 0
+    """Read the state of the worker's batch runtime (never blocks: flags only)."""
+    runtime = getattr(app, "runtime", None)
+    completed = bool(runtime is not None and runtime.rebalances > 0)
+    rebalancing = bool(runtime is None or runtime.rebalancing)
+    assigned = len(runtime.assignment) if runtime is not None else 0
     return WorkerHealth(
-        app_id=str(app.conf.id), recovery_completed=completed, in_recovery=in_recovery,
-        rebalancing=rebalancing, rebalances=int(getattr(app, "rebalancing_count", 0)),
+        app_id=str(app.conf.id), recovery_completed=completed, in_recovery=False,
+        rebalancing=rebalancing, rebalances=runtime.rebalances if runtime is not None else 0,
         assigned_partitions=assigned,
-        ready=is_ready(recovery_completed=completed, in_recovery=in_recovery,
+        ready=is_ready(recovery_completed=completed, in_recovery=False,
                        rebalancing=rebalancing),
     )
 
 
 def table_keys(table: Any) -> int | None:
-    """Keys of a table in this worker's active partitions; None when the store cannot tell.
-
-    RocksDB: the sum of `rocksdb.estimate-num-keys` of the open partition databases (cheap;
-    counting by iteration would block the event loop on a large table). Memory: exact.
-    """
-    store = table.data
-    dbs = getattr(store, "_dbs", None)
-    if dbs is not None:
-        total = 0
-        for db in store._dbs_for_actives():
-            value = db.property_int_value("rocksdb.estimate-num-keys")
-            if value is None:
-                return None
-            total += int(value)
-        return total
-    data = getattr(store, "data", None)
-    return len(data) if data is not None else None
+    """Keys of a table in this worker's assigned partitions (RocksDB's estimate-num-keys, cheap;
+    counting by iteration would block the event loop on a large table)."""
+    try:
+        return int(table.keys_estimate())
+    except Exception:  # a partition closed by a rebalance while being read
+        return None
 
 
 def record_worker_metrics(app: Any, tables: dict[str, Any]) -> WorkerHealth:

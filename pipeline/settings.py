@@ -125,6 +125,16 @@ class Settings(BaseSettings):
     sink_enabled: bool = True
     cache_enabled: bool = True
 
+    # --- Worker runtime (topologies/runtime/) ------------------------------------------
+    batch_max_records: int = Field(
+        default=2000, ge=1, le=100_000, description="records fetched per poll and batch")
+    batch_max_wait_s: float = Field(
+        default=0.02, gt=0, description="how long a poll waits for records before it returns")
+    batch_max_failures: int = Field(
+        default=8, ge=1, description="a batch that fails this often in a row stops the worker")
+    table_cache_keys: int = Field(
+        default=100_000, ge=100, description="decoded values kept in memory per table")
+
     # --- Faust --------------------------------------------------------------------
     app_id: str = "stockflow"
     processing_guarantee: ProcessingGuarantee = "exactly_once"

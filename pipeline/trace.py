@@ -1,9 +1,9 @@
 """Follow one event through stockflow: its place in the log, the decision, where it went.
 
 The worker's decisions are a pure function of the log: per Kafka key, in partition order, with
-the record's Kafka timestamp as the clock (pipeline/validate.py, dedup.py, apply.py). So
-`trace` finds the event in inventory.deltas, replays the events of its key up to it with the
-same steps the agent runs, and reports the outcome (applied, noop, duplicate, stale or
+the record's Kafka timestamp as the clock (pipeline/step.py). So `trace` finds the event in
+inventory.deltas, replays the events of its key up to it through the same step the agent
+runs, and reports the outcome (applied, noop, duplicate, stale or
 dead-lettered with its reason). It then checks the evidence the outcome leaves: the record on
 inventory.deadletter, the Cassandra rows (availability_by_sku version, change_history row of
 that version) and the Redis version of that supplier, and whether the worker's group has
@@ -18,15 +18,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from connectors.replay.log_reader import LogRecord
-from pipeline.apply import decide
-from pipeline.errors import SchemaError, StockflowError, ValidationError
+from pipeline.errors import SchemaError, StockflowError
 from pipeline.log import get_logger
 from pipeline.settings import Settings
-from pipeline.validate import DECODE_ERROR, KEY_SEPARATOR, validate_delta
+from pipeline.step import RawRecord, StepContext, StepOutputs, apply_deltas, event_time_ms
+from pipeline.validate import KEY_SEPARATOR, validate_delta
 
 log = get_logger(__name__)
 
-Remember = Callable[[dict[str, int], str, int], dict[str, int]]
 PlatformSkuOf = Callable[[str, str], str]
 
 
@@ -72,67 +71,59 @@ def key_partition(key: bytes, partitions: int) -> int:
 
 # --------------------------------------------------------------------------- replay (pure)
 
-@dataclass
-class _KeyState:
-    state: dict[str, Any] | None = None
-    recent: dict[str, int] = field(default_factory=dict)
-    accepted_at: dict[str, int] = field(default_factory=dict)  # event_id -> offset accepted
-
-
 def replay_key(records: Iterable[LogRecord], *, targets: set[int], dedup_ttl_ms: int,
-               remember: Remember, platform_sku_of: PlatformSkuOf,
-               codec: Any) -> dict[int, tuple[str, str, dict[str, Any] | None, str | None]]:
-    """Replay one key's records in partition order as process_deltas does.
+               platform_sku_of: PlatformSkuOf, codec: Any, topic: str = "inventory.deltas",
+               ) -> dict[int, tuple[str, str, dict[str, Any] | None, str | None]]:
+    """Replay one key's records in partition order through the worker's own step
+    (pipeline.step.apply_deltas), one record at a time.
 
     Returns, for each target offset, (outcome, detail, validated delta or None, platform_sku).
     """
-    key_state = _KeyState()
+    ctx = StepContext(platform_sku=platform_sku_of, dedup_ttl_ms=dedup_ttl_ms,
+                      wall_clock_ms=lambda: int(time.time() * 1000))
+    state: dict[str, Any] | None = None
+    accepted_at: dict[str, int] = {}  # event_id -> offset it was accepted at
     out: dict[int, tuple[str, str, dict[str, Any] | None, str | None]] = {}
     for rec in records:
-        now = rec.timestamp_ms
-        try:
-            record = codec.decode(rec.value)
-        except SchemaError as exc:
-            if rec.offset in targets:
-                out[rec.offset] = (f"invalid:{DECODE_ERROR}", str(exc), None, None)
+        step = StepOutputs(trail=[])
+        before = state
+        state = apply_deltas(state, [RawRecord(rec.key, rec.value, rec.timestamp_ms, topic,
+                                               rec.partition, rec.offset)], ctx, step)
+        _offset, outcome, update = step.trail[-1] if step.trail else (rec.offset, "unknown", None)
+        delta: dict[str, Any] | None = None
+        if not outcome.startswith("invalid:"):
+            # The step accepted the record as a delta: decode it again for the report.
+            delta = validate_delta(codec.decode(rec.value or b""), key=rec.key,
+                                   now_ms=event_time_ms(rec.timestamp_ms, ctx.wall_clock_ms))
+            if outcome in ("applied", "noop"):
+                accepted_at.setdefault(delta["event_id"], rec.offset)
+        if rec.offset not in targets:
             continue
-        try:
-            delta = validate_delta(record, key=rec.key, now_ms=now)
-        except ValidationError as exc:
-            if rec.offset in targets:
-                out[rec.offset] = (f"invalid:{exc.code}", exc.message, None, None)
+        if outcome.startswith("invalid:"):
+            detail = step.dead_letters[-1][1]["message"] if step.dead_letters else ""
+            out[rec.offset] = (outcome, detail, None, None)
             continue
-        event_id = delta["event_id"]
-        platform_sku = platform_sku_of(delta["supplier_id"], delta["sku"])
-        state = key_state.state
-        decision = decide(delta, state, key_state.recent.get(event_id),
-                          platform_sku=platform_sku, now_ms=now, produced_at_ms=now,
-                          dedup_ttl_ms=dedup_ttl_ms)
-        if rec.offset in targets:
-            if decision.outcome == "duplicate":
-                first = key_state.accepted_at.get(event_id)
-                detail = f"event_id already accepted at offset {first}" if first is not None \
-                    else "event_id already accepted"
-            elif decision.outcome == "stale":
-                detail = f"sequence {delta['sequence']} <= version {state['version']}" \
-                    if state else "stale"
-            elif decision.outcome == "applied":
-                update = decision.update or {}
-                detail = (f"quantity {update.get('quantity_before')} -> "
-                          f"{update.get('quantity_after')} at version {delta['sequence']}")
-            else:
-                detail = "state advanced to version " \
-                         f"{delta['sequence']}; the published quantity did not change"
-            if decision.gap:
-                detail += "; sequence gap: resync requested"
-            if decision.clamped:
-                detail += "; clamped at 0"
-            out[rec.offset] = (decision.outcome, detail, delta, platform_sku)
-        if decision.state is not None:
-            key_state.state = dict(decision.state)
-            if decision.remember_event:
-                key_state.recent = remember(key_state.recent, event_id, now)
-                key_state.accepted_at.setdefault(event_id, rec.offset)
+        assert delta is not None
+        if outcome == "duplicate":
+            first = accepted_at.get(delta["event_id"])
+            detail = f"event_id already accepted at offset {first}" if first is not None \
+                else "event_id already accepted"
+        elif outcome == "stale":
+            detail = f"sequence {delta['sequence']} <= version {before['version']}" \
+                if before else "stale"
+        elif outcome == "applied":
+            upd = update or {}
+            detail = (f"quantity {upd.get('quantity_before')} -> "
+                      f"{upd.get('quantity_after')} at version {delta['sequence']}")
+        else:
+            detail = "state advanced to version " \
+                     f"{delta['sequence']}; the published quantity did not change"
+        if step.gaps:
+            detail += "; sequence gap: resync requested"
+        if step.clamped:
+            detail += "; clamped at 0"
+        out[rec.offset] = (outcome, detail, delta,
+                           platform_sku_of(delta["supplier_id"], delta["sku"]))
     return out
 
 
@@ -304,10 +295,12 @@ def check_redis(client: Any, prefix: str, occ: Occurrence) -> dict[str, Any]:
 def trace_event(settings: Settings, event_id: str, *, supplier: str | None = None,
                 sku: str | None = None, check_sinks: bool = True) -> TraceReport:
     """Find event_id in inventory.deltas and tell what happened to each of its occurrences."""
+    # The worker's catalog and dedup TTL: trace replays exactly what the worker runs.
+    from pipeline.catalog import Catalog
     from schemas.codec import codec_for
 
-    # The worker's own dedup memory, catalog and TTL: trace replays exactly what it runs.
-    from topologies.process_deltas import DEDUP_TTL_MS, _remember, catalog
+    catalog = Catalog.from_file(settings.catalog_path) if settings.catalog_path \
+        else Catalog.empty()
 
     delta_codec = codec_for("SupplierDelta")
     report = TraceReport(event_id)
@@ -325,9 +318,10 @@ def trace_event(settings: Settings, event_id: str, *, supplier: str | None = Non
         last = max(targets)
         history = (r for r in scan(settings, topic, [partition])
                    if r.key == key and r.offset <= last)
-        outcomes = replay_key(history, targets=targets, dedup_ttl_ms=DEDUP_TTL_MS,
-                              remember=_remember, platform_sku_of=catalog.platform_sku,
-                              codec=delta_codec)
+        outcomes = replay_key(history, targets=targets,
+                              dedup_ttl_ms=settings.dedup_ttl_s * 1000,
+                              platform_sku_of=catalog.platform_sku, codec=delta_codec,
+                              topic=topic)
         for hit in hits:
             outcome, detail, delta, platform_sku = outcomes.get(
                 hit.offset, ("unknown", "not replayed", None, None))

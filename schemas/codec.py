@@ -314,7 +314,8 @@ for _name in SCHEMA_FILES:
 # Earlier versions of a record, kept so records already on a topic still decode (resolved to
 # the current schema; fields added since take their defaults).
 OLDER_SCHEMA_FILES = ("inventory_change.v1.avsc",  # before lead_time_days
-                      "stock_state.v1.avsc")  # before lead_time_days
+                      "stock_state.v1.avsc",  # before lead_time_days
+                      "stock_state.v2.avsc")  # event_ids in full, before recent_ids
 for _file in OLDER_SCHEMA_FILES:
     WRITER_SCHEMAS.register(
         json.loads(resources.files("schemas").joinpath(_file).read_text(encoding="utf-8")))

@@ -1,11 +1,16 @@
 """Agent aggregate: inventory.stock-updates -> availability table -> Cassandra -> inventory.changes.
 
-Batches of stock updates (repartitioned by platform SKU) are folded into the availability
-table, written to Cassandra, and only after Cassandra acknowledged the batch are its
-InventoryChange records sent: the cache, fed from inventory.changes, is never ahead of the
-database. Under exactly-once the changelog writes, the change records and the input offsets
-commit in one Kafka transaction; a crash before the commit replays the batch, and the
-Cassandra writes are idempotent (USING TIMESTAMP = version), so both converge.
+One batch per event (topologies/runtime). The StockUpdates are grouped by platform SKU, each
+availability is read once, folded by the pure step `pipeline.step.fold_updates` and written
+once; the updates that changed something are written to Cassandra in one sink batch, and
+only after Cassandra acknowledged it are their InventoryChange records sent: the cache, fed
+from inventory.changes, is never ahead of the database. Under exactly-once the changelog
+writes, the change records and the input offsets commit in one Kafka transaction; a batch
+processed again after a crash writes the same Cassandra cells (USING TIMESTAMP = version).
+
+The repartition by platform SKU (inventory.stock-updates) stays: the suppliers of one
+platform SKU arrive on different partitions of inventory.deltas, and one writer per platform
+SKU -- this agent, on the partition that owns the SKU -- is what keeps its total exact.
 """
 
 from __future__ import annotations
@@ -14,23 +19,22 @@ import time
 from typing import Any, Protocol
 
 from pipeline import metrics
-from pipeline.aggregate import fold_update
 from pipeline.app import app, avro_table, settings
+from pipeline.errors import SchemaError
 from pipeline.log import get_logger
-from pipeline.transactions import commit_gate
-from schemas.codec import faust_codec_name
-from topologies.batching import take_events
-from topologies.process_deltas import stock_updates_topic
-from topologies.topics import CHANGES
+from pipeline.step import StepOutputs, fold_updates
+from schemas.codec import codec_for
+from topologies.runtime import InputBatches
+from topologies.topics import CHANGES, STOCK_UPDATES
 
 log = get_logger(__name__)
 
-changes_topic = app.topic(settings.topic(CHANGES.name), key_serializer="raw",
-                          value_serializer=faust_codec_name("InventoryChange"),
-                          partitions=settings.partitions)
-
 availability = avro_table("availability", "Availability",
                           help="availability across suppliers per platform_sku")
+stock_updates = InputBatches(app, topic=settings.topic(STOCK_UPDATES.name), table=availability)
+CHANGES_TOPIC = settings.topic(CHANGES.name)
+_UPDATE = codec_for("StockUpdate")
+_CHANGE = codec_for("InventoryChange")
 
 
 class StockSink(Protocol):
@@ -77,42 +81,60 @@ async def _get_sink() -> StockSink:
     return _sink
 
 
-@app.agent(stock_updates_topic)
-async def aggregate(stream: Any) -> Any:
+def fold_batch(records: list[Any], now_ms: int) -> tuple[list[dict[str, Any]], StepOutputs]:
+    """Fold a batch into the availability table; returns the updates that changed something
+    (to write to Cassandra) and the outputs with their changes, in the same order."""
+    groups: dict[tuple[int, bytes], list[dict[str, Any]]] = {}
+    decode = _UPDATE.decode
+    for msg in records:
+        try:
+            update = decode(msg.value() or b"")
+        except SchemaError as exc:
+            # Written by stockflow after validation: a bug upstream, counted and logged.
+            metrics.DROPPED.labels("aggregate:undecodable").inc()
+            log.error("aggregate.undecodable_update", error=str(exc), topic=msg.topic(),
+                      partition=msg.partition(), offset=msg.offset())
+            continue
+        group_key = (msg.partition(), update["platform_sku"].encode())
+        group = groups.get(group_key)
+        if group is None:
+            groups[group_key] = [update]
+        else:
+            group.append(update)
+    out = StepOutputs()
+    written: list[dict[str, Any]] = []
+    get_in, set_in = availability.get_in, availability.set_in
+    for (partition, key), updates in groups.items():
+        old = get_in(partition, key)
+        for update in updates:
+            before = len(out.changes)
+            new = fold_updates(old, (update,), now_ms, out)
+            if new is not old:
+                # Also when nothing published changed: keep the newer version and lead time.
+                set_in(partition, key, new)
+                old = new
+            if len(out.changes) > before:
+                written.append(update)
+    return written, out
+
+
+@app.agent(stock_updates, name="aggregate")
+async def aggregate(batches: Any) -> Any:
     """Fold a batch into availability, write it to Cassandra, then emit its changes."""
     sink = await _get_sink()
-    async for events in take_events(stream, settings.sink_batch_size,
-                                    settings.sink_batch_within_s):
-        # One unit per batch: folded, written, emitted and acked with no commit in between.
-        async with commit_gate.unit():
-            now = int(time.time() * 1000)
-            updates: list[dict[str, Any]] = []
-            changes: list[tuple[Any, dict[str, Any]]] = []
-            for event in events:
-                # Table writes go to the changelog partition of the *current* event; a batch
-                # spans partitions, so make each event current while its key is written.
-                stream._set_current_event(event)
-                update = event.value
-                key = update["platform_sku"].encode()
-                old_avail = availability.get(key)
-                new_avail, change = fold_update(old_avail, update, now_ms=now)
-                if new_avail is not old_avail:
-                    # Also when nothing published changed: keep the newer version and lead time.
-                    availability[key] = new_avail
-                if change is None:
-                    metrics.EVENTS.labels("aggregate", "unchanged").inc()
-                    continue
-                updates.append(update)
-                changes.append((event, change))
-            if updates:
-                await _write_then_emit(stream, sink, updates, changes)
-            for event in events:
-                await stream.ack(event)
-        yield len(changes)
+    async for batch in batches:
+        async with batch:
+            written, out = fold_batch(batch.records, batch.now_ms)
+            if out.unchanged_updates:
+                metrics.EVENTS.labels("aggregate", "unchanged").inc(out.unchanged_updates)
+            if written:
+                await _write_then_emit(sink, written, out.changes, batch.send)
+            batch.result = len(out.changes)
+        yield batch.result
 
 
-async def _write_then_emit(stream: Any, sink: StockSink, updates: list[dict[str, Any]],
-                           changes: list[tuple[Any, dict[str, Any]]]) -> None:
+async def _write_then_emit(sink: StockSink, updates: list[dict[str, Any]],
+                           changes: list[dict[str, Any]], send: Any) -> None:
     """Write a batch to the sink and, once it is acknowledged, send its change records."""
     t0 = time.perf_counter()
     await sink.write_batch(updates)
@@ -122,10 +144,8 @@ async def _write_then_emit(stream: Any, sink: StockSink, updates: list[dict[str,
     fresh = metrics.FRESHNESS.labels("cassandra")
     for update in updates:
         fresh.observe(max(0.0, (written_ms - update["produced_at"]) / 1000))
-    for event, change in changes:
-        # Under exactly-once a record joins the transaction of its source event's
-        # partition (pipeline/transactions.py): make that event current again.
-        stream._set_current_event(event)
-        await changes_topic.send(key=change["platform_sku"].encode(), value=change)
+    encode = _CHANGE.encode
+    for change in changes:
+        send(CHANGES_TOPIC, change["platform_sku"].encode(), encode(change), None)
     metrics.EVENTS.labels("aggregate", "changed").inc(len(changes))
     metrics.CHANGES.inc(len(changes))

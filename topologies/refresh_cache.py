@@ -7,11 +7,16 @@ from typing import Any, Protocol
 
 from pipeline import metrics
 from pipeline.app import app, settings
+from pipeline.errors import SchemaError
 from pipeline.log import get_logger
-from topologies.aggregate import changes_topic
-from topologies.batching import take_events
+from schemas.codec import codec_for
+from topologies.runtime import InputBatches
+from topologies.topics import CHANGES
 
 log = get_logger(__name__)
+
+changes = InputBatches(app, topic=settings.topic(CHANGES.name))
+_CHANGE = codec_for("InventoryChange")
 
 
 class ChangeCache(Protocol):
@@ -40,19 +45,32 @@ def _get_cache() -> ChangeCache | None:
     return _cache
 
 
-@app.agent(changes_topic)
-async def refresh_cache(stream: Any) -> Any:
-    """Write each batch of changes to Redis; returns only once Redis has them."""
-    async for events in take_events(stream, settings.cache_batch_size,
-                                    settings.cache_batch_within_s):
-        changes = [event.value for event in events]
-        cache = _get_cache()
-        if cache is None:
-            yield 0
-            continue
-        t0 = time.perf_counter()
-        await cache.apply_batch(list(changes))
-        metrics.SINK_LATENCY.labels("redis").observe(time.perf_counter() - t0)
-        metrics.SINK_BATCH_SIZE.labels("redis").observe(len(changes))
-        metrics.EVENTS.labels("cache", "written").inc(len(changes))
-        yield len(changes)
+def decode_changes(records: list[Any]) -> list[dict[str, Any]]:
+    """The InventoryChange records of a batch (an undecodable one is counted and skipped)."""
+    decoded = []
+    for msg in records:
+        try:
+            decoded.append(_CHANGE.decode(msg.value() or b""))
+        except SchemaError as exc:
+            metrics.DROPPED.labels("cache:undecodable").inc()
+            log.error("cache.undecodable_change", error=str(exc), topic=msg.topic(),
+                      partition=msg.partition(), offset=msg.offset())
+    return decoded
+
+
+@app.agent(changes, name="refresh_cache")
+async def refresh_cache(batches: Any) -> Any:
+    """Write each batch of changes to Redis; done only once Redis has them."""
+    async for batch in batches:
+        async with batch:
+            cache = _get_cache()
+            batch.result = 0
+            if cache is not None:
+                decoded = decode_changes(batch.records)
+                t0 = time.perf_counter()
+                await cache.apply_batch(decoded)
+                metrics.SINK_LATENCY.labels("redis").observe(time.perf_counter() - t0)
+                metrics.SINK_BATCH_SIZE.labels("redis").observe(len(decoded))
+                metrics.EVENTS.labels("cache", "written").inc(len(decoded))
+                batch.result = len(decoded)
+        yield batch.result

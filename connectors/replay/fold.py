@@ -1,12 +1,11 @@
 """LogFold: the worker's chain (validate, dedup, apply, aggregate) over raw log records, in memory.
 
-It makes the decisions `topologies/process_deltas.py` and `topologies/aggregate.py` make, with
-the same pure functions and the same clock (the delta's Kafka timestamp), so the StockUpdates
-and InventoryChanges it yields are the ones the worker wrote to Cassandra and Redis. One
-difference, on purpose: the aggregate agent stamps `changed_at` (and the availability entry's
-`updated_at`) with the wall clock when it processes a batch; a replay cannot know that moment
-and uses the delta's Kafka timestamp instead. Those two fields are processing time and are not
-compared by verify.
+It drives the worker's own pure steps (pipeline/step.py: `apply_deltas`, `fold_updates`) with
+the same clock (the delta's Kafka timestamp), so the StockUpdates and InventoryChanges it
+yields are the ones the worker wrote to Cassandra and Redis. One difference, on purpose: the
+aggregate agent stamps `changed_at` (and the availability entry's `updated_at`) with the wall
+clock of its batch; a replay cannot know that moment and uses the delta's Kafka timestamp
+instead. Those two fields are processing time and are not compared by verify.
 """
 
 from __future__ import annotations
@@ -15,38 +14,18 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from pipeline.aggregate import fold_update
-from pipeline.apply import DUPLICATE, STALE, decide
+from pipeline.apply import APPLIED, DUPLICATE, NOOP, STALE
 from pipeline.catalog import Catalog
-from pipeline.dedup import expired
-from pipeline.errors import SchemaError, ValidationError
-from pipeline.validate import delta_key, validate_delta
-from schemas.codec import codec_for
-
-# The worker keeps this many accepted event_ids per (supplier, sku) (process_deltas.py).
-RECENT_EVENTS_MAX = 32
-
-
-def remember_event(recent: dict[str, int], event_id: str, now: int, ttl_ms: int,
-                   limit: int = RECENT_EVENTS_MAX) -> dict[str, int]:
-    """The dedup memory after accepting event_id, as the worker computes it (TTL, newest kept)."""
-    kept = {e: t for e, t in recent.items() if not expired(t, now, ttl_ms)}
-    kept[event_id] = now
-    if len(kept) > limit:
-        kept = dict(sorted(kept.items(), key=lambda item: item[1])[-limit:])
-    return kept
-
-
-def event_time_ms(timestamp_ms: int, wall_clock_ms: Callable[[], int]) -> int:
-    """The clock the worker uses for a delta: its Kafka timestamp.
-
-    Faust hands the timestamp over as float seconds and the worker turns it back with
-    `int(ts * 1000)`; doing the same float round trip here reproduces its value to the
-    millisecond (a plain `timestamp_ms` would differ by one for some timestamps).
-    """
-    if timestamp_ms <= 0:
-        return wall_clock_ms()
-    return int((timestamp_ms / 1000.0) * 1000)
+from pipeline.step import (
+    INVALID,
+    RawRecord,
+    StepContext,
+    StepOutputs,
+    apply_deltas,
+    event_time_ms,
+    fold_updates,
+)
+from pipeline.validate import delta_key
 
 
 @dataclass(slots=True)
@@ -93,6 +72,7 @@ class LogFold:
     rows: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
     changes: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
     stats: FoldStats = field(default_factory=FoldStats)
+    _ctx: StepContext | None = field(default=None, repr=False)
 
     def apply(self, key: bytes | None, value: bytes | None, timestamp_ms: int,
               partition: int = 0) -> Step:
@@ -100,54 +80,59 @@ class LogFold:
         stats = self.stats
         stats.records += 1
         now = event_time_ms(timestamp_ms, self.wall_clock_ms)
-        try:
-            record = codec_for("SupplierDelta").decode(value or b"")
-            delta = validate_delta(record, key=key, now_ms=now)
-        except (SchemaError, ValidationError):
+        ctx = self._context()
+        out = StepOutputs()
+        state_key = key
+        state = self.stock.get(key) if key is not None else None
+        new = apply_deltas(state, [RawRecord(key, value, timestamp_ms, "inventory.deltas",
+                                             partition, -1)], ctx, out)
+        outcomes = out.outcomes
+        if outcomes.get(INVALID):
             stats.invalid += 1  # the worker dead-lettered it; nothing reached a table
             return _NOTHING
-        supplier, sku = delta["supplier_id"], delta["sku"]
-        state_key = key if key is not None else delta_key(supplier, sku)
-        event_id = delta["event_id"]
-        state = self.stock.get(state_key)
-        recent: dict[str, int] = (state.get("recent_events") or {}) if state else {}
-        decision = decide(
-            delta, state, recent.get(event_id),
-            platform_sku=self.catalog.platform_sku(supplier, sku), now_ms=now,
-            produced_at_ms=now, dedup_ttl_ms=self.dedup_ttl_ms,
-        )
-        if decision.outcome == DUPLICATE:
+        if outcomes.get(DUPLICATE):
             stats.duplicate += 1
             return _NOTHING
-        if decision.outcome == STALE:
+        if outcomes.get(STALE):
             stats.stale += 1
             return _NOTHING
-        if decision.state is not None:
-            new_state = dict(decision.state)
-            new_state["recent_events"] = (
-                remember_event(recent, event_id, now, self.dedup_ttl_ms)
-                if decision.remember_event else recent)
-            self.stock[state_key] = new_state
-            self.stock_partition[state_key] = partition
-        update = decision.update
-        if update is None:
+        if new is not state and new is not None:
+            if state_key is None:
+                state_key = delta_key(out.updates[0]["supplier_id"], out.updates[0]["sku"]) \
+                    if out.updates else None
+            if state_key is not None:
+                self.stock[state_key] = new
+                self.stock_partition[state_key] = partition
+        if outcomes.get(NOOP) or not out.updates:
             stats.noop += 1
             return _NOTHING
+        assert outcomes.get(APPLIED)
         stats.applied += 1
+        update = out.updates[0]
         platform_sku = update["platform_sku"]
         old = self.availability.get(platform_sku)
-        new, change = fold_update(old, update, now_ms=now)
-        if new is not old:
-            self.availability[platform_sku] = new
-        if change is None:
+        fold_out = StepOutputs()
+        new_avail = fold_updates(old, (update,), now, fold_out)
+        if new_avail is not old and new_avail is not None:
+            self.availability[platform_sku] = new_avail
+        if not fold_out.changes:
             # The aggregate agent writes nothing to Cassandra for an update that changes no
             # published value; neither does a replay.
             return _NOTHING
+        change = fold_out.changes[0]
         stats.changes += 1
         entry = (platform_sku, update["supplier_id"])
         self.rows[entry] = update
         self.changes[entry] = change
         return Step(update, change)
+
+    def _context(self) -> StepContext:
+        ctx = self._ctx
+        if ctx is None:
+            ctx = self._ctx = StepContext(platform_sku=self.catalog.platform_sku,
+                                          dedup_ttl_ms=self.dedup_ttl_ms,
+                                          wall_clock_ms=self.wall_clock_ms)
+        return ctx
 
     def expected_rows(self, platform_sku: str) -> dict[str, dict[str, Any]]:
         """The availability_by_sku rows of one platform SKU by supplier, as Cassandra holds them."""

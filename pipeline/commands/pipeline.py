@@ -34,14 +34,15 @@ def worker() -> None:
     """Run the stockflow worker: validate, dedup, apply, aggregate, sink, cache."""
     from prometheus_client import REGISTRY, start_http_server
 
-    from pipeline import lag, offsets
+    from pipeline import lag
     from pipeline.app import app, settings
     from pipeline.log import get_logger
+    from topologies.runtime.metrics import UncommittedOffsetsCollector
 
     # Consumer lag per topic-partition, looked up when Prometheus scrapes (pipeline/lag.py),
-    # and how far processing ran past the committed offsets (pipeline/offsets.py).
+    # and how far processing ran past the committed offsets (the runtime's own view).
     lag.install(settings)
-    REGISTRY.register(offsets.UncommittedOffsetsCollector(app))
+    REGISTRY.register(UncommittedOffsetsCollector(app))
     start_http_server(settings.metrics_port, addr=settings.bind_host)
     get_logger("stockflow.worker").info(
         "worker.starting", app_id=settings.app_id, broker=settings.kafka_bootstrap_servers,
@@ -49,35 +50,9 @@ def worker() -> None:
         topic_prefix=settings.topic_prefix)
     from faust.worker import Worker
 
-    from pipeline import local_state, undo_store
-
     app.discover()
-    datadir = Path(app.conf.datadir)
-    changelogs = [t.changelog_topic.get_topic_name() for t in app.tables.values()]
-    decision = local_state.prepare_local_state(
-        datadir, Path(app.conf.tabledir), app_id=settings.app_id,
-        topic_ids=local_state.changelog_topic_ids(settings.confluent_config(), changelogs),
-        exactly_once=settings.processing_guarantee == "exactly_once",
-        undo_logs=app.conf.store.scheme == undo_store.SCHEME)
-    log = get_logger("stockflow.worker")
-    if decision.action == "discarded":
-        log.warning("worker.local_state_discarded", reason=decision.reason,
-                    action="restoring the tables from their changelogs",
-                    tabledir=str(app.conf.tabledir))
-    elif decision.action == "rolled_back":
-        log.info("worker.local_state_rolled_back", reason=decision.reason,
-                 keys_restored=decision.keys_restored, tabledir=str(app.conf.tabledir))
-    exit_code: object = 1
-    try:
-        Worker(app, loglevel=settings.log_level, quiet=True, redirect_stdouts=False,
-               override_logging=False).execute_from_commandline()
-        exit_code = 0
-    except SystemExit as exc:
-        exit_code = exc.code
-        raise
-    finally:
-        if exit_code in (0, None):
-            local_state.mark_clean_stop(datadir)
+    Worker(app, loglevel=settings.log_level, quiet=True, redirect_stdouts=False,
+           override_logging=False).execute_from_commandline()
 
 
 def produce(

@@ -1,12 +1,11 @@
-"""Agent tests run the real agents with Faust's test_context and the in-memory table store."""
+"""Agent tests run the real agents on in-process batches, with the tables on a temp dir."""
 
 from __future__ import annotations
 
 import os
 import sys
 
-# Before pipeline.app is imported anywhere: memory store, no sink/cache I/O, own app id.
-os.environ["STOCKFLOW_STORE"] = "memory://"
+# Before pipeline.app is imported anywhere: own app id, no sink/cache I/O from settings.
 os.environ["STOCKFLOW_APP_ID"] = "stockflow-agent-tests"
 if "pipeline.app" not in sys.modules:
     from pipeline.settings import get_settings

@@ -1,23 +1,51 @@
-"""The agents, driven through Faust's test_context with the memory store."""
+"""The agents, each handed one batch as one event through its Faust channel (test_context)."""
 
 from __future__ import annotations
 
 import time
-from typing import Any
-from unittest.mock import AsyncMock, patch
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, ClassVar
 
 import pytest
 
 from pipeline.app import settings
+from pipeline.dedup import entries, event_hash
 from schemas.codec import codec_for
-
-pytestmark = pytest.mark.skipif(settings.store != "memory://",
-                                reason="pipeline.app was imported before tests/agents/conftest")
-
-from topologies import aggregate as aggregate_mod  # noqa: E402
-from topologies import process_deltas as pd  # noqa: E402
+from topologies import aggregate as aggregate_mod
+from topologies import process_deltas as pd
+from topologies.runtime import Batch
 
 NOW = int(time.time() * 1000)
+DELTAS = settings.topic("inventory.deltas")
+UPDATES = settings.topic("inventory.stock-updates")
+
+
+class Msg:
+    """A consumed record as confluent-kafka hands it over."""
+
+    def __init__(self, topic: str, key: bytes | None, value: bytes, offset: int,
+                 partition: int = 0, ts: int = NOW) -> None:
+        self._t, self._k, self._v, self._o, self._p, self._ts = \
+            topic, key, value, offset, partition, ts
+
+    def topic(self) -> str:
+        return self._t
+
+    def key(self) -> bytes | None:
+        return self._k
+
+    def value(self) -> bytes:
+        return self._v
+
+    def offset(self) -> int:
+        return self._o
+
+    def partition(self) -> int:
+        return self._p
+
+    def timestamp(self) -> tuple[int, int]:
+        return (1, self._ts)
 
 
 def delta(**kw: Any) -> dict[str, Any]:
@@ -26,129 +54,161 @@ def delta(**kw: Any) -> dict[str, Any]:
     return {**base, **kw}
 
 
-def encoded(**kw: Any) -> tuple[bytes, bytes]:
-    d = delta(**kw)
-    return f"{d['supplier_id']}|{d['sku']}".encode(), codec_for("SupplierDelta").encode(d)
+def msgs(*deltas: dict[str, Any], start: int = 0) -> list[Msg]:
+    out = []
+    for i, kw in enumerate(deltas):
+        d = delta(**kw)
+        out.append(Msg(DELTAS, f"{d['supplier_id']}|{d['sku']}".encode(),
+                       codec_for("SupplierDelta").encode(d), start + i))
+    return out
 
 
 class Sent:
-    """Captures what an agent sends to each topic."""
+    """What an agent sent, decoded per topic."""
+
+    CODECS: ClassVar[dict[str, str]] = {
+        "inventory.stock-updates": "StockUpdate", "inventory.deadletter": "DeadLetter",
+        "inventory.resync": "ResyncRequest", "inventory.changes": "InventoryChange"}
 
     def __init__(self) -> None:
-        self.records: dict[str, list[Any]] = {}
+        self.records: dict[str, list[tuple[bytes | None, Any]]] = {}
 
-    def patch(self, name: str, topic: Any) -> Any:
-        async def send(*, key: Any = None, value: Any = None, **_: Any) -> None:
-            self.records.setdefault(name, []).append((key, value))
-        return patch.object(topic, "send", AsyncMock(side_effect=send))
+    def __call__(self, topic: str, key: bytes | None, value: bytes,
+                 partition: int | None) -> None:
+        logical = topic.removeprefix(settings.topic_prefix)
+        self.records.setdefault(logical, []).append(
+            (key, codec_for(self.CODECS[logical]).decode(value)))
 
-
-@pytest.fixture
-def sent() -> Any:
-    s = Sent()
-    with s.patch("updates", pd.stock_updates_topic), s.patch("dead", pd.deadletter_topic), \
-            s.patch("resync", pd.resync_topic), s.patch("changes", aggregate_mod.changes_topic):
-        yield s
-    pd.stock.data.clear()
-    aggregate_mod.availability.data.clear()
+    def values(self, logical: str) -> list[Any]:
+        return [v for _, v in self.records.get(logical, [])]
 
 
-async def test_snapshot_then_adjustment_updates_table_and_emits(sent: Sent) -> None:
-    async with pd.process_deltas.test_context() as agent:
-        for kw in ({}, {"event_id": "e2", "sequence": 2, "kind": "ADJUSTMENT", "quantity": -3}):
-            key, value = encoded(**kw)
-            await agent.put(value=value, key=key)
-    state = pd.stock[b"acme|A-1"]
+@pytest.fixture(autouse=True)
+def tables(tmp_path: Path) -> Iterator[None]:
+    for table in (pd.stock, aggregate_mod.availability):
+        table.tabledir = tmp_path
+        for p in range(settings.partitions):
+            table.open_partition(p)
+    yield
+    for table in (pd.stock, aggregate_mod.availability):
+        table.close_all()
+
+
+async def run(agent: Any, topic: str, records: list[Msg], sent: Sent) -> Any:
+    """Hand one batch to the agent as one event and wait until it is done."""
+    batch = Batch(topic=topic, records=records, send=sent, now_ms=NOW)
+    async with agent.test_context() as ctx:
+        await ctx.put(batch)
+    return await batch.done
+
+
+async def test_snapshot_then_adjustment_updates_table_and_emits() -> None:
+    sent = Sent()
+    await run(pd.process_deltas, DELTAS, msgs(
+        {}, {"event_id": "e2", "sequence": 2, "kind": "ADJUSTMENT", "quantity": -3}), sent)
+    state = pd.stock.get_in(0, b"acme|A-1")
     assert (state["quantity"], state["version"]) == (7, 2)
-    assert state["recent_events"].keys() == {"e1", "e2"}
-    updates = [v for _, v in sent.records["updates"]]
+    assert [h for h, _ in entries(state["recent_ids"])] == [event_hash("e1"), event_hash("e2")]
+    updates = sent.values("inventory.stock-updates")
     assert [(u["quantity_before"], u["quantity_after"], u["version"]) for u in updates] == \
         [(0, 10, 1), (10, 7, 2)]
-    assert all(k == b"A-1" for k, _ in sent.records["updates"])
+    assert all(k == b"A-1" for k, _ in sent.records["inventory.stock-updates"])
 
 
-async def test_duplicate_stale_and_noop_emit_nothing(sent: Sent) -> None:
-    async with pd.process_deltas.test_context() as agent:
-        outcomes = []
-        for kw in ({"sequence": 5}, {"sequence": 5},  # duplicate event_id
-                   {"event_id": "old", "sequence": 3, "quantity": 99},  # stale snapshot
-                   {"event_id": "same", "sequence": 6}):  # same quantity: no-op
-            key, value = encoded(**kw)
-            await agent.put(value=value, key=key)
-            outcomes.append(pd.stock[b"acme|A-1"]["version"])
-    assert len(sent.records["updates"]) == 1
-    assert pd.stock[b"acme|A-1"]["quantity"] == 10
-    assert outcomes == [5, 5, 5, 6]  # the no-op still advances the version
+async def test_state_written_once_per_key_per_batch_and_committed_after() -> None:
+    sent = Sent()
+    await run(pd.process_deltas, DELTAS, msgs(
+        *({"event_id": f"e{i}", "sequence": i, "quantity": i} for i in range(1, 50))), sent)
+    (partition, rows), = list(pd.stock.changed())
+    assert [k for k, _ in rows] == [b"acme|A-1"]  # 49 deltas, one value to commit
+    assert codec_for("StockState").decode(rows[0][1])["version"] == 49
+    pd.stock.persist(partition, rows, next_offset=1)
+    assert not pd.stock.has_changes()
+    pd.stock.close_all()
+    pd.stock.open_partition(partition)  # what a restart reads from RocksDB
+    assert pd.stock.get_in(partition, b"acme|A-1")["quantity"] == 49
 
 
-async def test_malformed_records_are_dead_lettered_and_stream_goes_on(sent: Sent) -> None:
-    good_key, good = encoded()
-    bad_key, bad_sku = encoded(event_id="e9", sku="bad|sku")
-    async with pd.process_deltas.test_context() as agent:
-        await agent.put(value=b"\x00garbage", key=b"acme|X")
-        await agent.put(value=bad_sku, key=bad_key)
-        await agent.put(value=good, key=good_key)
-    reasons = [v["reason"] for _, v in sent.records["dead"]]
-    assert reasons == ["decode_error", "bad_sku"]
-    assert sent.records["dead"][0][1]["original"] == b"\x00garbage"
-    assert sent.records["dead"][1][1]["event_id"] == "e9"
-    assert pd.stock[b"acme|A-1"]["quantity"] == 10
+async def test_uncommitted_values_are_dropped_on_abort() -> None:
+    sent = Sent()
+    await run(pd.process_deltas, DELTAS, msgs({}), sent)
+    assert pd.stock.discard_uncommitted() == 1
+    assert pd.stock.get_in(0, b"acme|A-1") is None
 
 
-async def test_gap_requests_resync(sent: Sent) -> None:
-    async with pd.process_deltas.test_context() as agent:
-        for kw in ({}, {"event_id": "e5", "sequence": 5, "kind": "ADJUSTMENT", "quantity": 2}):
-            key, value = encoded(**kw)
-            await agent.put(value=value, key=key)
-    (_, resync), = sent.records["resync"]
+async def test_duplicate_stale_and_noop_emit_nothing() -> None:
+    sent = Sent()
+    out = await run(pd.process_deltas, DELTAS, msgs(
+        {"sequence": 5}, {"sequence": 5},  # duplicate event_id
+        {"event_id": "old", "sequence": 3, "quantity": 99},  # stale snapshot
+        {"event_id": "same", "sequence": 6}), sent)  # same quantity: no-op
+    assert out.outcomes == {"applied": 1, "duplicate": 1, "stale": 1, "noop": 1}
+    assert len(sent.values("inventory.stock-updates")) == 1
+    assert pd.stock.get_in(0, b"acme|A-1")["quantity"] == 10
+
+
+async def test_malformed_records_are_dead_lettered_and_the_batch_goes_on() -> None:
+    sent = Sent()
+    good = msgs({}, start=2)
+    bad_sku = msgs({"event_id": "e9", "sku": "bad|sku"}, start=1)
+    garbage = [Msg(DELTAS, b"acme|X", b"\x00garbage", 0)]
+    await run(pd.process_deltas, DELTAS, garbage + bad_sku + good, sent)
+    dead = sent.values("inventory.deadletter")
+    assert [d["reason"] for d in dead] == ["decode_error", "bad_sku"]
+    assert dead[0]["original"] == b"\x00garbage" and dead[0]["source_offset"] == 0
+    assert dead[1]["event_id"] == "e9"
+    assert pd.stock.get_in(0, b"acme|A-1")["quantity"] == 10
+
+
+async def test_gap_requests_resync() -> None:
+    sent = Sent()
+    await run(pd.process_deltas, DELTAS, msgs(
+        {}, {"event_id": "e5", "sequence": 5, "kind": "ADJUSTMENT", "quantity": 2}), sent)
+    (resync,) = sent.values("inventory.resync")
     assert (resync["expected_sequence"], resync["received_sequence"]) == (2, 5)
-    assert pd.stock[b"acme|A-1"]["suspect"] is True
+    assert pd.stock.get_in(0, b"acme|A-1")["suspect"] is True
 
 
 class MemorySink:
-    def __init__(self) -> None:
+    def __init__(self, sent: Sent) -> None:
+        self.sent = sent
         self.batches: list[list[dict[str, Any]]] = []
+        self.changes_seen_at_write: list[int] = []
 
     async def start(self) -> None: ...
 
     async def write_batch(self, updates: list[dict[str, Any]]) -> int:
+        self.changes_seen_at_write.append(len(self.sent.values("inventory.changes")))
         self.batches.append(list(updates))
         return len(updates)
 
     async def close(self) -> None: ...
 
 
-def stock_update(supplier: str, qty_after: int, version: int, before: int = 0) -> dict[str, Any]:
-    return {"platform_sku": "P-1", "supplier_id": supplier, "sku": f"{supplier}-sku",
-            "quantity_before": before, "quantity_after": qty_after, "version": version,
-            "status": "ACTIVE", "cause": "SNAPSHOT", "event_id": f"{supplier}-{version}",
-            "observed_at": NOW, "received_at": NOW, "produced_at": NOW, "price": None,
-            "currency": None, "lead_time_days": None, "clamped": False, "suspect": False}
+def stock_update(supplier: str, qty_after: int, version: int, offset: int) -> Msg:
+    u = {"platform_sku": "P-1", "supplier_id": supplier, "sku": f"{supplier}-sku",
+         "quantity_before": 0, "quantity_after": qty_after, "version": version,
+         "status": "ACTIVE", "cause": "SNAPSHOT", "event_id": f"{supplier}-{version}",
+         "observed_at": NOW, "received_at": NOW, "produced_at": NOW, "price": None,
+         "currency": None, "lead_time_days": None, "clamped": False, "suspect": False}
+    return Msg(UPDATES, b"P-1", codec_for("StockUpdate").encode(u), offset)
 
 
-async def test_aggregate_writes_sink_before_emitting_changes(sent: Sent) -> None:
-    sink = MemorySink()
-    order: list[str] = []
-    real_write = sink.write_batch
-
-    async def write(updates: list[dict[str, Any]]) -> int:
-        assert "changes" not in sent.records or len(sent.records["changes"]) == len(order)
-        order.append("sink")
-        return await real_write(updates)
-
-    sink.write_batch = write  # type: ignore[method-assign]
+async def test_aggregate_writes_sink_before_emitting_changes() -> None:
+    sent = Sent()
+    sink = MemorySink(sent)
     aggregate_mod.set_sink(sink)
     try:
-        async with aggregate_mod.aggregate.test_context() as agent:
-            await agent.put(value=stock_update("acme", 5, 1), key=b"P-1")
-            await agent.put(value=stock_update("bolt", 3, 7), key=b"P-1")
-            await agent.put(value=stock_update("acme", 9, 0), key=b"P-1")  # older: ignored
+        await run(aggregate_mod.aggregate, UPDATES, [
+            stock_update("acme", 5, 1, 0), stock_update("bolt", 3, 7, 1),
+            stock_update("acme", 9, 0, 2)], sent)  # older version: ignored
     finally:
         aggregate_mod.set_sink(None)
+    assert sink.changes_seen_at_write == [0]  # one sink batch, before any change was sent
     written = [u for b in sink.batches for u in b]
     assert [(u["supplier_id"], u["version"]) for u in written] == [("acme", 1), ("bolt", 7)]
-    changes = [v for _, v in sent.records["changes"]]
+    changes = sent.values("inventory.changes")
     assert [(c["supplier_id"], c["total_available"]) for c in changes] == \
         [("acme", 5), ("bolt", 8)]
-    avail = aggregate_mod.availability[b"P-1"]
+    avail = aggregate_mod.availability.get_in(0, b"P-1")
     assert avail["total"] == 8 and avail["best_supplier"] == "acme"

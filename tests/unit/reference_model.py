@@ -76,14 +76,17 @@ def reference_run(
     *,
     platform_sku_of: PlatformSkuOf = _identity,
     dedup_per_key: bool = False,
+    dedup_limit: int | None = None,
 ) -> ReferenceResult:
     """Replay deltas in arrival order and return states, availability, changes and counts.
 
     An event_id is unique per supplier (the contract); dedup_per_key=True scopes the dedup
-    memory per (supplier, sku) instead, for a pipeline that keeps it in the stock entry.
+    memory per (supplier, sku) instead, for a pipeline that keeps it in the stock entry, and
+    dedup_limit keeps only that many of a key's newest accepted ids.
     """
     result = ReferenceResult()
     accepted_ids: set[tuple[str, ...]] = set()
+    recent_per_key: dict[tuple[str, str], list[tuple[str, ...]]] = {}
 
     for d in deltas_in_arrival_order:
         supplier_id, sku, sequence = d["supplier_id"], d["sku"], d["sequence"]
@@ -99,6 +102,11 @@ def reference_run(
             result.counts["stale"] += 1
             continue
         accepted_ids.add(dedup_id)
+        if dedup_per_key and dedup_limit is not None:
+            recent = recent_per_key.setdefault(key, [])
+            recent.append(dedup_id)
+            if len(recent) > dedup_limit:
+                accepted_ids.discard(recent.pop(0))
         result.accepted.append((supplier_id, d["event_id"]))
 
         if d["kind"] == "SNAPSHOT":

@@ -108,6 +108,7 @@ def test_first_snapshot_is_applied(make_delta: Callable[..., Delta]) -> None:
         "platform_sku": "P-1",
         "suspect": False,
         "lead_time_days": 2,
+        "recent_ids": b"",
     }
     assert d.update == {
         "platform_sku": "P-1",

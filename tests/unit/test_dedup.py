@@ -1,17 +1,50 @@
-"""Unit tests of the event_id dedup table logic and its TTL."""
+"""Unit tests of the dedup memory (hashed, packed event_ids per key) and its TTL."""
 
 from __future__ import annotations
 
-from pipeline.dedup import expired, is_duplicate, seen_key
+from pipeline.dedup import (
+    ENTRY_SIZE,
+    RECENT_EVENTS_MAX,
+    entries,
+    event_hash,
+    expired,
+    is_duplicate,
+    remember,
+    seen_at,
+)
 
 TTL = 60_000
 
 
-def test_seen_key_is_scoped_by_supplier() -> None:
-    assert seen_key("s1", "e-1") == "s1|e-1"
-    assert seen_key("s1", "e-1") != seen_key("s2", "e-1")
-    # event_ids may contain '|'; supplier ids never do, so the first '|' splits the key.
-    assert seen_key("s1", "a|b").split("|", 1) == ["s1", "a|b"]
+def test_memory_remembers_and_finds_events() -> None:
+    recent = b""
+    for i in range(3):
+        recent = remember(recent, event_hash(f"e{i}"), 1_000 + i, TTL)
+    assert seen_at(recent, event_hash("e1")) == 1_001
+    assert seen_at(recent, event_hash("nope")) is None
+    assert len(recent) == 3 * ENTRY_SIZE
+
+
+def test_memory_is_bounded_and_keeps_the_newest() -> None:
+    recent = b""
+    for i in range(RECENT_EVENTS_MAX + 5):
+        recent = remember(recent, event_hash(f"e{i}"), 1_000 + i, TTL)
+    assert len(recent) == RECENT_EVENTS_MAX * ENTRY_SIZE
+    assert seen_at(recent, event_hash("e0")) is None
+    assert seen_at(recent, event_hash(f"e{RECENT_EVENTS_MAX + 4}")) == 1_000 + RECENT_EVENTS_MAX + 4
+
+
+def test_expired_entries_are_pruned_on_write_and_a_repeat_moves_last() -> None:
+    recent = remember(b"", event_hash("old"), 1_000, TTL)
+    recent = remember(recent, event_hash("a"), 2_000, TTL)
+    recent = remember(recent, event_hash("a"), 1_000 + TTL, TTL)
+    assert [h for h, _ in entries(recent)] == [event_hash("a")]
+
+
+def test_hash_is_stable_across_processes() -> None:
+    # Not Python's hash(): a restarted worker and a replay must find the same entries.
+    assert event_hash("e-1") == 0x9F0DF14B49867331  # BLAKE2b-64 of "e-1", little-endian
+    assert event_hash("e-1") != event_hash("e-2")
 
 
 def test_unseen_event_is_not_a_duplicate() -> None:

@@ -95,30 +95,41 @@ def test_ready_only_after_recovery_and_outside_rebalances(
                     rebalancing=rebalancing) is ready
 
 
-def fake_app(*, completed: bool, in_recovery: bool = False, rebalancing: bool = False) -> Any:
-    event = SimpleNamespace(is_set=lambda: completed)
-    return SimpleNamespace(
-        conf=SimpleNamespace(id="app"), tables=SimpleNamespace(_recovery=SimpleNamespace(
-            completed=event)), in_recovery=in_recovery, rebalancing=rebalancing,
-        rebalancing_count=2, assignor=SimpleNamespace(assigned_actives=lambda: {1, 2, 3}))
+def fake_app(*, rebalances: int, rebalancing: bool = False) -> Any:
+    runtime = SimpleNamespace(rebalances=rebalances, rebalancing=rebalancing,
+                              assignment={("t", 1), ("t", 2), ("t", 3)})
+    return SimpleNamespace(conf=SimpleNamespace(id="app"), runtime=runtime)
 
 
-def test_worker_health_reads_the_app_flags() -> None:
-    health = worker_health(fake_app(completed=False, in_recovery=True))
+def test_worker_health_reads_the_runtime_flags() -> None:
+    health = worker_health(fake_app(rebalances=0, rebalancing=True))
     assert not health.ready and health.reason == "table recovery in progress"
-    health = worker_health(fake_app(completed=True, rebalancing=True))
+    health = worker_health(fake_app(rebalances=2, rebalancing=True))
     assert not health.ready and health.reason == "rebalance in progress"
-    health = worker_health(fake_app(completed=True))
+    health = worker_health(fake_app(rebalances=2))
     assert health.ready and health.as_dict()["reason"] == ""
     assert health.assigned_partitions == 3 and health.rebalances == 2
 
 
-def test_table_keys_of_memory_and_rocksdb_stores() -> None:
-    memory = SimpleNamespace(data=SimpleNamespace(data={b"a": 1, b"b": 2}))
-    assert table_keys(memory) == 2
-    dbs = [SimpleNamespace(property_int_value=lambda name, n=n: n) for n in (3, 4)]
-    rocks = SimpleNamespace(data=SimpleNamespace(_dbs={0: None}, _dbs_for_actives=lambda: dbs))
-    assert table_keys(rocks) == 7
+def test_table_keys_sums_the_assigned_partitions(tmp_path: Any) -> None:
+    from pipeline.app import app
+
+    table = app.tables.get("stock", None)
+    if table is None:
+        from topologies.process_deltas import stock as table
+    table.tabledir = tmp_path
+    try:
+        for p in (0, 1):
+            table.open_partition(p)
+            table.set_in(p, f"s|k{p}".encode(), {"quantity": 1, "version": 1, "updated_at": 1,
+                                                 "status": "ACTIVE", "platform_sku": "k",
+                                                 "suspect": False, "lead_time_days": None,
+                                                 "recent_ids": b""})
+        for p, rows in list(table.changed()):
+            table.persist(p, rows, next_offset=1)
+        assert table_keys(table) >= 2
+    finally:
+        table.close_all()
 
 
 # --- trace replay ---------------------------------------------------------------------------
@@ -135,10 +146,6 @@ def delta(sequence: int, quantity: int, event_id: str, kind: str = "SNAPSHOT",
             "connector": "test", "received_at": T0}
 
 
-def remember(recent: dict[str, int], event_id: str, now: int) -> dict[str, int]:
-    return {**recent, event_id: now}
-
-
 def test_replay_tells_each_outcome() -> None:
     key = b"s|K"
     values = [
@@ -152,7 +159,7 @@ def test_replay_tells_each_outcome() -> None:
     ]
     records = [LogRecord(0, 10 + i, T0 + i, key, v) for i, v in enumerate(values)]
     out = replay_key(records, targets={r.offset for r in records}, dedup_ttl_ms=10**9,
-                     remember=remember, platform_sku_of=lambda s, k: f"P-{k}", codec=CODEC)
+                     platform_sku_of=lambda s, k: f"P-{k}", codec=CODEC)
     outcomes = {offset: o[0] for offset, o in out.items()}
     assert outcomes == {10: "applied", 11: "noop", 12: "stale", 13: "duplicate",
                         14: "invalid:negative_snapshot", 15: "invalid:decode_error",

@@ -1,4 +1,5 @@
-"""Property tests: the pure steps folded over any arrival order equal the reference model."""
+"""Property tests: the worker's pure step (pipeline/step.py) over any arrival order equals the
+reference model, including the per-key dedup memory the worker keeps (its newest ids)."""
 
 from __future__ import annotations
 
@@ -10,10 +11,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pipeline.aggregate import fold_update
-from pipeline.apply import decide
 from pipeline.catalog import Catalog
-from pipeline.dedup import seen_key
-from pipeline.validate import delta_key, validate_delta
+from pipeline.dedup import RECENT_EVENTS_MAX
+from pipeline.step import RawRecord, StepContext, StepOutputs, apply_deltas, fold_updates
+from pipeline.validate import delta_key
+from schemas.codec import codec_for
 from tests.unit.reference_model import reference_run
 
 NOW = 1_760_000_000_000
@@ -107,56 +109,52 @@ def arrivals(draw: st.DrawFn, *, max_ops: int = 40) -> list[Delta]:
 
 @dataclass
 class PipelineRun:
-    """What folding the pure steps over an arrival order produced."""
+    """What driving the worker's step over an arrival order produced."""
 
     states: dict[tuple[str, str], Delta] = field(default_factory=dict)
-    seen: dict[str, int] = field(default_factory=dict)
     availability: dict[str, Delta] = field(default_factory=dict)
     updates: list[Delta] = field(default_factory=list)
     changes: list[Delta] = field(default_factory=list)
-    remembered: Counter[str] = field(default_factory=Counter)
+    accepted: list[tuple[str, str]] = field(default_factory=list)
     counts: Counter[str] = field(default_factory=Counter)
     min_quantity: int = 0
+
+
+CTX = StepContext(platform_sku=CATALOG.platform_sku, dedup_ttl_ms=TTL_MS,
+                  wall_clock_ms=lambda: NOW)
+CODEC = codec_for("SupplierDelta")
 
 
 def run_pipeline(
     deltas: list[Delta], run: PipelineRun | None = None, *, t0: int = NOW
 ) -> PipelineRun:
-    """What the agents do, minus Kafka: validate, dedup+apply, then fold per platform SKU."""
+    """What the agents do, minus Kafka: the step per record as it arrives, then the fold."""
     run = run or PipelineRun()
     for i, raw in enumerate(deltas):
         now = t0 + i
-        delta = validate_delta(raw, key=delta_key(raw["supplier_id"], raw["sku"]), now_ms=now)
-        key = (delta["supplier_id"], delta["sku"])
-        sk = seen_key(delta["supplier_id"], delta["event_id"])
-        decision = decide(
-            delta,
-            run.states.get(key),
-            run.seen.get(sk),
-            platform_sku=CATALOG.platform_sku(*key),
-            now_ms=now,
-            produced_at_ms=now,
-            dedup_ttl_ms=TTL_MS,
-        )
-        run.counts[decision.outcome] += 1
-        run.counts["gap"] += decision.gap
-        run.counts["clamped"] += decision.clamped
-        run.counts["resync"] += decision.resync is not None
-        if decision.remember_event:
-            run.seen[sk] = now
-            run.remembered[sk] += 1
-        if decision.state is not None:
-            run.states[key] = decision.state
-            run.min_quantity = min(run.min_quantity, decision.state["quantity"])
-        if decision.update is not None:
-            update = decision.update
+        key = (raw["supplier_id"], raw["sku"])
+        record = RawRecord(delta_key(*key), CODEC.encode(raw), now, "inventory.deltas", 0, i)
+        out = StepOutputs(trail=[])
+        state = apply_deltas(run.states.get(key), [record], CTX, out)
+        assert not out.dead_letters, out.dead_letters
+        (_offset, outcome, update), = out.trail
+        run.counts[outcome] += 1
+        run.counts["gap"] += out.dense_gaps
+        run.counts["clamped"] += sum(out.clamped.values())
+        run.counts["resync"] += len(out.resyncs)
+        if outcome in ("applied", "noop"):
+            run.accepted.append((raw["supplier_id"], raw["event_id"]))
+        if state is not None:
+            run.states[key] = state
+            run.min_quantity = min(run.min_quantity, state["quantity"])
+        if update is not None:
             run.updates.append(update)
             run.min_quantity = min(run.min_quantity, update["quantity_after"])
             platform_sku = update["platform_sku"]
-            avail, change = fold_update(run.availability.get(platform_sku), update, now_ms=now)
+            avail = fold_updates(run.availability.get(platform_sku), [update], now, out)
+            assert avail is not None
             run.availability[platform_sku] = avail
-            if change is not None:
-                run.changes.append(change)
+            run.changes.extend(out.changes)
     return run
 
 
@@ -186,7 +184,8 @@ STATE_FIELDS = ("quantity", "version", "status", "suspect", "lead_time_days")
 @given(arrivals())
 def test_pipeline_equals_reference_model(deltas: list[Delta]) -> None:
     run = run_pipeline(deltas)
-    ref = reference_run(deltas, platform_sku_of=CATALOG.platform_sku)
+    ref = reference_run(deltas, platform_sku_of=CATALOG.platform_sku, dedup_per_key=True,
+                        dedup_limit=RECENT_EVENTS_MAX)
 
     states = {
         k: _project(s, STATE_FIELDS) for k, s in run.states.items()
@@ -196,8 +195,7 @@ def test_pipeline_equals_reference_model(deltas: list[Delta]) -> None:
         assert s["platform_sku"] == CATALOG.platform_sku(*key)
 
     assert run.min_quantity >= 0  # never negative, stored or published
-    assert all(n == 1 for n in run.remembered.values())  # no event_id accepted twice
-    assert sorted(run.remembered) == sorted(seen_key(s, e) for s, e in ref.accepted)
+    assert run.accepted == ref.accepted  # the same events accepted, in the same order
     for outcome in ("applied", "noop", "duplicate", "stale", "gap", "clamped", "resync"):
         assert run.counts[outcome] == ref.counts[outcome], outcome
 
@@ -347,13 +345,17 @@ def test_reference_model_on_a_worked_example() -> None:
     } == ref.states
 
 
-def test_event_id_is_unique_per_supplier_not_per_sku() -> None:
+def test_the_dedup_memory_is_per_supplier_sku() -> None:
+    # The worker remembers accepted ids per (supplier, sku) (the contract's rule 1): the same
+    # id on another SKU of the supplier is not a duplicate there.
     deltas = [
         _delta(("s1", "A"), "same", 1, "SNAPSHOT", 5, "ACTIVE", None),
         _delta(("s1", "B"), "same", 1, "SNAPSHOT", 7, "ACTIVE", None),
         _delta(("s2", "B"), "same", 1, "SNAPSHOT", 9, "ACTIVE", None),
+        _delta(("s1", "A"), "same", 2, "SNAPSHOT", 6, "ACTIVE", None),  # a duplicate on s1|A
     ]
-    assert set(reference_run(deltas).states) == {("s1", "A"), ("s2", "B")}
-    assert set(run_pipeline(deltas).states) == {("s1", "A"), ("s2", "B")}
     per_key = reference_run(deltas, dedup_per_key=True)
     assert set(per_key.states) == {("s1", "A"), ("s1", "B"), ("s2", "B")}
+    run = run_pipeline(deltas)
+    assert set(run.states) == set(per_key.states)
+    assert run.counts["duplicate"] == 1 and run.states[("s1", "A")]["quantity"] == 5

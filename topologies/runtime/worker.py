@@ -1,0 +1,551 @@
+"""The batch runtime: one confluent-kafka consumer and one transactional producer per worker.
+
+Per poll it fetches up to `batch_max_records` records (or what arrived within
+`batch_max_wait_s`), hands each input topic's records to its agent as one batch
+(topologies/runtime/batches.py), and every `commit_interval_s` commits, in this order
+(the one place the commit protocol lives):
+
+1. every key a table changed since the last commit is encoded once and sent to the table's
+   changelog, inside the transaction that already holds the agents' outputs;
+2. the input offsets join the transaction with the consumer's group metadata (KIP-447: a
+   worker that lost its partitions to a rebalance is fenced by the group generation);
+3. the transaction commits;
+4. the changed values and each changelog's next offset are written to the tables' RocksDB
+   stores, one WriteBatch per partition. RocksDB only ever holds committed state.
+
+A failed commit aborts the transaction, drops the uncommitted table values and rewinds the
+consumer to the committed offsets: the batch is processed again, and the sinks' writes are
+idempotent (Cassandra USING TIMESTAMP = version, Redis compare-and-set on the version).
+
+Rebalances run inside the consumer's poll: a revoke commits what was processed (or aborts if
+that fails) and closes the partitions' stores; an assign opens them and catches each up from
+its changelog, starting at the offset the store recorded. Partitions are assigned with the
+range strategy, so partition p of every input topic of the same partition count lands on the
+same worker. All blocking Kafka calls run on one thread, in order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+import uuid
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from mode import Service
+
+from pipeline.errors import StockflowError
+from pipeline.log import get_logger
+from topologies.runtime.batches import Batch, InputBatches
+from topologies.runtime.table import BatchTable
+
+log = get_logger("stockflow.runtime")
+
+TOPIC_ID_KEY = b"\x00changelog-topic-id"
+
+
+class RuntimeError_(StockflowError):
+    """The batch runtime cannot go on (a fatal Kafka error, an agent that keeps failing)."""
+
+
+class FatalRuntimeError(RuntimeError_):
+    """State the runtime cannot repair in place: the worker stops (a restart restores it)."""
+
+
+class BatchRuntime(Service):
+    """Consume, hand batches to the agents, commit exactly once; see the module docstring."""
+
+    def __init__(self, app: Any, settings: Any, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.app = app
+        self.settings = settings
+        self.exactly_once = settings.processing_guarantee == "exactly_once"
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix="stockflow-kafka")
+        self.routes: dict[str, InputBatches] = {}
+        self.tables_by_topic: dict[str, BatchTable] = {}
+        self.tables: list[BatchTable] = []
+        self.consumer: Any = None
+        self.producer: Any = None
+        self.restorer: Any = None
+        self.assignment: set[tuple[str, int]] = set()
+        self.positions: dict[tuple[str, int], int] = {}  # processed, not yet committed
+        self.committed: dict[tuple[str, int], int] = {}  # the last committed, per partition
+        self.processed: dict[tuple[str, int], int] = {}  # the last processed, per partition
+        self.in_txn = False
+        self.last_commit = time.monotonic()
+        self.ready = False
+        self.rebalancing = True
+        self.rebalances = 0
+        self.commits = 0
+        self.aborts = 0
+        self._changelog_next: dict[tuple[str, int], int] = {}
+        self._topic_ids: dict[str, str] = {}
+        self._transactional_id = ""
+        self._stopping = False
+        self._loop_task: asyncio.Task[None] | None = None
+
+    # -- set-up ------------------------------------------------------------------------------
+    def discover_routes(self) -> None:
+        """The agents fed by this runtime: every agent whose channel is an InputBatches."""
+        for agent in self.app.agents.values():
+            channel = agent.channel
+            if isinstance(channel, InputBatches):
+                self.routes[channel.topic_name] = channel
+                if channel.table is not None:
+                    self.tables_by_topic[channel.topic_name] = channel.table
+        self.tables = list(self.tables_by_topic.values())
+        for table in self.tables:
+            table.tabledir = self.settings.data_dir / "tables"
+        if not self.routes:
+            raise RuntimeError_("no agent reads an InputBatches channel")
+
+    def _consumer_config(self) -> dict[str, Any]:
+        s = self.settings
+        conf = {
+            **s.confluent_config(),
+            "group.id": s.app_id,
+            "enable.auto.commit": False,
+            "enable.auto.offset.store": False,
+            "auto.offset.reset": "earliest",
+            "isolation.level": "read_committed" if self.exactly_once else "read_uncommitted",
+            "partition.assignment.strategy": "range",
+            "session.timeout.ms": int(s.session_timeout_s * 1000),
+            "heartbeat.interval.ms": int(max(1.0, s.session_timeout_s / 3) * 1000),
+            "max.poll.interval.ms": 600_000,
+            "fetch.wait.max.ms": 50,
+            "queued.max.messages.kbytes": 65536,
+            "log_level": 3,
+        }
+        instance = s.worker_instance_id()
+        if instance:
+            conf["group.instance.id"] = instance
+        return conf
+
+    def _producer_config(self) -> dict[str, Any]:
+        s = self.settings
+        conf = {
+            **s.confluent_config(),
+            "acks": "all",
+            "enable.idempotence": True,
+            "linger.ms": max(0, int(s.producer_linger_s * 1000)),
+            "partitioner": "murmur2_random",
+            "queue.buffering.max.messages": 500_000,
+            "log_level": 3,
+        }
+        if self.exactly_once:
+            conf["transactional.id"] = self._transactional_id
+            conf["transaction.timeout.ms"] = int(s.transaction_timeout_s * 1000)
+        return conf
+
+    def _new_producer(self) -> Any:
+        from confluent_kafka import Producer
+
+        producer = Producer(self._producer_config())
+        if self.exactly_once:
+            # Also aborts what an earlier incarnation with this transactional id left open.
+            producer.init_transactions(60)
+        return producer
+
+    async def on_start(self) -> None:
+        from confluent_kafka import Consumer
+
+        self.discover_routes()
+        s = self.settings
+        self._transactional_id = f"{s.app_id}-{s.worker_instance_id() or uuid.uuid4().hex}"
+        await self._blocking(self._create_topics)
+        self.producer = await self._blocking(self._new_producer)
+        self.restorer = Consumer({
+            **s.confluent_config(), "group.id": f"{s.app_id}-restore",
+            "enable.auto.commit": False, "isolation.level": "read_committed",
+            "enable.partition.eof": True, "auto.offset.reset": "earliest", "log_level": 3,
+        })
+        self.consumer = Consumer(self._consumer_config())
+        self.consumer.subscribe(list(self.routes), on_assign=self._on_assign,
+                                on_revoke=self._on_revoke, on_lost=self._on_lost)
+        # Faust's queues start suspended until its own consumer is assigned: this runtime
+        # is the consumer.
+        self.app.flow_control.resume()
+        self._loop_task = asyncio.ensure_future(self._run())
+        log.info("runtime.started", topics=sorted(self.routes),
+                 tables=[t.name for t in self.tables], exactly_once=self.exactly_once,
+                 transactional_id=self._transactional_id if self.exactly_once else None)
+
+    def _create_topics(self) -> None:
+        from confluent_kafka.admin import AdminClient, NewTopic
+
+        from topologies.topics import create_topics
+
+        create_topics(self.settings)
+        admin = AdminClient(self.settings.confluent_config())
+        existing = admin.list_topics(timeout=30).topics
+        wanted = [NewTopic(t.changelog_name, num_partitions=self.settings.partitions,
+                           replication_factor=self.settings.kafka_replication_factor,
+                           config={"cleanup.policy": "compact"})
+                  for t in self.tables if t.changelog_name not in existing]
+        if wanted:
+            for name, fut in admin.create_topics(wanted, operation_timeout=30).items():
+                try:
+                    fut.result()
+                except Exception as exc:
+                    if "TOPIC_ALREADY_EXISTS" not in str(exc):
+                        raise RuntimeError_(f"cannot create changelog {name}: {exc}") from exc
+
+    def _changelog_topic_ids(self) -> dict[str, str]:
+        from confluent_kafka import TopicCollection
+        from confluent_kafka.admin import AdminClient
+
+        admin = AdminClient(self.settings.confluent_config())
+        names = [t.changelog_name for t in self.tables]
+        ids: dict[str, str] = {}
+        for name, fut in admin.describe_topics(TopicCollection(names)).items():
+            ids[name] = str(fut.result(timeout=30).topic_id)
+        return ids
+
+    async def on_stop(self) -> None:
+        self._stopping = True
+        if self._loop_task is not None:
+            self._loop_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._loop_task
+        await self._blocking(self._close)
+        self._executor.shutdown(wait=True)
+
+    def _close(self) -> None:
+        try:
+            if self.in_txn or self.positions or any(t.has_changes() for t in self.tables):
+                self._commit_or_abort()
+        finally:
+            if self.consumer is not None:
+                self.consumer.close()  # revokes: nothing left to commit
+            if self.restorer is not None:
+                self.restorer.close()
+            if self.producer is not None:
+                self.producer.flush(10)
+            for table in self.tables:
+                table.close_all()
+        log.info("runtime.stopped", commits=self.commits, aborts=self.aborts)
+
+    async def _blocking(self, fn: Callable[..., Any], *args: Any) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+
+    # -- the loop --------------------------------------------------------------------------
+    async def _run(self) -> None:
+        s = self.settings
+        failures = 0
+        while not self._stopping:
+            try:
+                msgs = await self._blocking(self._poll, s.batch_max_records, s.batch_max_wait_s)
+                if msgs:
+                    await self._process(msgs)
+                if self._commit_due():
+                    await self._blocking(self._commit_or_abort)
+                failures = 0
+            except asyncio.CancelledError:
+                raise
+            except FatalRuntimeError as exc:
+                log.critical("runtime.fatal", error=str(exc), exc_info=True)
+                await self.crash(exc)
+                return
+            except Exception as exc:
+                failures += 1
+                delay = min(30.0, 0.5 * 2 ** min(failures, 6))
+                log.error("runtime.batch_failed", error=f"{type(exc).__name__}: {exc}",
+                          attempt=failures, retry_in_s=delay, exc_info=True)
+                await self._blocking(self._abort_and_rewind)
+                if failures >= s.batch_max_failures:
+                    log.critical("runtime.giving_up", failures=failures)
+                    await self.crash(exc)
+                    return
+                await asyncio.sleep(delay)
+
+    def _poll(self, max_records: int, max_wait_s: float) -> list[Any]:
+        msgs = self.consumer.consume(num_messages=max_records, timeout=max_wait_s)
+        if not msgs:
+            return []
+        assignment = self.assignment
+        good = []
+        for msg in msgs:
+            err = msg.error()
+            if err is not None:
+                log.warning("runtime.consume_error", error=str(err))
+                continue
+            if (msg.topic(), msg.partition()) in assignment:
+                good.append(msg)
+        return good
+
+    async def _process(self, msgs: list[Any]) -> None:
+        by_topic: dict[str, list[Any]] = {}
+        for msg in msgs:
+            topic = msg.topic()
+            records = by_topic.get(topic)
+            if records is None:
+                by_topic[topic] = [msg]
+            else:
+                records.append(msg)
+        now_ms = int(time.time() * 1000)
+        for topic, channel in self.routes.items():  # in topology order
+            records = by_topic.get(topic)
+            if not records:
+                continue
+            if self.exactly_once and not self.in_txn:
+                self.producer.begin_transaction()
+                self.in_txn = True
+            batch = Batch(topic=topic, records=records, send=self._send, now_ms=now_ms)
+            await channel.put(batch)  # type: ignore[arg-type]  # a Batch is the event
+            await batch.done
+        positions = self.positions
+        for msg in msgs:
+            positions[(msg.topic(), msg.partition())] = msg.offset() + 1
+        self.processed.update(positions)
+
+    def _send(self, topic: str, key: bytes | None, value: bytes,
+              partition: int | None = None) -> None:
+        producer = self.producer
+        if self.exactly_once and not self.in_txn:
+            producer.begin_transaction()
+            self.in_txn = True
+        while True:
+            try:
+                if partition is None:
+                    producer.produce(topic, value, key)
+                else:
+                    producer.produce(topic, value, key, partition=partition)
+                return
+            except BufferError:
+                producer.poll(0.05)  # the local queue is full: let deliveries drain
+
+    def _commit_due(self) -> bool:
+        if not (self.positions or self.in_txn):
+            return False
+        return time.monotonic() - self.last_commit >= self.settings.commit_interval_s
+
+    # -- commit ------------------------------------------------------------------------------
+    def _on_changelog_delivery(self, err: Any, msg: Any) -> None:
+        if err is None:
+            key = (msg.topic(), msg.partition())
+            nxt = msg.offset() + 1
+            if nxt > self._changelog_next.get(key, 0):
+                self._changelog_next[key] = nxt
+
+    def _commit(self) -> None:
+        """The commit protocol (module docstring); raises KafkaException if it fails."""
+        from confluent_kafka import TopicPartition
+
+        producer = self.producer
+        written: list[tuple[BatchTable, int, list[tuple[bytes, bytes]]]] = []
+        for table in self.tables:
+            topic = table.changelog_name
+            for partition, rows in table.changed():
+                for key, raw in rows:
+                    while True:
+                        try:
+                            producer.produce(topic, raw, key, partition=partition,
+                                             on_delivery=self._on_changelog_delivery)
+                            break
+                        except BufferError:
+                            producer.poll(0.05)
+                written.append((table, partition, rows))
+        offsets = [TopicPartition(t, p, o) for (t, p), o in self.positions.items()]
+        if self.exactly_once:
+            if written and not self.in_txn:
+                producer.begin_transaction()
+                self.in_txn = True
+            if self.in_txn:
+                if offsets:
+                    producer.send_offsets_to_transaction(
+                        offsets, self.consumer.consumer_group_metadata(), 60)
+                producer.commit_transaction(120)
+                self.in_txn = False
+        else:
+            producer.flush(120)
+            if offsets:
+                self.consumer.commit(offsets=offsets, asynchronous=False)
+        producer.poll(0)  # serve the changelog delivery reports
+        try:
+            for table, partition, rows in written:
+                table.persist(partition, rows,
+                              self._changelog_next.get((table.changelog_name, partition), 0))
+        except Exception as exc:
+            # The transaction committed: these values are in the changelog, and a store that
+            # missed them must be restored from it, which a restart does.
+            raise FatalRuntimeError(f"writing committed table values to RocksDB: {exc}") \
+                from exc
+        self.committed.update(self.positions)
+        self.positions.clear()
+        self.commits += 1
+        self.last_commit = time.monotonic()
+
+    def _commit_or_abort(self) -> None:
+        from confluent_kafka import KafkaException
+
+        try:
+            self._commit()
+        except KafkaException as exc:
+            log.error("runtime.commit_failed", error=str(exc.args[0]))
+            self._abort_and_rewind()
+
+    def _abort_and_rewind(self) -> None:
+        """Undo everything since the last commit: abort, drop table values, seek back."""
+        from confluent_kafka import OFFSET_BEGINNING, KafkaException, TopicPartition
+
+        self.aborts += 1
+        if self.exactly_once and self.in_txn:
+            try:
+                self.producer.abort_transaction(60)
+            except KafkaException as exc:
+                log.error("runtime.abort_failed", error=str(exc.args[0]))
+                self.producer = self._new_producer()
+            self.in_txn = False
+        elif self.exactly_once:
+            # A fenced or fatal producer cannot begin again: make a new one.
+            try:
+                self.producer.begin_transaction()
+                self.producer.abort_transaction(60)
+            except KafkaException:
+                self.producer = self._new_producer()
+        dropped = sum(t.discard_uncommitted() for t in self.tables)
+        self.positions.clear()
+        tps = [TopicPartition(t, p) for t, p in sorted(self.assignment)]
+        if tps:
+            committed = self.consumer.committed(tps, timeout=30)
+            for tp in committed:
+                offset = tp.offset if tp.offset >= 0 else OFFSET_BEGINNING
+                try:
+                    self.consumer.seek(TopicPartition(tp.topic, tp.partition, offset))
+                except KafkaException as exc:
+                    log.warning("runtime.seek_failed", topic=tp.topic,
+                                partition=tp.partition, error=str(exc.args[0]))
+                self.processed.pop((tp.topic, tp.partition), None)
+        log.warning("runtime.rewound", partitions=len(tps), table_values_dropped=dropped)
+
+    # -- rebalance (called inside consumer.consume, on the Kafka thread) ----------------------
+    def _on_revoke(self, consumer: Any, partitions: list[Any]) -> None:
+        self.rebalancing = True
+        self.ready = False
+        revoked = {(tp.topic, tp.partition) for tp in partitions}
+        if self.in_txn or self.positions or any(t.has_changes() for t in self.tables):
+            self._commit_or_abort()
+        self._release(revoked)
+        log.info("runtime.partitions_revoked", partitions=len(revoked))
+
+    def _on_lost(self, consumer: Any, partitions: list[Any]) -> None:
+        # Lost, not revoked: another worker may own them already; nothing may be committed.
+        self.rebalancing = True
+        self.ready = False
+        lost = {(tp.topic, tp.partition) for tp in partitions}
+        self._abort_and_rewind_local()
+        self._release(lost)
+        log.warning("runtime.partitions_lost", partitions=len(lost))
+
+    def _abort_and_rewind_local(self) -> None:
+        from confluent_kafka import KafkaException
+
+        if self.exactly_once and self.in_txn:
+            try:
+                self.producer.abort_transaction(60)
+            except KafkaException:
+                self.producer = self._new_producer()
+            self.in_txn = False
+        for table in self.tables:
+            table.discard_uncommitted()
+        self.positions.clear()
+
+    def _release(self, tps: set[tuple[str, int]]) -> None:
+        for topic, partition in tps:
+            self.positions.pop((topic, partition), None)
+            self.processed.pop((topic, partition), None)
+            self.committed.pop((topic, partition), None)
+            table = self.tables_by_topic.get(topic)
+            if table is not None:
+                table.close_partition(partition)
+        self.assignment -= tps
+
+    def _on_assign(self, consumer: Any, partitions: list[Any]) -> None:
+        self.rebalancing = True
+        started = time.monotonic()
+        self.rebalances += 1
+        try:
+            self._topic_ids = self._changelog_topic_ids() if self.tables else {}
+        except Exception as exc:  # the ids only guard against a recreated changelog
+            log.warning("runtime.topic_ids_unavailable", error=str(exc))
+            self._topic_ids = {}
+        restored = 0
+        for tp in partitions:
+            table = self.tables_by_topic.get(tp.topic)
+            if table is not None:
+                restored += self._restore(table, tp.partition)
+        self.assignment |= {(tp.topic, tp.partition) for tp in partitions}
+        self.rebalancing = False
+        self.ready = True
+        log.info("runtime.partitions_assigned", partitions=len(partitions),
+                 changelog_records_restored=restored,
+                 seconds=round(time.monotonic() - started, 3))
+
+    def _restore(self, table: BatchTable, partition: int) -> int:
+        """Open a partition's store and catch it up from its changelog; returns records read."""
+        from confluent_kafka import KafkaError, TopicPartition
+
+        topic = table.changelog_name
+        start = table.open_partition(partition)
+        topic_id = self._topic_ids.get(topic)
+        part = table._parts[partition]
+        stored_id = part.db.get(TOPIC_ID_KEY)
+        low, high = self.restorer.get_watermark_offsets(TopicPartition(topic, partition),
+                                                        timeout=30)
+        if (topic_id and stored_id is not None and stored_id.decode() != topic_id) \
+                or start > high:
+            log.warning("runtime.local_store_discarded", table=table.name,
+                        partition=partition, reason="its changelog was recreated")
+            table.reset_partition(partition)
+            start = table.open_partition(partition)
+            part = table._parts[partition]
+        if topic_id:
+            part.db.put(TOPIC_ID_KEY, topic_id.encode())
+        start = max(start, low)
+        if start >= high:
+            return 0
+        self.restorer.assign([TopicPartition(topic, partition, start)])
+        read = 0
+        rows: list[tuple[bytes, bytes]] = []
+        next_offset = start
+        try:
+            while True:
+                msgs = self.restorer.consume(num_messages=5000, timeout=1.0)
+                eof = False
+                for msg in msgs:
+                    err = msg.error()
+                    if err is not None:
+                        if err.code() == KafkaError._PARTITION_EOF:
+                            eof = True
+                            continue
+                        raise RuntimeError_(f"restoring {topic}[{partition}]: {err}")
+                    rows.append((msg.key(), msg.value()))
+                    next_offset = msg.offset() + 1
+                if rows and (len(rows) >= 20_000 or eof):
+                    table.apply_changelog(partition, rows, next_offset)
+                    read += len(rows)
+                    rows = []
+                if eof:
+                    break
+        finally:
+            self.restorer.unassign()
+        if rows:
+            table.apply_changelog(partition, rows, next_offset)
+            read += len(rows)
+        log.info("runtime.table_restored", table=table.name, partition=partition,
+                 records=read, from_offset=start)
+        return read
+
+    # -- introspection -------------------------------------------------------------------------
+    def uncommitted(self) -> dict[tuple[str, int], int]:
+        """How far processing ran past the committed offset, per assigned input partition."""
+        out = {}
+        for tp in self.assignment:
+            done = self.processed.get(tp)
+            if done is None:
+                out[tp] = 0
+                continue
+            out[tp] = max(0, done - self.committed.get(tp, done))
+        return out
