@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import fnmatch
 import io
@@ -196,7 +197,8 @@ class CsvDropSource(Source):
             return 0
         previous = self.store.snapshot(self.key)
         try:
-            rows, dead = self._parse(f.name, data, sequence)
+            # In a thread: a large file must not hold the event loop every feed shares.
+            rows, dead = await asyncio.to_thread(self._parse, f.name, data, sequence)
             self._check_complete(rows, dead, previous)
         except FileRejected as exc:
             return await self._reject(f, cursor, exc, data)

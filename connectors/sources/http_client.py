@@ -126,8 +126,10 @@ class SupplierHttp:
                     headers: Mapping[str, str] | None, json_body: Any) -> HttpResponse:
         session = await self.session()
         try:
+            # No redirects: one to another host or to http:// would carry the bearer token
+            # where the configuration never said it may go.
             async with session.request(method, url, params=params, headers=headers,
-                                       json=json_body) as resp:
+                                       json=json_body, allow_redirects=False) as resp:
                 body = await self._read_capped(resp, method, url)
                 result = HttpResponse(resp.status, resp.headers.copy(), body)
         except TimeoutError as exc:
@@ -137,6 +139,10 @@ class SupplierHttp:
         if result.status == 429 or result.status >= 500:
             raise RetryableError(f"{method} {url} answered {result.status}",
                                  retry_after=_retry_after(result.headers))
+        if 300 <= result.status < 400 and result.status != 304:
+            raise ConnectorError(f"{method} {url} redirected ({result.status}) to "
+                                 f"{result.headers.get('Location', '?')!r}; configure the "
+                                 "final URL")
         if result.status >= 400:
             raise ConnectorError(f"{method} {url} answered {result.status}: "
                                  f"{result.body[:200]!r}")

@@ -276,3 +276,17 @@ def test_a_restarted_simulated_supplier_never_reuses_versions_or_event_ids() -> 
     assert min(c.item.version for c in later) > max(i.version for i in first.items.values())
     assert not {c.event_id for c in changes} & {c.event_id for c in later}
     assert min(i.revision for i in again.items.values()) > first.revision
+
+
+async def test_a_redirect_is_not_followed_with_the_token(supplier: ScriptedSupplier,
+                                                         tmp_path: Path) -> None:
+    emitter = MemoryEmitter()
+    source = RestSource("s", options=RestOptions(url=f"http://127.0.0.1:{supplier.port}/i"),
+                        http=http("rest"), mapper=RecordMapper("s", "rest", MAPPING),
+                        emitter=emitter, store=CursorStore(tmp_path / "state.sqlite"))
+    supplier.push(b"", status=302, headers={"Location": f"http://127.0.0.1:{supplier.port}/x"})
+    supplier.push({"items": [{"sku": "A", "qty": 1, "version": 1, "updated_at": 1}]})
+    with pytest.raises(ConnectorError, match="redirected"):
+        await source.poll_once()
+    assert len(supplier.script) == 1  # the redirect target was never asked
+    await source.close()
