@@ -144,9 +144,17 @@ class FtpFolder:
             with self._connect() as ftp:
                 out = []
                 for name, facts in ftp.mlsd(facts=["type", "size", "modify"]):
-                    if facts.get("type") == "file":
-                        out.append(RemoteFile(name, int(facts.get("size", 0)),
-                                              _mlsd_time(facts.get("modify", "19700101000000"))))
+                    if facts.get("type") != "file":
+                        continue
+                    try:
+                        size = int(facts.get("size", "0")[:20])
+                        mtime = _mlsd_time(facts.get("modify", "19700101000000")[:32])
+                    except ValueError:
+                        # A server's listing is supplier input too: one odd entry is skipped.
+                        log.warning("ftp listing entry with unreadable facts skipped",
+                                    host=self.host, file=name[:200], facts=str(facts)[:200])
+                        continue
+                    out.append(RemoteFile(name, size, mtime))
                 return out
 
         return await self._call(listing)
