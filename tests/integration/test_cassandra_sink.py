@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import random
+import time
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -347,3 +349,93 @@ async def test_thousands_of_updates_over_many_partitions_are_written_exactly(
         h = history[(u["supplier_id"], u["sku"], u["version"])]
         assert (h.quantity_before, h.quantity_after, h.event_id, h.suspect) == (
             u["quantity_before"], u["quantity_after"], u["event_id"], u["suspect"])
+
+
+class StallingProxy:
+    """A TCP proxy to the shared Cassandra that can stop forwarding without closing anything.
+
+    Stands in for a coordinator or a network path that stops answering: the sink's requests
+    get no answer and no error, so only its own timeout can notice. The shared Cassandra is
+    never touched.
+    """
+
+    def __init__(self, target: tuple[str, int] = ("127.0.0.1", 9042)) -> None:
+        import socket
+        import threading
+
+        self._socket, self._threading = socket, threading
+        self.target = target
+        self.flowing = threading.Event()
+        self.flowing.set()
+        self._closed = False
+        self._sockets: list[Any] = []
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            upstream = self._socket.create_connection(self.target)
+            self._sockets += [client, upstream]
+            for a, b in ((client, upstream), (upstream, client)):
+                self._threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+
+    def _pump(self, source: Any, sink: Any) -> None:
+        try:
+            while data := source.recv(65536):
+                while not self.flowing.wait(0.5):  # stalled: hold the bytes, close nothing
+                    if self._closed:
+                        return
+                sink.sendall(data)
+        except OSError:
+            pass
+
+    def close(self) -> None:
+        self._closed = True
+        self.flowing.set()
+        self.listener.close()
+        for s in self._sockets:
+            with contextlib.suppress(OSError):
+                s.close()
+
+
+async def test_requests_that_get_no_answer_time_out_and_are_retried_until_written(
+        keyspace: tuple[Any, str]) -> None:
+    """No per-request driver timer: the window's watchdog must notice a silent Cassandra."""
+    import asyncio
+
+    session, ks = keyspace
+    proxy = StallingProxy()
+    sink = CassandraSink(keyspace=ks, port=proxy.port, max_in_flight=32, request_timeout_s=1.0,
+                         retry_base_delay_s=0.05, max_retry_delay_s=0.5)
+    updates = [stock_update(f"stall-s{i % 5}", f"stall-k{i}", 10, i) for i in range(2000)]
+    write: asyncio.Task[int] | None = None
+    try:
+        await sink.start()
+        await sink.write_batch(updates[:200])
+        proxy.flowing.clear()
+        write = asyncio.create_task(sink.write_batch(updates[200:]))
+        deadline = time.monotonic() + 30
+        while sink.stats.retries < 3:  # three rounds timed out by the watchdog
+            assert time.monotonic() < deadline, "no timeout while Cassandra did not answer"
+            assert not write.done(), "a batch was acked while Cassandra did not answer"
+            await asyncio.sleep(0.1)
+        assert not write.done()
+        proxy.flowing.set()  # the answers of the abandoned requests arrive late: ignored
+        assert await asyncio.wait_for(write, timeout=60) == 3 * 1800
+        assert sink.stats.outages == 1
+    finally:
+        if write is not None and not write.done():
+            write.cancel()  # a failed assertion must not leave close() waiting on it
+            with contextlib.suppress(asyncio.CancelledError):
+                await write
+        await sink.close()
+        proxy.close()
+    for table, expected in (("stock_by_supplier", 2000), ("change_history", 2000)):
+        rows = [r for r in session.execute(f"SELECT supplier_id FROM {ks}.{table}")
+                if r.supplier_id.startswith("stall-")]
+        assert len(rows) == expected, table
