@@ -24,7 +24,13 @@ from pipeline.aggregate import fold_update
 from pipeline.apply import APPLIED, DUPLICATE, NOOP, STALE, decide
 from pipeline.dedup import event_hash, remember, seen_at
 from pipeline.errors import SchemaError, ValidationError
-from pipeline.validate import DECODE_ERROR, best_effort_ids, dead_letter, validate_delta
+from pipeline.validate import (
+    DECODE_ERROR,
+    best_effort_ids,
+    dead_letter,
+    dead_letter_key,
+    validate_delta,
+)
 from schemas.codec import codec_for
 
 INVALID = "invalid"
@@ -136,7 +142,8 @@ def apply_deltas(state: dict[str, Any] | None, records: Iterable[RawRecord],
 def _dead_letter(out: StepOutputs, rec: RawRecord, reason: str, message: str, now: int,
                  record: Any) -> None:
     supplier_id, event_id = best_effort_ids(record)
-    out.dead_letters.append((rec.key, dead_letter(
+    # Keyed by the original key cut to a bound: key + value always fit one Kafka send.
+    out.dead_letters.append((dead_letter_key(rec.key), dead_letter(
         reason=reason, message=message, original=rec.value or b"", original_key=rec.key,
         source_topic=rec.topic, source_partition=rec.partition, source_offset=rec.offset,
         source_timestamp=rec.timestamp_ms if rec.timestamp_ms > 0 else None, now_ms=now,

@@ -4,7 +4,7 @@ Each kind below is one malformed raw Kafka record (key, value bytes, timestamp):
 corrupted Avro, wrong fingerprints, out-of-range numbers, bad UTF-8, huge strings, NaN-like
 decimals, missing and oversized keys, and every business rule broken one at a time. Every kind
 must become a dead letter with its expected reason, with no exception escaping, every encoded
-dead letter under Kafka's 1,000,000-byte send limit (with its Kafka key too: see the xfail),
+dead letter under Kafka's 1,000,000-byte send limit (with its Kafka key too),
 and a good record of the same key applied after all of them, through one key state. Seeded,
 and bounded: the whole run takes a few seconds. docs/reliability.md ("Raw Kafka records") has
 the table of kinds and counts.
@@ -18,8 +18,6 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
-
-import pytest
 
 from pipeline import validate as v
 from pipeline.apply import APPLIED, OUTCOMES
@@ -420,11 +418,6 @@ def test_hostile_raw_records_become_dead_letters_and_the_next_good_one_is_accept
     assert time.perf_counter() - started < 30
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="pipeline/step.py sends a dead letter under the original key, whole: a 999 KB key "
-    "makes key + value 1,000,359 bytes; keying it with validate.dead_letter_key(rec.key) fixes it",
-)
 def test_dead_letter_with_its_kafka_key_fits_one_send() -> None:
     # Kafka's limit is on the whole record, key included.
     result = run(all_kinds(), Worker().handle)
