@@ -10,10 +10,9 @@ one aiokafka send per output) is thereby crossed once per batch instead of once 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Any
+from typing import Any, Protocol
 
 from faust.channels import Channel
 
@@ -31,7 +30,12 @@ class InputBatches(Channel):
         return {**super()._clone_args(), "topic": self.topic_name, "table": self.table}
 
 
-Send = Callable[[str, bytes | None, bytes, int | None], None]
+class Send(Protocol):
+    """How an agent produces an output; `headers` carry a trace context (pipeline/tracing.py)."""
+
+    def __call__(self, topic: str, key: bytes | None, value: bytes,
+                 partition: int | None = None,
+                 headers: list[tuple[str, bytes]] | None = None) -> None: ...
 
 
 @dataclass(slots=True)
@@ -39,7 +43,7 @@ class Batch:
     """Records of one input topic, in partition order, and the way to send outputs.
 
     `records` are confluent-kafka messages (`.key()`, `.value()`, `.partition()`,
-    `.offset()`, `.timestamp()`). `send(topic, key, value, partition)` produces inside the
+    `.offset()`, `.timestamp()`). `send(topic, key, value, partition, headers)` produces inside the
     worker's current transaction. `now_ms` is the wall clock when the batch was handed out.
     """
 

@@ -301,14 +301,21 @@ class BatchRuntime(Service):
         self.processed.update(positions)
 
     def _send(self, topic: str, key: bytes | None, value: bytes,
-              partition: int | None = None) -> None:
+              partition: int | None = None,
+              headers: list[tuple[str, bytes]] | None = None) -> None:
         producer = self.producer
         if self.exactly_once and not self.in_txn:
             producer.begin_transaction()
             self.in_txn = True
         while True:
             try:
-                if partition is None:
+                if headers is not None:  # a trace context (pipeline/tracing.py)
+                    if partition is None:
+                        producer.produce(topic, value, key, headers=headers)
+                    else:
+                        producer.produce(topic, value, key, partition=partition,
+                                         headers=headers)
+                elif partition is None:
                     producer.produce(topic, value, key)
                 else:
                     producer.produce(topic, value, key, partition=partition)
