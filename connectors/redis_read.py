@@ -55,18 +55,20 @@ class AvailabilityHashReader:
         covers keys present from start to end); a hash deleted between SCAN and HGETALL
         comes back as None.
         """
-        cursor: int | str = 0
+        cursor = 0
         pattern = f"{self.key_prefix}avail:*"
         while True:
             try:
-                cursor, keys = self._redis.scan(cursor=cursor, match=pattern,
-                                                count=self.batch)  # type: ignore[misc]
+                next_cursor, found = self._redis.scan(cursor=cursor, match=pattern,
+                                                      count=self.batch)
             except RedisError as exc:
                 raise CacheError(f"redis scan failed: {type(exc).__name__}: {exc}") from exc
+            keys = [str(k) for k in found]  # decode_responses=True: already str
             if keys:
                 skus = [platform_sku_of(self.key_prefix, k) for k in keys]
                 yield list(zip(skus, self._hgetall(keys), strict=True))
-            if int(cursor) == 0:
+            cursor = int(next_cursor)
+            if cursor == 0:
                 return
 
     def read(self, skus: Iterable[str]) -> Iterator[list[tuple[str, dict[str, Any] | None]]]:

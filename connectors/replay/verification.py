@@ -451,11 +451,10 @@ class Verification:
             topic = changelog_topic(self.settings, table)
             records = ChangelogStream(self.settings, topic)
             self.progress.start(store, records.total)
-            if keys is not None:
-                expected_keys = [k.encode() for k in keys
-                                 if expected(k.encode()) is not None]
+            wanted: Iterable[bytes] = expected_keys if keys is None else [
+                k.encode() for k in keys if expected(k.encode()) is not None]
             compare_changelog(store, result, records, expected=expected,
-                              expected_keys=expected_keys, decode=codec_for(record).decode,
+                              expected_keys=wanted, decode=codec_for(record).decode,
                               compare=compare, only=keys, progress=self.progress)
             self.progress.finish()
             self._phase(store, t0)

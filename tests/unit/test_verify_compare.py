@@ -105,7 +105,8 @@ def test_redis_scan_counts_a_key_returned_twice_once_and_reads_what_scan_missed(
     good = {f"k{i}": cache_hash(fold, f"k{i}") for i in range(4)}
     bad = {**good["k1"], "suppliers": {**good["k1"]["suppliers"]}}
     bad["suppliers"]["s1"] = {**bad["suppliers"]["s1"], "quantity": 77}
-    scanned = [[("k0", good["k0"]), ("k1", bad)], [("k1", bad), ("junk", good["k0"])]]
+    scanned: list[list[tuple[str, dict[str, Any] | None]]] = [
+        [("k0", good["k0"]), ("k1", bad)], [("k1", bad), ("junk", good["k0"])]]
     # k2 was written after SCAN passed it; k3 has no hash (a cache miss).
     later = {"k2": good["k2"], "k3": None}
     reads: list[list[str]] = []
