@@ -9,6 +9,7 @@ from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
+from pipeline import tracing
 from pipeline.errors import ConnectorError
 from schemas.codec import AvroCodec, codec_for
 
@@ -37,6 +38,7 @@ class DeltaProducer:
     def __init__(self, config: dict[str, Any], topic: str, *, record: str = "SupplierDelta",
                  codec: AvroCodec | None = None) -> None:
         self.topic = topic
+        self.record_type = record
         self.codec = codec or codec_for(record)
         self._producer = Producer({**PRODUCER_DEFAULTS, **config})
         self._errors: list[KafkaError] = []
@@ -65,12 +67,18 @@ class DeltaProducer:
         kwargs: dict[str, Any] = {"on_delivery": self._on_delivery}
         if timestamp_ms is not None:
             kwargs["timestamp"] = timestamp_ms
+        spans = None
+        if tracing.ENABLED:
+            spans = tracing.start_send_spans(self.topic, [record], self.record_type)
+            kwargs["headers"] = tracing.headers_of(spans[0].get_span_context())
         while True:
             try:
                 self._producer.produce(self.topic, payload, k, **kwargs)
-                return
+                break
             except BufferError:
                 self._producer.flush(0.5)
+        if spans is not None:  # fire-and-forget: the span ends when the record is queued
+            tracing.end_spans(spans)
 
     def flush(self, timeout: float = 60.0) -> None:
         """Wait for every queued record; raise ConnectorError if any was not acknowledged."""
@@ -83,7 +91,25 @@ class DeltaProducer:
             raise ConnectorError(f"{len(errors)} records to {self.topic} failed: {errors[0]}")
 
     async def send(self, records: Iterable[dict[str, Any]], *, key: bytes | None = None) -> None:
-        """Produce records and return once Kafka acknowledged all of them (acks=all)."""
+        """Produce records and return once Kafka acknowledged all of them (acks=all).
+
+        With tracing on, each record gets a producer span (a child of the current span: the
+        request, page or file it came from) whose traceparent goes into its headers."""
+        if tracing.ENABLED:
+            batch = list(records)
+            spans = tracing.start_send_spans(self.topic, batch, self.record_type)
+            try:
+                await self._send(batch, key, [tracing.headers_of(s.get_span_context())
+                                              for s in spans])
+            except BaseException as exc:
+                tracing.end_spans(spans, exc)
+                raise
+            tracing.end_spans(spans)
+            return
+        await self._send(records, key, None)
+
+    async def _send(self, records: Iterable[dict[str, Any]], key: bytes | None,
+                    headers: list[Any] | None) -> None:
         loop = asyncio.get_running_loop()
         futures: list[asyncio.Future[None]] = []
 
@@ -99,13 +125,19 @@ class DeltaProducer:
                 loop.call_soon_threadsafe(settle)
             return done
 
-        for record in records:
+        for index, record in enumerate(records):
             fut: asyncio.Future[None] = loop.create_future()
             payload = self.codec.encode(record)
             k = key if key is not None else self.key_of(record)
             while True:
                 try:
-                    self._producer.produce(self.topic, payload, k, on_delivery=resolver(fut))
+                    if headers is None:
+                        self._producer.produce(self.topic, payload, k,
+                                               on_delivery=resolver(fut))
+                    else:
+                        self._producer.produce(self.topic, payload, k,
+                                               on_delivery=resolver(fut),
+                                               headers=headers[index])
                     break
                 except BufferError:
                     await asyncio.sleep(0.05)

@@ -164,6 +164,24 @@ class Settings(BaseSettings):
     stack_cassandra_heap: str = "1G"
     stack_start_timeout_s: float = 240.0
 
+    # --- Tracing (pipeline/tracing.py, docs/observability.md) ------------------------
+    # Off by default: then no span is ever created and no header is read or written.
+    tracing_enabled: bool = False
+    # "otlp": OTLP over HTTP to tracing_endpoint (Jaeger, Tempo, an OpenTelemetry Collector);
+    # "file": one JSON line per span appended to tracing_file (tests, a laptop without Jaeger).
+    tracing_exporter: Literal["otlp", "file"] = "otlp"
+    tracing_endpoint: str = "http://127.0.0.1:4318/v1/traces"
+    tracing_file: Path | None = None
+    # Share of supplier records whose trace is recorded, decided once where a record enters
+    # (the connector) and carried in its traceparent's sampled flag.
+    tracing_sample_ratio: float = Field(default=0.01, ge=0.0, le=1.0)
+    # Recorded whatever the ratio says: dead letters, and records that waited in a topic
+    # longer than tracing_slow_record_s (0 turns that off).
+    tracing_always_sample_dead_letters: bool = True
+    tracing_slow_record_s: float = Field(default=1.0, ge=0.0)
+    # Where `stockflow trace` asks for a trace's spans: Jaeger's query API.
+    tracing_query_url: str = "http://127.0.0.1:16686"
+
     # --- Logging ------------------------------------------------------------------
     log_json: bool | None = None
     log_level: str = "INFO"

@@ -12,6 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from pipeline import tracing
 from pipeline.errors import ValidationError
 from pipeline.log import get_logger
 
@@ -168,7 +169,9 @@ class CsvDropSource(Source):
                         mtime=newest.mtime)
             kept = [*kept, [newest.name, newest.size, newest.mtime]][-FUTURE_FILES_MAX:]
         state = {**state, "future": kept}
-        emitted = await self.process(newest, state, effective(newest))
+        with tracing.receive_span("csv file", connector=self.kind, supplier_id=self.supplier_id,
+                                  file=safe_text(newest.name, 200), size=newest.size):
+            emitted = await self.process(newest, state, effective(newest))
         LAST_POLL.labels(self.supplier_id).set_to_current_time()
         return emitted
 

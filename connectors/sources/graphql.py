@@ -5,9 +5,11 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import time
 from dataclasses import dataclass
 from typing import Any
 
+from pipeline import tracing
 from pipeline.log import get_logger
 
 from .base import Emitter, RecordMapper, Source, dead_letter, map_one, now_ms, raw_bytes, safe_text
@@ -66,6 +68,7 @@ class GraphqlSource(Source):
             variables: dict[str, Any] = {"supplierId": self.supplier_id,
                                          **dict(self.options.variables),
                                          "after": after, "first": self.options.page_size}
+            started_ns = time.time_ns()  # the page's span starts with its request
             try:
                 response = await self.http.request(
                     "POST", self.options.url, json_body={"query": self.options.query,
@@ -98,7 +101,9 @@ class GraphqlSource(Source):
                     original=raw_bytes(errors), supplier_id=self.supplier_id,
                     connector=self.kind, context={"url": self.options.url,
                                                   "after": after or ""}))
-            await self.emitter.emit(deltas, dead)
+            with tracing.receive_span("graphql page", started_ns, connector=self.kind,
+                                      supplier_id=self.supplier_id, page=after or "first"):
+                await self.emitter.emit(deltas, dead)
             emitted += len(deltas)
             CONNECTOR_DELTAS.labels(self.supplier_id, self.kind).inc(len(deltas))
             for d in dead:

@@ -5,11 +5,13 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from pipeline import tracing
 from pipeline.errors import ConnectorError
 from pipeline.log import get_logger
 
@@ -119,6 +121,7 @@ class RestSource(Source):
             # An ETag belongs to one query; only the first page of the same cursor may reuse it.
             if token is None and state.get("etag") and state.get("etag_since") == since:
                 headers["If-None-Match"] = state["etag"]
+            started_ns = time.time_ns()  # the page's span starts with its request
             try:
                 response = await self.http.request("GET", self.options.url, params=params,
                                                    headers=headers)
@@ -137,7 +140,9 @@ class RestSource(Source):
                 raise
             deltas, dead, seen = self._map_page(items, page=token or "first",
                                                 skip=sent_before)
-            await self.emitter.emit(deltas, dead)
+            with tracing.receive_span("rest page", started_ns, connector=self.kind,
+                                      supplier_id=self.supplier_id, page=token or "first"):
+                await self.emitter.emit(deltas, dead)
             emitted += len(deltas)
             CONNECTOR_DELTAS.labels(self.supplier_id, self.kind).inc(len(deltas))
             for d in dead:

@@ -20,6 +20,7 @@ from typing import Any
 
 from aiohttp import web
 
+from pipeline import tracing
 from pipeline.log import get_logger
 
 from .base import Emitter, RecordMapper, dead_letter, map_one, now_ms, raw_bytes, safe_text
@@ -88,6 +89,16 @@ class WebhookReceiver:
         return web.json_response(body, status=status)
 
     async def handle(self, request: web.Request) -> web.Response:
+        """One supplier request; with tracing on, in a span its records' traces start from."""
+        if not tracing.ENABLED:
+            return await self._handle(request)
+        with tracing.receive_span("webhook receive", connector=self.kind,
+                                  supplier_id=request.match_info.get("supplier_id")) as span:
+            response = await self._handle(request)
+            span.set_attribute("http.response.status_code", response.status)
+            return response
+
+    async def _handle(self, request: web.Request) -> web.Response:
         supplier_id = request.match_info["supplier_id"]
         supplier = self.suppliers.get(supplier_id)
         if supplier is None:
