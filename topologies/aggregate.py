@@ -85,7 +85,7 @@ def fold_batch(records: list[Any], now_ms: int) -> tuple[list[dict[str, Any]], S
     """Fold a batch into the availability table; returns the updates that changed something
     (to write to Cassandra) and the outputs with their changes, in the same order."""
     groups: dict[tuple[int, bytes], list[dict[str, Any]]] = {}
-    decode = _UPDATE.decode
+    decode = _UPDATE.decode_trusted  # written by process_deltas, in this schema
     for msg in records:
         try:
             update = decode(msg.value() or b"")

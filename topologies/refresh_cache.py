@@ -50,7 +50,7 @@ def decode_changes(records: list[Any]) -> list[dict[str, Any]]:
     decoded = []
     for msg in records:
         try:
-            decoded.append(_CHANGE.decode(msg.value() or b""))
+            decoded.append(_CHANGE.decode_trusted(msg.value() or b""))
         except SchemaError as exc:
             metrics.DROPPED.labels("cache:undecodable").inc()
             log.error("cache.undecodable_change", error=str(exc), topic=msg.topic(),

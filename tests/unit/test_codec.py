@@ -164,7 +164,7 @@ def availability_body(blocks: bytes) -> bytes:
 
 def supplier_entry() -> bytes:
     return (avro_string("A-1") + zigzag(5) + zigzag(1) + zigzag(0) + zigzag(0)
-            + zigzag(1_700_000_000_000))
+            + zigzag(1_700_000_000_000) + zigzag(0))  # snapshot_at: null
 
 
 def test_map_blocks_negative_count_decodes_and_huge_count_is_refused() -> None:
@@ -212,3 +212,17 @@ def test_any_corruption_is_a_schema_error_or_a_record_that_encodes(data: st.Data
         return
     # Whatever decodes is a record the schema can hold: every enum a symbol, every long a long.
     assert codec.decode(codec.encode(record)) == record
+
+
+def test_trusted_decode_equals_strict_decode_and_falls_back_for_other_writers() -> None:
+    codec = codec_for("StockUpdate")
+    record = {
+        "platform_sku": "P", "supplier_id": "s", "sku": "k", "quantity_before": 0,
+        "quantity_after": 3, "version": 2, "status": "ACTIVE", "cause": "SNAPSHOT",
+        "event_id": "e", "observed_at": 1, "received_at": 2, "produced_at": 3, "price": None,
+        "currency": None, "lead_time_days": None, "clamped": False, "suspect": False,
+    }
+    data = codec.encode(record)
+    assert codec.decode_trusted(data) == codec.decode(data) == record
+    with pytest.raises(SchemaError):
+        codec.decode_trusted(b"\xc3\x01" + b"\x00" * 8)  # unknown writer: the strict path

@@ -91,7 +91,7 @@ class BatchTable(FaustTable):
         raw = part.db.get(key)
         if raw is None:
             return None
-        value = self.codec.decode(raw)
+        value = self.codec.decode_trusted(raw)
         values[key] = value
         if len(values) > self.cache_keys:
             self._evict(part)

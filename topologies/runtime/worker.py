@@ -485,6 +485,8 @@ class BatchRuntime(Service):
                 restored += self._restore(table, tp.partition)
         self.assignment |= {(tp.topic, tp.partition) for tp in partitions}
         self.rebalancing = False
+        if not self.ready and self.rebalances == 1:
+            log.info("worker.ready", partitions=len(self.assignment))
         self.ready = True
         log.info("runtime.partitions_assigned", partitions=len(partitions),
                  changelog_records_restored=restored,
