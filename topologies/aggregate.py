@@ -18,7 +18,7 @@ from __future__ import annotations
 import time
 from typing import Any, Protocol
 
-from pipeline import metrics
+from pipeline import metrics, tracing
 from pipeline.app import app, avro_table, settings
 from pipeline.errors import SchemaError
 from pipeline.log import get_logger
@@ -81,9 +81,12 @@ async def _get_sink() -> StockSink:
     return _sink
 
 
-def fold_batch(records: list[Any], now_ms: int) -> tuple[list[dict[str, Any]], StepOutputs]:
+def fold_batch(records: list[Any], now_ms: int, origins: dict[int, Any] | None = None,
+               ) -> tuple[list[dict[str, Any]], StepOutputs]:
     """Fold a batch into the availability table; returns the updates that changed something
-    (to write to Cassandra) and the outputs with their changes, in the same order."""
+    (to write to Cassandra) and the outputs with their changes, in the same order.
+
+    `origins` (tracing on) gets the message each decoded update came from, by id(update)."""
     groups: dict[tuple[int, bytes], list[dict[str, Any]]] = {}
     decode = _UPDATE.decode_trusted  # written by process_deltas, in this schema
     for msg in records:
@@ -95,6 +98,8 @@ def fold_batch(records: list[Any], now_ms: int) -> tuple[list[dict[str, Any]], S
             log.error("aggregate.undecodable_update", error=str(exc), topic=msg.topic(),
                       partition=msg.partition(), offset=msg.offset())
             continue
+        if origins is not None:
+            origins[id(update)] = msg
         group_key = (msg.partition(), update["platform_sku"].encode())
         group = groups.get(group_key)
         if group is None:
@@ -124,6 +129,11 @@ async def aggregate(batches: Any) -> Any:
     sink = await _get_sink()
     async for batch in batches:
         async with batch:
+            if tracing.ENABLED:
+                trace = tracing.batch_trace("aggregate", batch.topic, batch.records,
+                                            batch.now_ms)
+                batch.result = await _aggregate_traced(sink, batch, trace)
+                continue
             written, out = fold_batch(batch.records, batch.now_ms)
             if out.unchanged_updates:
                 metrics.EVENTS.labels("aggregate", "unchanged").inc(out.unchanged_updates)
@@ -133,9 +143,37 @@ async def aggregate(batches: Any) -> Any:
         yield batch.result
 
 
+async def _aggregate_traced(sink: StockSink, batch: Any, trace: tracing.BatchTrace) -> int:
+    """The agent's work on one batch with tracing on: each record's span ends with its
+    Cassandra write (or with `unchanged`), and its InventoryChange carries that write's context."""
+    origins: dict[int, Any] = {}
+    written, out = fold_batch(batch.records, batch.now_ms, origins)
+    if out.unchanged_updates:
+        metrics.EVENTS.labels("aggregate", "unchanged").inc(out.unchanged_updates)
+    if written:
+        await _write_then_emit(sink, written, out.changes, batch.send, trace, origins)
+    changed = {id(update) for update in written}
+    for key, msg in origins.items():
+        if key not in changed:
+            trace.record((msg.partition(), msg.offset()),
+                         attributes={"stockflow.outcome": "unchanged"})
+    trace.finish()
+    return len(out.changes)
+
+
+def _update_attributes(update: dict[str, Any]) -> dict[str, Any]:
+    return {"stockflow.event_id": update["event_id"], "stockflow.supplier_id":
+            update["supplier_id"], "stockflow.sku": update["sku"],
+            "stockflow.platform_sku": update["platform_sku"], "stockflow.version":
+            update["version"]}
+
+
 async def _write_then_emit(sink: StockSink, updates: list[dict[str, Any]],
-                           changes: list[dict[str, Any]], send: Any) -> None:
+                           changes: list[dict[str, Any]], send: Any,
+                           trace: tracing.BatchTrace | None = None,
+                           origins: dict[int, Any] | None = None) -> None:
     """Write a batch to the sink and, once it is acknowledged, send its change records."""
+    started_ns = time.time_ns()
     t0 = time.perf_counter()
     await sink.write_batch(updates)
     metrics.SINK_LATENCY.labels("cassandra").observe(time.perf_counter() - t0)
@@ -145,7 +183,23 @@ async def _write_then_emit(sink: StockSink, updates: list[dict[str, Any]],
     for update in updates:
         fresh.observe(max(0.0, (written_ms - update["produced_at"]) / 1000))
     encode = _CHANGE.encode
-    for change in changes:
-        send(CHANGES_TOPIC, change["platform_sku"].encode(), encode(change), None)
+    if trace is not None and origins is not None:
+        written_ns = time.time_ns()
+        trace.child("cassandra.write", started_ns, written_ns, **{"db.system": "cassandra",
+                    "stockflow.rows": len(updates)})
+        # updates and changes are parallel: each written update made exactly one change.
+        for update, change in zip(updates, changes, strict=True):
+            msg = origins[id(update)]
+            context = trace.record(
+                (msg.partition(), msg.offset()),
+                attributes={"stockflow.outcome": "changed", **_update_attributes(update)},
+                steps=[("cassandra.write", started_ns, written_ns,
+                        {"db.system": "cassandra", "stockflow.rows": len(updates)})],
+                end_ns=written_ns)
+            send(CHANGES_TOPIC, change["platform_sku"].encode(), encode(change), None,
+                 tracing.headers_of(context))
+    else:
+        for change in changes:
+            send(CHANGES_TOPIC, change["platform_sku"].encode(), encode(change), None)
     metrics.EVENTS.labels("aggregate", "changed").inc(len(changes))
     metrics.CHANGES.inc(len(changes))

@@ -15,7 +15,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from pipeline import metrics
+from pipeline import metrics, tracing
 from pipeline.app import app, avro_table, settings
 from pipeline.catalog import Catalog
 from pipeline.log import get_logger
@@ -43,8 +43,11 @@ _RESYNC = codec_for("ResyncRequest")
 _DEAD_LETTER = codec_for("DeadLetter")
 
 
-def handle_batch(records: list[Any], send: Any) -> StepOutputs:
-    """Run the step over one batch of confluent-kafka messages and send what it emits."""
+def handle_batch(records: list[Any], send: Any,
+                 trace: tracing.BatchTrace | None = None) -> StepOutputs:
+    """Run the step over one batch of confluent-kafka messages and send what it emits.
+
+    With a `trace` (tracing on), each output carries the trace context of its record."""
     groups: dict[tuple[int, bytes | None], list[RawRecord]] = {}
     for msg in records:
         key = msg.key()
@@ -57,6 +60,8 @@ def handle_batch(records: list[Any], send: Any) -> StepOutputs:
         else:
             group.append(rec)
     out = StepOutputs()
+    if trace is not None:
+        out.trail = []  # what became of each record, for its span
     get_in, set_in = stock.get_in, stock.set_in
     for (partition, key), recs in groups.items():
         if key is None:
@@ -66,6 +71,10 @@ def handle_batch(records: list[Any], send: Any) -> StepOutputs:
         new = apply_deltas(state, recs, context, out)
         if new is not state:
             set_in(partition, key, new)
+    if trace is not None:
+        _send_traced(trace, groups, out, send)
+        _count(out)
+        return out
     encode_update = _UPDATE.encode
     for update in out.updates:
         platform_sku = update["platform_sku"].encode()
@@ -76,6 +85,59 @@ def handle_batch(records: list[Any], send: Any) -> StepOutputs:
         send(DEADLETTER_TOPIC, key, _DEAD_LETTER.encode(dl), None)
     _count(out)
     return out
+
+
+def _send_traced(trace: tracing.BatchTrace, groups: dict[tuple[int, bytes | None],
+                                                         list[RawRecord]],
+                 out: StepOutputs, send: Any) -> None:
+    """The sends of `handle_batch`, each with the trace context of the record that caused
+    it; a dead letter's trace ends in a span named after its reason."""
+    assert out.trail is not None
+    dead_by_pos = {(dl["source_partition"], dl["source_offset"]): dl
+                   for _key, dl in out.dead_letters}
+    context_of: dict[int, Any] = {}  # id(output record) -> trace context for its headers
+    trail = iter(out.trail)  # one entry per record, in the order the groups ran
+    now_ns = time.time_ns()
+    for (partition, _key), recs in groups.items():
+        for rec in recs:
+            _offset, outcome, update = next(trail)
+            pos = (partition, rec.offset)
+            if outcome.startswith(INVALID + ":"):
+                reason = outcome[len(INVALID) + 1:]
+                dl = dead_by_pos.get(pos)
+                context = trace.record(pos, attributes={
+                    "stockflow.outcome": INVALID,
+                    "stockflow.event_id": dl and dl["event_id"],
+                    "stockflow.supplier_id": dl and dl["supplier_id"]},
+                    steps=[(f"dead_letter {reason}", now_ns, now_ns, {
+                        "stockflow.dead_letter.reason": reason,
+                        "stockflow.dead_letter.detail": dl["message"][:500] if dl else ""})],
+                    force=tracing.dead_letters_recorded(), end_ns=now_ns)
+                if dl is not None:
+                    context_of[id(dl)] = context
+                continue
+            attributes: dict[str, Any] = {"stockflow.outcome": outcome}
+            if update is not None:
+                attributes.update({
+                    "stockflow.event_id": update["event_id"],
+                    "stockflow.supplier_id": update["supplier_id"],
+                    "stockflow.sku": update["sku"],
+                    "stockflow.platform_sku": update["platform_sku"],
+                    "stockflow.version": update["version"]})
+            context = trace.record(pos, attributes=attributes, end_ns=now_ns)
+            if update is not None:
+                context_of[id(update)] = context
+    headers_of = tracing.headers_of
+    encode_update = _UPDATE.encode
+    for update in out.updates:
+        send(STOCK_UPDATES_TOPIC, update["platform_sku"].encode(), encode_update(update),
+             None, headers_of(context_of.get(id(update))))
+    for key, resync in out.resyncs:
+        send(RESYNC_TOPIC, key, _RESYNC.encode(resync), None)
+    for key, dl in out.dead_letters:
+        send(DEADLETTER_TOPIC, key, _DEAD_LETTER.encode(dl), None,
+             headers_of(context_of.get(id(dl))))
+    trace.finish()
 
 
 def _count(out: StepOutputs) -> None:
@@ -114,5 +176,7 @@ async def process_deltas(batches: Any) -> Any:
     """validate -> dedup -> apply, a batch at a time, per (supplier, sku) in order."""
     async for batch in batches:
         async with batch:
-            batch.result = handle_batch(batch.records, batch.send)
+            trace = tracing.batch_trace("process_deltas", batch.topic, batch.records,
+                                        batch.now_ms) if tracing.ENABLED else None
+            batch.result = handle_batch(batch.records, batch.send, trace)
         yield batch.result

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from typing import Any, Protocol
 
-from pipeline import metrics
+from pipeline import metrics, tracing
 from pipeline.app import app, settings
 from pipeline.errors import SchemaError
 from pipeline.log import get_logger
@@ -58,6 +58,29 @@ def decode_changes(records: list[Any]) -> list[dict[str, Any]]:
     return decoded
 
 
+def _trace_cache_write(trace: tracing.BatchTrace, records: list[Any],
+                       decoded: list[dict[str, Any]], started_ns: int) -> None:
+    """The Redis write in the batch's trace and in each recorded change's own trace."""
+    written_ns = time.time_ns()
+    trace.child("redis.write", started_ns, written_ns, **{"db.system": "redis",
+                "stockflow.changes": len(decoded)})
+    # Decoded in record order; an undecodable record (never expected) loses the attributes.
+    paired = len(decoded) == len(records)
+    for index, msg in enumerate(records):
+        attributes: dict[str, Any] = {}
+        if paired:
+            change = decoded[index]
+            attributes = {"stockflow.event_id": change["event_id"],
+                          "stockflow.platform_sku": change["platform_sku"],
+                          "stockflow.supplier_id": change["supplier_id"],
+                          "stockflow.version": change["version"]}
+        trace.record((msg.partition(), msg.offset()), attributes=attributes,
+                     steps=[("redis.write", started_ns, written_ns,
+                             {"db.system": "redis", "stockflow.changes": len(decoded)})],
+                     end_ns=written_ns)
+    trace.finish()
+
+
 @app.agent(changes, name="refresh_cache")
 async def refresh_cache(batches: Any) -> Any:
     """Write each batch of changes to Redis; done only once Redis has them."""
@@ -66,9 +89,14 @@ async def refresh_cache(batches: Any) -> Any:
             cache = _get_cache()
             batch.result = 0
             if cache is not None:
+                trace = tracing.batch_trace("refresh_cache", batch.topic, batch.records,
+                                            batch.now_ms) if tracing.ENABLED else None
                 decoded = decode_changes(batch.records)
+                started_ns = time.time_ns()
                 t0 = time.perf_counter()
                 await cache.apply_batch(decoded)
+                if trace is not None:
+                    _trace_cache_write(trace, batch.records, decoded, started_ns)
                 metrics.SINK_LATENCY.labels("redis").observe(time.perf_counter() - t0)
                 metrics.SINK_BATCH_SIZE.labels("redis").observe(len(decoded))
                 metrics.EVENTS.labels("cache", "written").inc(len(decoded))
