@@ -133,13 +133,13 @@ async def aggregate(batches: Any) -> Any:
                 trace = tracing.batch_trace("aggregate", batch.topic, batch.records,
                                             batch.now_ms)
                 batch.result = await _aggregate_traced(sink, batch, trace)
-                continue
-            written, out = fold_batch(batch.records, batch.now_ms)
-            if out.unchanged_updates:
-                metrics.EVENTS.labels("aggregate", "unchanged").inc(out.unchanged_updates)
-            if written:
-                await _write_then_emit(sink, written, out.changes, batch.send)
-            batch.result = len(out.changes)
+            else:
+                written, out = fold_batch(batch.records, batch.now_ms)
+                if out.unchanged_updates:
+                    metrics.EVENTS.labels("aggregate", "unchanged").inc(out.unchanged_updates)
+                if written:
+                    await _write_then_emit(sink, written, out.changes, batch.send)
+                batch.result = len(out.changes)
         yield batch.result
 
 

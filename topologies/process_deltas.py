@@ -134,8 +134,8 @@ def _send_traced(trace: tracing.BatchTrace, groups: dict[tuple[int, bytes | None
              None, headers_of(context_of.get(id(update))))
     for key, resync in out.resyncs:
         send(RESYNC_TOPIC, key, _RESYNC.encode(resync), None)
-    for key, dl in out.dead_letters:
-        send(DEADLETTER_TOPIC, key, _DEAD_LETTER.encode(dl), None,
+    for dl_key, dl in out.dead_letters:
+        send(DEADLETTER_TOPIC, dl_key, _DEAD_LETTER.encode(dl), None,
              headers_of(context_of.get(id(dl))))
     trace.finish()
 

@@ -60,10 +60,12 @@ def run(
     from connectors.sources.emitters import KafkaEmitter
     from connectors.sources.service import ConnectorService
     from connectors.suppliers import load_suppliers
+    from pipeline import tracing
     from pipeline.log import get_logger
     from pipeline.settings import get_settings
 
     settings = get_settings()
+    tracing.configure(settings, "stockflow-connectors")
     parsed = load_suppliers(config or settings.suppliers_config)
     store = CursorStore(settings.connectors_state_path)
     emitter = KafkaEmitter.create(settings.confluent_config(),
@@ -90,6 +92,7 @@ def run(
     finally:
         emitter.close()
         store.close()
+        tracing.shutdown()  # export the spans still buffered
 
 
 def register(app: typer.Typer) -> None:

@@ -34,7 +34,7 @@ def worker() -> None:
     """Run the stockflow worker: validate, dedup, apply, aggregate, sink, cache."""
     from prometheus_client import REGISTRY, start_http_server
 
-    from pipeline import lag
+    from pipeline import lag, tracing
     from pipeline.app import app, settings
     from pipeline.log import get_logger
     from topologies.runtime.metrics import UncommittedOffsetsCollector
@@ -42,12 +42,13 @@ def worker() -> None:
     # Consumer lag per topic-partition, looked up when Prometheus scrapes (pipeline/lag.py),
     # and how far processing ran past the committed offsets (the runtime's own view).
     lag.install(settings)
+    tracing.configure(settings, "stockflow-worker")
     REGISTRY.register(UncommittedOffsetsCollector(app))
     start_http_server(settings.metrics_port, addr=settings.bind_host)
     get_logger("stockflow.worker").info(
         "worker.starting", app_id=settings.app_id, broker=settings.kafka_bootstrap_servers,
         guarantee=settings.processing_guarantee, metrics_port=settings.metrics_port,
-        topic_prefix=settings.topic_prefix)
+        topic_prefix=settings.topic_prefix, tracing=tracing.ENABLED)
     from faust.worker import Worker
 
     app.discover()
