@@ -14,6 +14,7 @@ from __future__ import annotations
 from typing import Any
 
 ACTIVE = "ACTIVE"
+_SNAPSHOT_CAUSES = frozenset({"SNAPSHOT", "RESYNC"})
 
 
 def empty_availability(platform_sku: str) -> dict[str, Any]:
@@ -68,6 +69,10 @@ def fold_update(
         "status": update["status"],
         "lead_time_days": update.get("lead_time_days"),
         "updated_at": now_ms,
+        # When the supplier's feed last stated its whole stock: a confirmed reservation stops
+        # counting against availability once a snapshot observed after it arrives.
+        "snapshot_at": update["observed_at"] if update["cause"] in _SNAPSHOT_CAUSES
+        else (entry.get("snapshot_at") if entry is not None else None),
     }
     suppliers = dict(current["suppliers"])
     suppliers[supplier_id] = new_entry

@@ -42,6 +42,10 @@ SCHEMA_FILES = {
     "ResyncRequest": "resync_request.avsc",
     "StockState": "stock_state.avsc",
     "Availability": "availability.avsc",
+    "ReservationCommand": "reservation_command.avsc",
+    "ReservationDecision": "reservation_decision.avsc",
+    "ReservationState": "reservation_state.avsc",
+    "Order": "order.avsc",
 }
 
 _EMPTY = 0xC15D213AA4D7A795
@@ -315,7 +319,8 @@ for _name in SCHEMA_FILES:
 # the current schema; fields added since take their defaults).
 OLDER_SCHEMA_FILES = ("inventory_change.v1.avsc",  # before lead_time_days
                       "stock_state.v1.avsc",  # before lead_time_days
-                      "stock_state.v2.avsc")  # event_ids in full, before recent_ids
+                      "stock_state.v2.avsc",  # event_ids in full, before recent_ids
+                      "availability.v1.avsc")  # before snapshot_at
 for _file in OLDER_SCHEMA_FILES:
     WRITER_SCHEMAS.register(
         json.loads(resources.files("schemas").joinpath(_file).read_text(encoding="utf-8")))

@@ -71,6 +71,7 @@ def test_first_update_creates_availability_and_change() -> None:
                 "status": "ACTIVE",
                 "lead_time_days": 3,
                 "updated_at": NOW,
+                "snapshot_at": NOW - 500,  # a SNAPSHOT: its observed_at
             }
         },
     }
