@@ -182,6 +182,41 @@ class Settings(BaseSettings):
     # Where `stockflow trace` asks for a trace's spans: Jaeger's query API.
     tracing_query_url: str = "http://127.0.0.1:16686"
 
+    # --- Reservations and the public API (pipeline/reservations.py, pipeline/api/) -----------
+    reservation_default_ttl_s: float = Field(default=900.0, gt=0,
+                                             description="a hold's TTL when the request has none")
+    reservation_max_ttl_s: float = Field(default=24 * 3600.0, gt=0)
+    reservation_reflect_bound_s: float = Field(
+        default=1800.0, gt=0,
+        description="a confirmed sale stops counting against availability after this long "
+                    "even if no snapshot of its supplier reflected it")
+    reservation_answer_ttl_s: float = Field(
+        default=24 * 3600.0, gt=0,
+        description="how long an idempotency key's answer and an ended reservation are kept")
+    reservation_max_answers: int = Field(default=10_000, ge=100,
+                                         description="answers kept per platform SKU at most")
+    api_host: str = "127.0.0.1"
+    api_port: int = Field(default=8000, ge=0, le=65535)
+    # "name:sha256-hex-of-the-key" entries, comma-separated: only hashes are configured.
+    api_keys: Annotated[tuple[str, ...], NoDecode] = ()
+    api_rate_per_s: float = Field(default=50.0, gt=0, description="requests/s per API key")
+    api_rate_burst: int = Field(default=100, ge=1)
+    api_decision_timeout_s: float = Field(
+        default=10.0, gt=0, description="how long a request waits for the agent's decision")
+    api_tick_interval_s: float = Field(
+        default=1.0, gt=0, description="how often the API moves the reservation clock on")
+    api_cache_ttl_s: int = Field(default=30, ge=1,
+                                 description="a cache-aside entry's life in Redis")
+    api_stream_buffer: int = Field(default=50_000, ge=100,
+                                   description="events kept for Last-Event-ID resumes")
+
+    @field_validator("api_keys", mode="before")
+    @classmethod
+    def _split_keys(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return tuple(k.strip() for k in value.split(",") if k.strip())
+        return value
+
     # --- Logging ------------------------------------------------------------------
     log_json: bool | None = None
     log_level: str = "INFO"

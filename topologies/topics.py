@@ -63,7 +63,23 @@ CHANGES = TopicSpec(
     retention_ms=7 * DAY_MS,
 )
 
-TOPICS: tuple[TopicSpec, ...] = (DELTAS, DEADLETTER, RESYNC, STOCK_UPDATES, CHANGES)
+RESERVATION_COMMANDS = TopicSpec(
+    "reservations.commands", key="platform_sku", value_record="ReservationCommand",
+    doc="Hold, confirm and release requests from the API, co-partitioned with "
+        "inventory.stock-updates (same key, same partition count); ticks name a partition.",
+)
+RESERVATION_DECISIONS = TopicSpec(
+    "reservations.decisions", key="platform_sku", value_record="ReservationDecision",
+    doc="Public: every reservation decision and so every change of available-to-promise.",
+)
+ORDERS = TopicSpec(
+    "reservations.orders", key="supplier_id", value_record="Order",
+    doc="Public: confirmed reservations for the supplier that ships them.",
+    retention_ms=30 * DAY_MS,
+)
+
+TOPICS: tuple[TopicSpec, ...] = (DELTAS, DEADLETTER, RESYNC, STOCK_UPDATES, CHANGES,
+                                 RESERVATION_COMMANDS, RESERVATION_DECISIONS, ORDERS)
 
 
 def create_topics(settings: Settings, specs: tuple[TopicSpec, ...] = TOPICS,

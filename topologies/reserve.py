@@ -1,0 +1,158 @@
+"""Agent reserve: reservations.commands -> reservations table -> reservations.decisions + orders.
+
+The one writer of a platform SKU's available-to-promise. reservations.commands is keyed by
+platform SKU with the partition count of inventory.stock-updates, so the range assignment
+gives this worker partition p of both: the SKU's supplier total is read straight from the
+`availability` table of the aggregate agent (same process, same partition, values that
+include the current, not yet committed batch) and no second copy of it is kept. Commands
+are decided one record at a time in log order by the pure step `pipeline.reservations.decide`;
+the decisions, orders, table writes and input offsets commit in one Kafka transaction.
+
+Ticks (records without a key, sent by the API to every partition) move a partition's clock
+on: the SKUs whose next expiry or reflection bound has passed are found in the partition's
+deadline index, stored in this table under a key no SKU can have (`\\x00deadlines`).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pipeline import metrics
+from pipeline.app import app, avro_table, settings
+from pipeline.errors import SchemaError
+from pipeline.log import get_logger
+from pipeline.reservations import (
+    TICK,
+    ReservationOutputs,
+    ReservationRules,
+    SupplierView,
+    decide,
+    next_deadline,
+)
+from pipeline.validate import dead_letter, dead_letter_key
+from schemas.codec import codec_for
+from topologies.aggregate import availability
+from topologies.runtime import InputBatches
+from topologies.topics import DEADLETTER, ORDERS, RESERVATION_COMMANDS, RESERVATION_DECISIONS
+
+log = get_logger(__name__)
+
+reservations = avro_table("reservations", "ReservationState",
+                          help="holds, confirmed sales and answers per platform_sku")
+commands = InputBatches(app, topic=settings.topic(RESERVATION_COMMANDS.name),
+                        table=reservations)
+
+DECISIONS_TOPIC = settings.topic(RESERVATION_DECISIONS.name)
+ORDERS_TOPIC = settings.topic(ORDERS.name)
+DEADLETTER_TOPIC = settings.topic(DEADLETTER.name)
+DEADLINES_KEY = b"\x00deadlines"
+
+RULES = ReservationRules(
+    default_ttl_ms=int(settings.reservation_default_ttl_s * 1000),
+    max_ttl_ms=int(settings.reservation_max_ttl_s * 1000),
+    reflect_bound_ms=int(settings.reservation_reflect_bound_s * 1000),
+    answer_ttl_ms=int(settings.reservation_answer_ttl_s * 1000),
+    max_answers=settings.reservation_max_answers,
+)
+_COMMAND = codec_for("ReservationCommand")
+_DECISION = codec_for("ReservationDecision")
+_ORDER = codec_for("Order")
+_DEAD_LETTER = codec_for("DeadLetter")
+
+
+class _Deadlines:
+    """The deadline index of the partitions a batch touched, written back once per batch."""
+
+    def __init__(self) -> None:
+        self.parts: dict[int, dict[str, Any]] = {}
+        self.dirty: set[int] = set()
+
+    def of(self, partition: int) -> dict[str, int]:
+        index = self.parts.get(partition)
+        if index is None:
+            stored = reservations.get_in(partition, DEADLINES_KEY)
+            index = {"platform_sku": "", "clock": 0, "sequence": 0, "holds": {},
+                     "confirmed": {}, "answers": {}, "closed": {},
+                     "deadlines": dict(stored["deadlines"]) if stored else {}}
+            self.parts[partition] = index
+        deadlines: dict[str, int] = index["deadlines"]
+        return deadlines
+
+    def note(self, partition: int, sku: str, deadline: int | None) -> None:
+        deadlines = self.of(partition)
+        if deadlines.get(sku) != deadline:
+            if deadline is None:
+                deadlines.pop(sku, None)
+            else:
+                deadlines[sku] = deadline
+            self.dirty.add(partition)
+
+    def write(self) -> None:
+        for partition in self.dirty:
+            reservations.set_in(partition, DEADLINES_KEY, self.parts[partition])
+
+
+def _decide_one(partition: int, sku: str, command: dict[str, Any], at_ms: int,
+                deadlines: _Deadlines, out: ReservationOutputs) -> None:
+    key = sku.encode()
+    state = reservations.get_in(partition, key)
+    supplier = SupplierView.of(availability.get_in(partition, key))
+    new = decide(state, sku, [(command, at_ms)], supplier, RULES, out)
+    reservations.set_in(partition, key, new)
+    deadlines.note(partition, sku, next_deadline(new))
+
+
+def handle_batch(records: list[Any], send: Any, now_ms: int) -> ReservationOutputs:
+    """Decide a batch of command records in log order and send what the decisions emit."""
+    out = ReservationOutputs()
+    deadlines = _Deadlines()
+    for msg in records:
+        partition = msg.partition()
+        ts = msg.timestamp()[1]
+        at_ms = ts if ts > 0 else now_ms
+        try:
+            command = _COMMAND.decode(msg.value() or b"")
+        except SchemaError as exc:
+            _reject(msg, "decode_error", str(exc), at_ms, send)
+            continue
+        if command["kind"] == TICK:
+            due = sorted(sku for sku, when in deadlines.of(partition).items() if when <= at_ms)
+            for sku in due:
+                _decide_one(partition, sku, command, at_ms, deadlines, out)
+            continue
+        sku = command["platform_sku"]
+        if msg.key() is None or msg.key() != sku.encode() or not sku:
+            _reject(msg, "key_mismatch", "a command's key must be its platform_sku", at_ms, send)
+            continue
+        _decide_one(partition, sku, command, at_ms, deadlines, out)
+    deadlines.write()
+    encode = _DECISION.encode
+    for decision in out.decisions:
+        send(DECISIONS_TOPIC, decision["platform_sku"].encode(), encode(decision), None)
+        metrics.EVENTS.labels("reserve", decision["outcome"].lower()).inc()
+    for order in out.orders:
+        key = (order["supplier_id"] or order["platform_sku"]).encode()
+        send(ORDERS_TOPIC, key, _ORDER.encode(order), None)
+    return out
+
+
+def _reject(msg: Any, reason: str, message: str, at_ms: int, send: Any) -> None:
+    """A command stockflow cannot read is a dead letter with its reason; the stream goes on."""
+    metrics.DEAD_LETTERS.labels(reason).inc()
+    metrics.DROPPED.labels(f"reserve:{reason}").inc()
+    log.warning("reserve.dead_lettered", reason=reason, detail=message, topic=msg.topic(),
+                partition=msg.partition(), offset=msg.offset())
+    record = dead_letter(reason=reason, message=message, original=msg.value() or b"",
+                         original_key=msg.key(), source_topic=msg.topic(),
+                         source_partition=msg.partition(), source_offset=msg.offset(),
+                         source_timestamp=at_ms, now_ms=at_ms)
+    send(DEADLETTER_TOPIC, dead_letter_key(msg.key()), _DEAD_LETTER.encode(record), None)
+
+
+@app.agent(commands, name="reserve")
+async def reserve(batches: Any) -> Any:
+    """Decide reservation commands, a batch at a time, per platform SKU in log order."""
+    async for batch in batches:
+        async with batch:
+            batch.result = len(handle_batch(batch.records, batch.send, batch.now_ms).decisions)
+        yield batch.result
