@@ -1,0 +1,1 @@
+"""The public HTTP API (`stockflow api`): inventory reads, reservations and a live stream."""

@@ -1,0 +1,570 @@
+"""The FastAPI application of `stockflow api`: /v1 inventory, reservations, stream; page, health.
+
+A reservation request becomes a ReservationCommand on reservations.commands (keyed by
+platform SKU, so the one agent owning the SKU decides it in order); the request then waits
+for the decision with its command id, which the follower reads from reservations.decisions.
+Nothing is decided here: a retried request (same client and Idempotency-Key) is written
+again and the agent answers with its first answer, so an API restart, a timeout or a worker
+crash mid-request never makes a second hold. Reads: Redis first (cache-aside: a miss reads
+Cassandra and fills Redis), `?consistency=strong` reads Cassandra; reserved units come from
+the decisions (`<prefix>atp:<sku>` in Redis).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import re
+import threading
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Annotated, Any
+
+from fastapi import FastAPI, Header, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
+from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_latest
+from pydantic import BaseModel, Field
+
+from pipeline.api.follower import DecisionFollower, atp_key
+from pipeline.api.keys import ApiKeys, RateLimiter, retry_after_header
+from pipeline.api.page import PAGE
+from pipeline.api.stream import StreamHub
+from pipeline.log import get_logger
+from pipeline.reservations import (
+    ALREADY_CONFIRMED,
+    CONFIRMED,
+    EXPIRED,
+    GRANTED,
+    NOT_FOUND,
+    RELEASED,
+    SOLD_OUT,
+    reservation_id,
+    sku_of_reservation,
+)
+from pipeline.settings import Settings
+from schemas.codec import codec_for
+
+log = get_logger(__name__)
+
+REQUESTS = Counter("stockflow_api_requests_total", "API requests", ["route", "status"])
+LATENCY = Histogram("stockflow_api_request_seconds", "API request latency", ["route"],
+                    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5,
+                             5, 10))
+DECISION_WAIT = Histogram("stockflow_api_decision_seconds",
+                          "From writing a command to reading its decision",
+                          buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10))
+
+SKU_PATTERN = r"^[^\x00-\x1f\x7f|]{1,128}$"
+KEY_PATTERN = re.compile(r"^[\x21-\x7e]{1,128}$")
+PUBLIC_PATHS = ("/", "/docs", "/openapi.json", "/health", "/ready", "/metrics",
+                "/docs/oauth2-redirect")
+
+
+class HoldRequest(BaseModel):
+    """A hold of `quantity` units of a platform SKU for `ttl_s` seconds."""
+
+    platform_sku: str = Field(pattern=SKU_PATTERN, description="the platform SKU")
+    quantity: int = Field(default=1, ge=1, le=1000)
+    ttl_s: int | None = Field(default=None, ge=1, le=24 * 3600,
+                              description="default: STOCKFLOW_RESERVATION_DEFAULT_TTL_S")
+
+
+def error(status: int, code: str, message: str, **extra: Any) -> JSONResponse:
+    headers = extra.pop("headers", None)
+    return JSONResponse({"error": code, "message": message, **extra}, status_code=status,
+                        headers=headers)
+
+
+class Api:
+    """The state of one API process: Kafka producer, follower, waiters, stream, clients."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.keys = ApiKeys.from_entries(settings.api_keys,
+                                         development=settings.environment == "development")
+        self.limiter = RateLimiter(settings.api_rate_per_s, settings.api_rate_burst)
+        self.hub = StreamHub(settings.api_stream_buffer)
+        self.commands_topic = settings.topic("reservations.commands")
+        self.waiters: dict[str, asyncio.Future[dict[str, Any]]] = {}
+        self.reserved: dict[str, tuple[int, int]] = {}  # sku -> (sequence, reserved units)
+        self.totals: dict[str, int] = {}  # sku -> supplier total last seen on the stream
+        self.producer: Any = None
+        self.follower: DecisionFollower | None = None
+        self.cache: Any = None
+        self._cassandra: Any = None
+        self._cassandra_lock = threading.Lock()
+        self._tasks: list[asyncio.Task[Any]] = []
+        self._stop = threading.Event()
+        self._command = codec_for("ReservationCommand")
+
+    # -- lifecycle ----------------------------------------------------------------------------
+    async def start(self) -> None:
+        from confluent_kafka import Producer
+
+        from connectors.redis_cache import RedisCache
+        from topologies.topics import create_topics
+
+        s = self.settings
+        await asyncio.to_thread(create_topics, s)
+        self.producer = Producer({**s.confluent_config(), "acks": "all",
+                                  "enable.idempotence": True, "linger.ms": 2,
+                                  "partitioner": "murmur2_random", "log_level": 3})
+        threading.Thread(target=self._poll_producer, name="stockflow-api-producer",
+                         daemon=True).start()
+        self.cache = RedisCache.from_settings(s)
+        loop = asyncio.get_running_loop()
+        self.follower = DecisionFollower(s, loop, on_decision=self._on_decision,
+                                         on_change=self._on_change)
+        self.follower.start()
+        self._tasks.append(asyncio.create_task(self._tick()))
+
+    async def stop(self) -> None:
+        self._stop.set()
+        for task in self._tasks:
+            task.cancel()
+        if self.follower is not None:
+            await asyncio.to_thread(self.follower.stop)
+        if self.producer is not None:
+            await asyncio.to_thread(self.producer.flush, 10)
+        if self.cache is not None:
+            await self.cache.close()
+        if self._cassandra is not None:
+            self._cassandra[0].shutdown()
+
+    def _poll_producer(self) -> None:
+        while not self._stop.is_set():
+            self.producer.poll(0.05)
+
+    async def _tick(self) -> None:
+        """Every partition's reservation clock moves on with a TICK (expiries happen then)."""
+        s = self.settings
+        while True:
+            await asyncio.sleep(s.api_tick_interval_s)
+            if self.follower is None or not self.follower.ready.is_set():
+                continue
+            value = self._command.encode({
+                "command_id": "tick", "kind": "TICK", "platform_sku": "",
+                "reservation_id": None, "quantity": 0, "ttl_ms": 0, "idempotency_key": None,
+                "requested_at": int(time.time() * 1000)})
+            try:
+                for p in range(s.partitions):
+                    self.producer.produce(self.commands_topic, value, None, partition=p)
+            except Exception as exc:  # the next tick tries again
+                log.warning("api.tick_failed", error=str(exc))
+
+    # -- decisions and changes (on the event loop) ---------------------------------------------
+    def _on_decision(self, decision: dict[str, Any]) -> None:
+        sku = decision["platform_sku"]
+        waiter = self.waiters.pop(decision["command_id"] or "", None)
+        if waiter is not None and not waiter.done():
+            waiter.set_result(decision)
+        reserved = decision["held"] + decision["confirmed_pending"]
+        seen = self.reserved.get(sku)
+        if seen is None or seen[0] < decision["sequence"]:
+            self.reserved[sku] = (decision["sequence"], reserved)
+        self.totals[sku] = decision["supplier_total"]
+        if decision["replayed"]:
+            return  # nothing changed
+        self.hub.publish(sku, {
+            "platform_sku": sku, "type": "reservation", "kind": decision["kind"],
+            "outcome": decision["outcome"], "reservation_id": decision["reservation_id"],
+            "quantity": decision["quantity"], "available": decision["available"],
+            "supplier_total": decision["supplier_total"], "reserved": reserved,
+            "sequence": decision["sequence"], "at": decision["decided_at"]})
+
+    def _on_change(self, change: dict[str, Any]) -> None:
+        sku = change["platform_sku"]
+        total = change["total_available"]
+        self.totals[sku] = total
+        reserved = self.reserved.get(sku, (0, 0))[1]
+        self.hub.publish(sku, {
+            "platform_sku": sku, "type": "supply", "supplier_id": change["supplier_id"],
+            "quantity_after": change["quantity_after"], "version": change["version"],
+            "available": max(0, total - reserved), "supplier_total": total,
+            "reserved": reserved, "at": change["changed_at"]})
+
+    # -- commands -------------------------------------------------------------------------------
+    async def command(self, kind: str, sku: str, *, rid: str | None, quantity: int = 0,
+                      ttl_ms: int = 0, idempotency_key: str | None = None
+                      ) -> dict[str, Any] | None:
+        """Write a command and wait for its decision; None when none came in time."""
+        command_id = uuid.uuid4().hex
+        loop = asyncio.get_running_loop()
+        waiter: asyncio.Future[dict[str, Any]] = loop.create_future()
+        self.waiters[command_id] = waiter
+        value = self._command.encode({
+            "command_id": command_id, "kind": kind, "platform_sku": sku,
+            "reservation_id": rid, "quantity": quantity, "ttl_ms": ttl_ms,
+            "idempotency_key": idempotency_key, "requested_at": int(time.time() * 1000)})
+        started = time.perf_counter()
+
+        def delivered(err: Any, _msg: Any) -> None:
+            if err is not None:
+                loop.call_soon_threadsafe(
+                    lambda: waiter.done() or waiter.set_exception(RuntimeError(str(err))))
+
+        try:
+            while True:
+                try:
+                    self.producer.produce(self.commands_topic, value, sku.encode(),
+                                          on_delivery=delivered)
+                    break
+                except BufferError:
+                    await asyncio.sleep(0.01)
+            return await asyncio.wait_for(asyncio.shield(waiter),
+                                          self.settings.api_decision_timeout_s)
+        except (TimeoutError, RuntimeError) as exc:
+            log.warning("api.decision_missing", kind=kind, platform_sku=sku, error=str(exc))
+            return None
+        finally:
+            self.waiters.pop(command_id, None)
+            DECISION_WAIT.observe(time.perf_counter() - started)
+
+    # -- reads ------------------------------------------------------------------------------------
+    def _cassandra_session(self) -> Any:
+        with self._cassandra_lock:
+            if self._cassandra is None:
+                from connectors.cassandra_cluster import ClusterConfig, connect
+
+                self._cassandra = connect(ClusterConfig.from_settings(self.settings))
+            return self._cassandra[1]
+
+    def _read_cassandra(self, sku: str) -> dict[str, Any] | None:
+        from connectors.cassandra_read import read_availability
+
+        return read_availability(self._cassandra_session(), sku,
+                                 self.settings.cassandra_keyspace)
+
+    async def _cassandra_rows(self, sku: str) -> list[dict[str, Any]]:
+        summary = await asyncio.to_thread(self._read_cassandra, sku)
+        if summary is None:
+            return []
+        return [{"platform_sku": sku, "supplier_id": sid, **entry}
+                for sid, entry in summary["suppliers"].items()]
+
+    async def reserved_units(self, sku: str) -> int:
+        """Held + confirmed-not-reflected units: Redis (any API's view), else this one's."""
+        seen = self.reserved.get(sku)
+        try:
+            fields = await self.cache.client.hgetall(atp_key(
+                self.settings.redis_cache_key_prefix, sku))
+        except Exception:  # Redis down: what this process saw
+            fields = {}
+        if fields and (seen is None or int(fields["sequence"]) >= seen[0]):
+            return int(fields["reserved"])
+        return seen[1] if seen else 0
+
+    async def availability(self, sku: str, strong: bool) -> dict[str, Any] | None:
+        from connectors.redis_cache import read_availability
+
+        if strong:
+            found = await asyncio.to_thread(self._read_cassandra, sku)
+            avail = {**found, "source": "cassandra"} if found else None
+        else:
+            avail = await read_availability(self.cache, self._cassandra_rows, sku)
+        reserved = await self.reserved_units(sku)
+        if avail is None and not reserved:
+            return None
+        total = avail["total"] if avail else 0
+        suppliers = avail["suppliers"] if avail else {}
+        return {
+            "platform_sku": sku, "available": max(0, total - reserved),
+            "supplier_total": total, "reserved": reserved,
+            "best_supplier": avail["best_supplier"] if avail else None,
+            "suppliers": [{"supplier_id": sid, "sku": e["sku"], "quantity": e["quantity"],
+                           "status": e["status"], "lead_time_days": e.get("lead_time_days"),
+                           "version": e["version"]} for sid, e in sorted(suppliers.items())],
+            "source": avail["source"] if avail else "reservations",
+        }
+
+
+def create_app(settings: Settings) -> FastAPI:
+    """The API application; Kafka, Redis and the follower start with it (lifespan)."""
+    api = Api(settings)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        await api.start()
+        try:
+            yield
+        finally:
+            await api.stop()
+
+    app = FastAPI(title="stockflow", version="1",
+                  description="Availability across suppliers, reservations that never "
+                              "oversell, and a live stream of changes.", lifespan=lifespan)
+    app.state.api = api
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(_request: Request, exc: RequestValidationError) -> JSONResponse:
+        first = exc.errors()[0] if exc.errors() else {}
+        where = [str(p) for p in first.get("loc", ()) if p not in ("body", "query", "path",
+                                                                   "header")]
+        return error(422, "INVALID", str(first.get("msg", "invalid request")),
+                     field=".".join(where) or None)
+
+    @app.middleware("http")
+    async def _guard(request: Request,
+                     call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+        path = request.url.path
+        route = _route_of(path)
+        started = time.perf_counter()
+        if path not in PUBLIC_PATHS:
+            key = request.headers.get("x-api-key") or request.query_params.get("api_key")
+            auth = request.headers.get("authorization", "")
+            if not key and auth.lower().startswith("bearer "):
+                key = auth[7:].strip()
+            client = api.keys.client(key)
+            if client is None:
+                REQUESTS.labels(route, "401").inc()
+                return error(401, "UNAUTHORIZED", "a valid API key is required "
+                             "(X-API-Key or Authorization: Bearer)",
+                             headers={"WWW-Authenticate": "Bearer"})
+            wait = api.limiter.take(client)
+            if wait > 0:
+                REQUESTS.labels(route, "429").inc()
+                return error(429, "RATE_LIMITED", "too many requests for this API key",
+                             headers={"Retry-After": retry_after_header(wait)})
+            request.state.client = client
+        response = await call_next(request)
+        REQUESTS.labels(route, str(response.status_code)).inc()
+        LATENCY.labels(route).observe(time.perf_counter() - started)
+        return response
+
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    async def page() -> str:
+        demo = "demo-key" if settings.environment == "development" else ""
+        return PAGE.replace("__DEMO_KEY__", demo)
+
+    @app.get("/health", tags=["operations"])
+    async def health() -> dict[str, str]:
+        """Liveness: the process answers."""
+        return {"status": "ok"}
+
+    @app.get("/ready", tags=["operations"])
+    async def ready() -> JSONResponse:
+        """Readiness: the decision follower is positioned and Redis answers."""
+        follower_ok = api.follower is not None and api.follower.ready.is_set()
+        try:
+            redis_ok = bool(await api.cache.client.ping())
+        except Exception:
+            redis_ok = False
+        ok = follower_ok and redis_ok
+        return JSONResponse({"ready": ok, "follower": follower_ok, "redis": redis_ok},
+                            status_code=200 if ok else 503)
+
+    @app.get("/metrics", include_in_schema=False)
+    async def metrics() -> Response:
+        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+    @app.get("/v1/inventory/{platform_sku}", tags=["inventory"])
+    async def get_inventory(
+        request: Request,
+        platform_sku: Annotated[str, _sku_path()],
+        consistency: Annotated[str, Query(pattern="^(eventual|strong)$")] = "eventual",
+    ) -> Response:
+        """Available-to-promise of one platform SKU: suppliers' total - reserved units.
+
+        Redis first (a miss reads Cassandra and fills Redis); `consistency=strong` reads
+        Cassandra. The ETag changes with the content; If-None-Match answers 304.
+        """
+        view = await api.availability(platform_sku, consistency == "strong")
+        if view is None:
+            return error(404, "NOT_FOUND", "no supplier has reported this platform SKU")
+        body = json.dumps(view, sort_keys=True).encode()
+        etag = '"' + hashlib.sha256(
+            json.dumps({k: v for k, v in view.items() if k != "source"},
+                       sort_keys=True).encode()).hexdigest()[:32] + '"'
+        if request.headers.get("if-none-match") == etag:
+            return Response(status_code=304, headers={"ETag": etag})
+        return Response(body, media_type="application/json",
+                        headers={"ETag": etag, "Cache-Control": "no-cache"})
+
+    @app.get("/v1/inventory", tags=["inventory"])
+    async def list_inventory(
+        cursor: Annotated[str, Query(pattern="^[0-9]{1,20}$")] = "0",
+        limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    ) -> dict[str, Any]:
+        """A page of platform SKUs with their availability; pass `next_cursor` back for more."""
+        from connectors.redis_cache import parse_hash, platform_sku_of
+
+        prefix = settings.redis_cache_key_prefix
+        client = api.cache.client
+        items: list[dict[str, Any]] = []
+        next_cursor = int(cursor)
+        # SCAN's cursor survives restarts and resharding; a page may hold fewer than limit.
+        while True:
+            next_cursor, keys = await client.scan(next_cursor, match=f"{prefix}avail:*",
+                                                  count=limit)
+            for key in keys:
+                sku = platform_sku_of(prefix, key)
+                avail = parse_hash(sku, await client.hgetall(key))
+                reserved = await api.reserved_units(sku)
+                items.append({"platform_sku": sku, "supplier_total": avail["total"],
+                              "reserved": reserved,
+                              "available": max(0, avail["total"] - reserved),
+                              "best_supplier": avail["best_supplier"]})
+            if len(items) >= limit or next_cursor == 0:
+                break
+        return {"items": sorted(items, key=lambda i: i["platform_sku"]),
+                "next_cursor": str(next_cursor) if next_cursor else None}
+
+    @app.post("/v1/reservations", status_code=201, tags=["reservations"],
+              responses={409: {"description": "SOLD_OUT, with `available`"},
+                         422: {"description": "INVALID, with `field`"},
+                         503: {"description": "no decision in time: retry, same key"}})
+    async def hold(
+        request: Request, body: HoldRequest,
+        idempotency_key: Annotated[str, Header(alias="Idempotency-Key",
+                                               min_length=1, max_length=128)],
+    ) -> JSONResponse:
+        """Hold units for a while. A retry with the same Idempotency-Key gets the same answer."""
+        if not KEY_PATTERN.match(idempotency_key):
+            return error(422, "INVALID", "printable ASCII without spaces, 1-128 characters",
+                         field="Idempotency-Key")
+        scope = f"{request.state.client}:{idempotency_key}"
+        rid = reservation_id(body.platform_sku, scope)
+        decision = await api.command(
+            "HOLD", body.platform_sku, rid=rid, quantity=body.quantity,
+            ttl_ms=(body.ttl_s or 0) * 1000, idempotency_key=scope)
+        if decision is None:
+            return _pending()
+        replay = {"Idempotent-Replayed": "true"} if decision["replayed"] else {}
+        if decision["outcome"] == GRANTED:
+            return JSONResponse({
+                "reservation_id": decision["reservation_id"], "status": "HELD",
+                "platform_sku": body.platform_sku, "quantity": decision["quantity"],
+                "expires_at": decision["expires_at"], "available": decision["available"]},
+                status_code=201, headers=replay)
+        if decision["outcome"] == SOLD_OUT:
+            return error(409, SOLD_OUT, "not enough units available to promise",
+                         available=decision["available"],
+                         headers={"Retry-After": "5", **replay})
+        if decision["outcome"] in (EXPIRED, RELEASED, CONFIRMED):
+            # The same key's hold already ended.
+            return error(409, decision["outcome"], "this Idempotency-Key's hold already ended",
+                         reservation_id=decision["reservation_id"])
+        return error(422, "INVALID", decision.get("reason") or "invalid hold", field=None)
+
+    @app.post("/v1/reservations/{reservation}/confirm", tags=["reservations"])
+    async def confirm(reservation: str) -> JSONResponse:
+        """Turn a hold into an order for the best supplier now (idempotent)."""
+        sku = sku_of_reservation(reservation)
+        if sku is None:
+            return error(404, NOT_FOUND, "no such reservation")
+        decision = await api.command("CONFIRM", sku, rid=reservation)
+        if decision is None:
+            return _pending()
+        outcome = decision["outcome"]
+        if outcome == CONFIRMED:
+            return JSONResponse({"reservation_id": reservation, "status": CONFIRMED,
+                                 "supplier_id": decision["supplier_id"],
+                                 "platform_sku": sku})
+        return _ended(outcome, reservation)
+
+    @app.delete("/v1/reservations/{reservation}", tags=["reservations"])
+    async def release(reservation: str) -> JSONResponse:
+        """Release a hold: its units are available again at once (idempotent)."""
+        sku = sku_of_reservation(reservation)
+        if sku is None:
+            return error(404, NOT_FOUND, "no such reservation")
+        decision = await api.command("RELEASE", sku, rid=reservation)
+        if decision is None:
+            return _pending()
+        if decision["outcome"] == RELEASED:
+            return JSONResponse({"reservation_id": reservation, "status": RELEASED,
+                                 "available": decision["available"]})
+        return _ended(decision["outcome"], reservation)
+
+    @app.get("/v1/stream", tags=["stream"])
+    async def stream(
+        request: Request,
+        skus: Annotated[str | None, Query(max_length=20_000,
+                                          description="comma-separated; all when absent")]
+        = None,
+        last_event_id: Annotated[str | None, Header(alias="Last-Event-ID")] = None,
+    ) -> StreamingResponse:
+        """Server-Sent Events of availability changes, resumable with Last-Event-ID."""
+        wanted = frozenset(s for s in (skus or "").split(",") if s) or None
+        sub = api.hub.subscribe(wanted)
+        missed = api.hub.since(last_event_id or request.query_params.get("last_event_id"),
+                               wanted)
+        resets: list[dict[str, Any]] = []
+        if missed is None and wanted is not None:
+            for sku in sorted(wanted)[:200]:
+                view = await api.availability(sku, False)
+                if view is not None:
+                    resets.append({k: view[k] for k in ("platform_sku", "available",
+                                                        "supplier_total", "reserved")})
+        current = api.hub.event_id(api.hub.seq)
+
+        async def events() -> AsyncIterator[bytes]:
+            try:
+                yield b"retry: 1000\n\n"
+                for view in resets:
+                    yield _sse(current, "reset", view)
+                for eid, event in missed or ():
+                    yield _sse(eid, "availability", event)
+                while True:
+                    try:
+                        item = await asyncio.wait_for(sub.queue.get(), 15)
+                    except TimeoutError:
+                        yield b": keep-alive\n\n"
+                        continue
+                    if item is None:
+                        return
+                    eid, event = item
+                    yield _sse(eid, "availability", event)
+            finally:
+                api.hub.unsubscribe(sub)
+
+        return StreamingResponse(events(), media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-cache",
+                                          "X-Accel-Buffering": "no"})
+
+    return app
+
+
+def _sse(eid: str, event: str, data: dict[str, Any]) -> bytes:
+    return f"id: {eid}\nevent: {event}\ndata: {json.dumps(data)}\n\n".encode()
+
+
+def _pending() -> JSONResponse:
+    return error(503, "DECISION_PENDING", "no decision yet; retry with the same "
+                 "Idempotency-Key (a retry never makes a second hold)",
+                 headers={"Retry-After": "1"})
+
+
+def _ended(outcome: str, reservation: str) -> JSONResponse:
+    if outcome == EXPIRED:
+        return error(410, EXPIRED, "the hold expired", reservation_id=reservation)
+    if outcome == NOT_FOUND:
+        return error(404, NOT_FOUND, "no such reservation", reservation_id=reservation)
+    if outcome == ALREADY_CONFIRMED:
+        return error(409, ALREADY_CONFIRMED, "the reservation is confirmed; it cannot be "
+                     "released", reservation_id=reservation)
+    if outcome == RELEASED:
+        return error(409, RELEASED, "the hold was released", reservation_id=reservation)
+    return error(422, "INVALID", f"cannot do that now ({outcome})", reservation_id=reservation)
+
+
+def _sku_path() -> Any:
+    from fastapi import Path
+
+    return Path(pattern=SKU_PATTERN, description="the platform SKU")
+
+
+def _route_of(path: str) -> str:
+    # A bounded label set: never the SKU or reservation id itself.
+    if path.startswith("/v1/inventory/"):
+        return "/v1/inventory/{sku}"
+    if path.startswith("/v1/reservations/"):
+        return "/v1/reservations/{id}/confirm" if path.endswith("/confirm") \
+            else "/v1/reservations/{id}"
+    if path in PUBLIC_PATHS or path in ("/v1/inventory", "/v1/reservations", "/v1/stream"):
+        return path
+    return "other"

@@ -1,0 +1,150 @@
+"""Follows reservations.decisions and inventory.changes for the API: waiters, stream, Redis.
+
+One thread, one confluent-kafka consumer assigned every partition of both topics
+(read_committed, so only decisions of committed transactions are seen: a decision the
+worker made and then lost in a crash never reaches a client). It starts at the topics' end
+as of the API's start, before the API reports ready, so every command the API writes has its
+decision behind that position. Each decision is handed to the event loop (a waiting request
+and the stream) and its held + confirmed units are written to Redis
+(`<prefix>atp:<sku>`, only when its per-SKU sequence is newer) for the inventory reads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import uuid
+from collections.abc import Callable
+from typing import Any
+from urllib.parse import quote
+
+from pipeline.errors import SchemaError
+from pipeline.log import get_logger
+from pipeline.settings import Settings
+from schemas.codec import codec_for
+
+log = get_logger(__name__)
+
+# Sets the reserved units of a SKU unless Redis already has a newer decision's.
+_ATP_SCRIPT = """
+local cur = redis.call('HGET', KEYS[1], 'sequence')
+if cur and tonumber(cur) >= tonumber(ARGV[1]) then return 0 end
+redis.call('HSET', KEYS[1], 'sequence', ARGV[1], 'reserved', ARGV[2], 'held', ARGV[3],
+           'confirmed_pending', ARGV[4], 'supplier_total', ARGV[5])
+redis.call('EXPIRE', KEYS[1], ARGV[6])
+return 1
+"""
+ATP_TTL_S = 7 * 24 * 3600
+
+
+def atp_key(prefix: str, platform_sku: str) -> str:
+    """The Redis hash of a SKU's reserved units (percent-encoded like the availability key)."""
+    return f"{prefix}atp:{quote(platform_sku, safe='')}"
+
+
+class DecisionFollower:
+    """The consumer thread; `ready` once it is positioned at the end of both topics."""
+
+    def __init__(self, settings: Settings, loop: asyncio.AbstractEventLoop, *,
+                 on_decision: Callable[[dict[str, Any]], None],
+                 on_change: Callable[[dict[str, Any]], None]) -> None:
+        self.settings = settings
+        self.loop = loop
+        self.on_decision = on_decision
+        self.on_change = on_change
+        self.decisions_topic = settings.topic("reservations.decisions")
+        self.changes_topic = settings.topic("inventory.changes")
+        self.ready = threading.Event()
+        self.error: str | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="stockflow-api-follower",
+                                        daemon=True)
+        self._decision = codec_for("ReservationDecision")
+        self._change = codec_for("InventoryChange")
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+
+    def _assign(self, consumer: Any) -> None:
+        from confluent_kafka import TopicPartition
+
+        tps = []
+        for topic in (self.decisions_topic, self.changes_topic):
+            meta = consumer.list_topics(topic, timeout=30).topics[topic]
+            if meta.error is not None:
+                raise SchemaError(f"topic {topic}: {meta.error}")
+            for p in meta.partitions:
+                _low, high = consumer.get_watermark_offsets(TopicPartition(topic, p),
+                                                            timeout=30)
+                tps.append(TopicPartition(topic, p, high))
+        consumer.assign(tps)
+
+    def _run(self) -> None:
+        import redis
+        from confluent_kafka import Consumer
+
+        s = self.settings
+        consumer = Consumer({**s.confluent_config(),
+                             "group.id": f"{s.app_id}-api-{uuid.uuid4().hex[:8]}",
+                             "enable.auto.commit": False, "isolation.level": "read_committed",
+                             "fetch.wait.max.ms": 10, "log_level": 3})
+        client = redis.Redis.from_url(s.redis_url.get_secret_value(), socket_timeout=5)
+        script = client.register_script(_ATP_SCRIPT)
+        try:
+            while not self._stop.is_set():
+                try:
+                    self._assign(consumer)
+                    break
+                except Exception as exc:  # topics not created yet, Kafka starting
+                    self.error = f"{type(exc).__name__}: {exc}"
+                    log.warning("api.follower_waiting", error=self.error)
+                    self._stop.wait(1.0)
+            self.error = None
+            self.ready.set()
+            log.info("api.follower_ready")
+            while not self._stop.is_set():
+                msgs = consumer.consume(500, 0.05)
+                if msgs:
+                    self._handle(msgs, script)
+        finally:
+            consumer.close()
+            client.close()
+
+    def _handle(self, msgs: list[Any], script: Any) -> None:
+        decisions: list[dict[str, Any]] = []
+        changes: list[dict[str, Any]] = []
+        for msg in msgs:
+            if msg.error() is not None:
+                continue
+            try:
+                if msg.topic() == self.decisions_topic:
+                    decisions.append(self._decision.decode_trusted(msg.value() or b""))
+                else:
+                    changes.append(self._change.decode_trusted(msg.value() or b""))
+            except SchemaError as exc:
+                log.error("api.undecodable_record", topic=msg.topic(), offset=msg.offset(),
+                          error=str(exc))
+        if decisions:
+            prefix = self.settings.redis_cache_key_prefix
+            try:
+                pipe = script.registered_client.pipeline(transaction=False)
+                for d in decisions:
+                    script(keys=[atp_key(prefix, d["platform_sku"])],
+                           args=[d["sequence"], d["held"] + d["confirmed_pending"], d["held"],
+                                 d["confirmed_pending"], d["supplier_total"], ATP_TTL_S],
+                           client=pipe)
+                pipe.execute()
+            except Exception as exc:  # the reads fall back to the stream's own view
+                log.warning("api.atp_write_failed", error=str(exc))
+        if decisions or changes:
+            self.loop.call_soon_threadsafe(self._deliver, decisions, changes)
+
+    def _deliver(self, decisions: list[dict[str, Any]], changes: list[dict[str, Any]]) -> None:
+        for d in decisions:
+            self.on_decision(d)
+        for c in changes:
+            self.on_change(c)

@@ -1,0 +1,27 @@
+"""`stockflow api`: the public HTTP API (FastAPI on uvicorn)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+
+def api(
+    host: Annotated[str | None, typer.Option(help="default: STOCKFLOW_API_HOST")] = None,
+    port: Annotated[int | None, typer.Option(help="default: STOCKFLOW_API_PORT")] = None,
+) -> None:
+    """Serve /v1 (inventory, reservations, stream), the live page at / and /docs."""
+    import uvicorn
+
+    from pipeline.api.app import create_app
+    from pipeline.settings import get_settings
+
+    settings = get_settings()
+    uvicorn.run(create_app(settings), host=host or settings.api_host,
+                port=port if port is not None else settings.api_port,
+                log_level="warning", access_log=False)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("api")(api)
