@@ -74,9 +74,14 @@ class Difference:
 
 
 def _plain(value: Any) -> Any:
-    """JSON-ready: sets (suppliers of a missing hash) as sorted lists."""
-    if isinstance(value, set | frozenset):
-        return sorted(value)
+    """JSON-ready: sets as sorted lists, bytes (the dedup memory) as hex."""
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, set | frozenset | list | tuple):
+        items = [_plain(v) for v in value]
+        return sorted(items) if isinstance(value, set | frozenset) else items
+    if isinstance(value, bytes):
+        return value.hex()
     return value
 
 

@@ -347,7 +347,14 @@ class Verification:
     # the fold
     def fold_to_end(self) -> int:
         """Fold the log from its beginning (or from where the last fold ended) to its end now."""
-        marks = self.reader.watermarks()
+        from confluent_kafka import KafkaException
+
+        from connectors.replay.log_reader import ReplayError
+
+        try:
+            marks = self.reader.watermarks()
+        except KafkaException as exc:
+            raise ReplayError(f"reading the offsets of {self.reader.topic}: {exc}") from exc
         start = {p: self.end.get(p, lo) for p, (lo, _hi) in marks.items()}
         end = {p: hi for p, (_lo, hi) in marks.items()}
         t0 = time.monotonic()
