@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, eq=False)  # hashed by identity: kept in a set
 class Subscriber:
     skus: frozenset[str] | None  # None: every SKU
     queue: asyncio.Queue[tuple[str, dict[str, Any]] | None]

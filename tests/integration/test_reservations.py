@@ -1,0 +1,263 @@
+"""Reservations end to end: the real worker and `stockflow api` on the local stack.
+
+500 concurrent holds of one unit against 10 available, with the worker SIGKILLed and the API
+restarted mid-burst: exactly 10 granted, 490 SOLD_OUT, retries with the same Idempotency-Key
+answered the same, no second hold; the SSE stream in order and resumed with Last-Event-ID.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from pipeline.api.keys import hash_key
+from tests.integration.pipeline_harness import ROOT, PipelineEnv, free_port
+
+pytestmark = pytest.mark.integration
+
+KEY = "test-key-1"
+
+
+class Stack:
+    """A PipelineEnv with its worker and a `stockflow api` subprocess."""
+
+    def __init__(self, tmp: Path) -> None:
+        self.port = free_port()
+        self.env = PipelineEnv(tmp, partitions=2, extra_env={
+            "STOCKFLOW_API_PORT": str(self.port),
+            "STOCKFLOW_API_KEYS": "tests:" + hash_key(KEY),
+            "STOCKFLOW_API_TICK_INTERVAL_S": "0.3",
+            "STOCKFLOW_API_DECISION_TIMEOUT_S": "3",
+            "STOCKFLOW_API_RATE_PER_S": "100000", "STOCKFLOW_API_RATE_BURST": "100000",
+        })
+        self.tmp = tmp
+        self.api: subprocess.Popen[bytes] | None = None
+        self.base = f"http://127.0.0.1:{self.port}"
+        self.sequence = 0
+
+    def start_api(self) -> None:
+        log = (self.tmp / "api.log").open("ab")
+        self.api = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "api"],
+                                    env=self.env.env, cwd=ROOT, stdout=log,
+                                    stderr=subprocess.STDOUT, start_new_session=True)
+
+    def kill_api(self, sig: int = signal.SIGKILL) -> None:
+        if self.api is not None:
+            os.killpg(self.api.pid, sig)
+            self.api.wait(30)
+            self.api = None
+
+    def wait_ready(self) -> None:
+        import urllib.request
+
+        def ready() -> bool:
+            try:
+                with urllib.request.urlopen(self.base + "/ready", timeout=2) as r:
+                    return bool(r.status == 200)
+            except Exception:
+                return False
+
+        self.env.wait_until(ready, 90, f"API ready; log:\n{self.api_log()}")
+
+    def api_log(self) -> str:
+        path = self.tmp / "api.log"
+        return path.read_text(errors="replace")[-3000:] if path.exists() else ""
+
+    def supply(self, sku: str, quantity: int) -> None:
+        """A supplier SNAPSHOT of `quantity` units of sku."""
+        self.sequence += 1
+        now = int(time.time() * 1000)
+        with self.env.producer() as producer:
+            producer.produce({
+                "supplier_id": "s1", "sku": sku, "event_id": f"{sku}-{self.sequence}",
+                "sequence": self.sequence, "kind": "SNAPSHOT", "quantity": quantity,
+                "observed_at": now, "price": None, "currency": None, "warehouse": None,
+                "lead_time_days": None, "status": "ACTIVE", "connector": "test",
+                "received_at": now})
+
+    def get(self, path: str) -> tuple[int, Any]:
+        import urllib.error
+        import urllib.request
+
+        request = urllib.request.Request(self.base + path, headers={"X-API-Key": KEY})
+        try:
+            with urllib.request.urlopen(request, timeout=10) as r:
+                return r.status, json.loads(r.read())
+        except urllib.error.HTTPError as exc:
+            return exc.code, json.loads(exc.read() or b"{}")
+
+    def wait_available(self, sku: str, total: int) -> None:
+        self.env.wait_until(
+            lambda: self.get(f"/v1/inventory/{sku}")[1].get("supplier_total") == total,
+            60, f"{sku} supplier total {total}")
+
+    def decisions(self, sku: str) -> list[dict[str, Any]]:
+        return [v for k, v in self.env.read_topic("reservations.decisions",
+                                                  "ReservationDecision", idle_s=3)
+                if k == sku.encode()]
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    s = Stack(tmp_path_factory.mktemp("reservations"))
+    try:
+        s.env.setup()
+        s.env.start_worker()
+        s.start_api()
+        s.wait_ready()
+        yield s
+    finally:
+        s.kill_api()
+        s.env.cleanup()
+
+
+async def hold(session: aiohttp.ClientSession, base: str, sku: str, key: str,
+               deadline: float) -> tuple[int, dict[str, Any]]:
+    """POST a hold, retrying (same Idempotency-Key) on 503 and on a connection error."""
+    while True:
+        try:
+            async with session.post(f"{base}/v1/reservations",
+                                    json={"platform_sku": sku, "quantity": 1},
+                                    headers={"X-API-Key": KEY, "Idempotency-Key": key}) as r:
+                body = await r.json()
+                if r.status != 503:
+                    return r.status, body
+        except (TimeoutError, aiohttp.ClientError):
+            pass
+        if time.monotonic() > deadline:
+            raise AssertionError(f"no answer for {key} in time")
+        await asyncio.sleep(0.3)
+
+
+async def burst(base: str, sku: str, n: int, *, during: Any = None
+                ) -> dict[str, tuple[int, dict[str, Any]]]:
+    deadline = time.monotonic() + 150
+    timeout = aiohttp.ClientTimeout(total=20)
+    connector = aiohttp.TCPConnector(limit=100)
+    async with aiohttp.ClientSession(timeout=timeout, connector=connector) as session:
+        keys = [f"{sku}-k{i}" for i in range(n)]
+        tasks = [asyncio.create_task(hold(session, base, sku, k, deadline)) for k in keys]
+        if during is not None:
+            await during(tasks)
+        answers = await asyncio.gather(*tasks)
+    return dict(zip(keys, answers, strict=True))
+
+
+def check_exactly(stack: Stack, sku: str, answers: dict[str, tuple[int, dict[str, Any]]],
+                  available: int) -> None:
+    granted = {k: b["reservation_id"] for k, (st, b) in answers.items() if st == 201}
+    sold_out = [k for k, (st, b) in answers.items() if st == 409 and b["error"] == "SOLD_OUT"]
+    assert len(granted) == available, {st for st, _ in answers.values()}
+    assert len(sold_out) == len(answers) - available
+    assert len(set(granted.values())) == available  # one hold per key, none shared
+    # The log agrees: exactly `available` holds were granted (replays change nothing).
+    decisions = stack.decisions(sku)
+    made = [d for d in decisions if d["outcome"] == "GRANTED" and not d["replayed"]]
+    assert sorted(d["reservation_id"] for d in made) == sorted(granted.values())
+    assert all(d["available"] >= 0 for d in decisions)
+    status, view = stack.get(f"/v1/inventory/{sku}")
+    assert status == 200 and view["available"] == 0 and view["reserved"] == available
+
+
+def test_500_concurrent_holds_grant_exactly_the_10_available(stack: Stack) -> None:
+    stack.supply("BURST-1", 10)
+    stack.wait_available("BURST-1", 10)
+    answers = asyncio.run(burst(stack.base, "BURST-1", 500))
+    check_exactly(stack, "BURST-1", answers, 10)
+    # Retries with the same Idempotency-Keys: the same answers, no new hold.
+    again = asyncio.run(burst(stack.base, "BURST-1", 500))
+    assert {k: (st, b.get("reservation_id"), b.get("error")) for k, (st, b) in again.items()} \
+        == {k: (st, b.get("reservation_id"), b.get("error")) for k, (st, b) in answers.items()}
+    check_exactly(stack, "BURST-1", answers, 10)
+
+
+def test_holds_survive_a_worker_sigkill_and_an_api_restart_mid_burst(stack: Stack) -> None:
+    stack.supply("BURST-2", 10)
+    stack.wait_available("BURST-2", 10)
+
+    answered_before_kill: list[int] = []
+
+    async def disrupt(tasks: list[asyncio.Task[Any]]) -> None:
+        while sum(t.done() for t in tasks) < 50:
+            await asyncio.sleep(0.02)
+        await asyncio.to_thread(stack.env.kill_worker)  # SIGKILL, mid-transaction
+        answered_before_kill.append(sum(t.done() for t in tasks))
+        await asyncio.sleep(1.0)
+        await asyncio.to_thread(stack.env.start_worker)
+        await asyncio.sleep(2.0)
+        await asyncio.to_thread(stack.kill_api)  # and the API, with requests waiting
+        await asyncio.to_thread(stack.start_api)
+
+    answers = asyncio.run(burst(stack.base, "BURST-2", 500, during=disrupt))
+    assert answered_before_kill[0] < 450, "the burst was over before the worker was killed"
+    stack.wait_ready()
+    check_exactly(stack, "BURST-2", answers, 10)
+
+
+async def read_events(base: str, sku: str, n: int, last_event_id: str | None = None,
+                      timeout: float = 30) -> list[tuple[str, str, dict[str, Any]]]:
+    """The first n events (id, event, data) of /v1/stream for one SKU."""
+    headers = {"X-API-Key": KEY}
+    if last_event_id:
+        headers["Last-Event-ID"] = last_event_id
+    out: list[tuple[str, str, dict[str, Any]]] = []
+    async with aiohttp.ClientSession() as session, session.get(
+            f"{base}/v1/stream", params={"skus": sku}, headers=headers,
+            timeout=aiohttp.ClientTimeout(total=timeout)) as r:
+        assert r.status == 200
+        eid = event = ""
+        async for raw in r.content:
+            line = raw.decode().rstrip("\n")
+            if line.startswith("id: "):
+                eid = line[4:]
+            elif line.startswith("event: "):
+                event = line[7:]
+            elif line.startswith("data: "):
+                out.append((eid, event, json.loads(line[6:])))
+                if len(out) >= n:
+                    return out
+    return out
+
+
+def test_stream_is_in_order_and_resumes_with_last_event_id(stack: Stack) -> None:
+    sku = "STREAM-1"
+    stack.supply(sku, 5)
+    stack.wait_available(sku, 5)
+
+    async def scenario() -> None:
+        async with aiohttp.ClientSession() as session:
+            reader = asyncio.create_task(read_events(stack.base, sku, 4))
+            await asyncio.sleep(1.0)  # connected
+            deadline = time.monotonic() + 60
+            for i in range(3):
+                assert (await hold(session, stack.base, sku, f"s-{i}", deadline))[0] == 201
+            first = await reader
+            # The reset first (no Last-Event-ID), then the three holds in decision order.
+            assert first[0][1] == "reset" and first[0][2]["available"] == 5
+            holds = [e for e in first if e[1] == "availability"]
+            assert [e[2]["available"] for e in holds[:3]] == [4, 3, 2]
+            seqs = [e[2]["sequence"] for e in holds[:3]]
+            assert seqs == sorted(seqs)
+            last_id = holds[2][0]
+            # Disconnected: two more holds happen; the resume gets exactly those, in order.
+            for i in range(3, 5):
+                assert (await hold(session, stack.base, sku, f"s-{i}", deadline))[0] == 201
+            await asyncio.sleep(1.0)
+            resumed = await read_events(stack.base, sku, 2, last_event_id=last_id)
+            assert [e[1] for e in resumed] == ["availability", "availability"]
+            assert [e[2]["available"] for e in resumed] == [1, 0]
+            ids = [int(e[0].split("-")[1]) for e in resumed]
+            assert ids[0] > int(last_id.split("-")[1]) and ids == sorted(ids)
+
+    asyncio.run(scenario())
