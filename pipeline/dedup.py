@@ -38,8 +38,7 @@ def is_duplicate(seen_at_ms: int | None, now_ms: int, ttl_ms: int) -> bool:
 
 def seen_at(recent: bytes, digest: int) -> int | None:
     """When the event with this digest was accepted, or None if the memory lacks it."""
-    for i in range(0, len(recent) - ENTRY_SIZE + 1, ENTRY_SIZE):
-        h, t = _ENTRY.unpack_from(recent, i)
+    for h, t in _ENTRY.iter_unpack(recent):
         if h == digest:
             return t
     return None
@@ -49,15 +48,14 @@ def remember(recent: bytes, digest: int, now_ms: int, ttl_ms: int,
              limit: int = RECENT_EVENTS_MAX) -> bytes:
     """The memory after accepting the event: expired entries and the oldest beyond `limit`
     dropped, the new entry last."""
-    kept = [
-        (h, t) for h, t in (_ENTRY.unpack_from(recent, i)
-                            for i in range(0, len(recent) - ENTRY_SIZE + 1, ENTRY_SIZE))
-        if h != digest and not expired(t, now_ms, ttl_ms)
-    ]
+    if not recent:  # the common case of a key's first event
+        return _ENTRY.pack(digest, now_ms)
+    oldest = now_ms - ttl_ms  # an entry at or before this has expired
+    kept = [e for e in _ENTRY.iter_unpack(recent) if e[1] > oldest and e[0] != digest]
+    if len(kept) >= limit:
+        kept = kept[len(kept) - limit + 1:]
     kept.append((digest, now_ms))
-    if len(kept) > limit:
-        kept = kept[-limit:]
-    return b"".join(_ENTRY.pack(h, t) for h, t in kept)
+    return b"".join([_ENTRY.pack(h, t) for h, t in kept])
 
 
 def entries(recent: bytes) -> list[tuple[int, int]]:
