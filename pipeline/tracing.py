@@ -23,6 +23,7 @@ unchanged, so a later hop that forces it keeps its trace id.
 from __future__ import annotations
 
 import json
+import os
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -341,9 +342,15 @@ class JsonLinesExporter:
     def export(self, spans: Sequence[Any]) -> Any:
         from opentelemetry.sdk.trace.export import SpanExportResult
 
-        lines = [json.dumps(span_to_dict(s), separators=(",", ":")) + "\n" for s in spans]
-        with self._lock, self.path.open("a", encoding="utf-8") as f:
-            f.writelines(lines)
+        data = "".join(json.dumps(span_to_dict(s), separators=(",", ":")) + "\n"
+                       for s in spans).encode()
+        # One O_APPEND write: processes sharing the file never interleave within a line.
+        with self._lock:
+            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+            try:
+                os.write(fd, data)
+            finally:
+                os.close(fd)
         return SpanExportResult.SUCCESS
 
     def shutdown(self) -> None:

@@ -17,6 +17,7 @@ NEXT_STEPS = """[bold]What to try next[/] (another terminal, this folder, `. .ve
   stockflow trace <EVENT_ID>                 what happened to one event
   stockflow verify                           recompute from the log and compare with the stores
   stockflow top                              the live metrics view alone
+  curl -H 'X-API-Key: demo-key' localhost:8000/v1/inventory   the public API (docs/api.md)
   stockflow stack status | logs kafka        the local services
 Ctrl-C stops the worker, simulator and connectors; `stockflow stack down` stops the stack."""
 
@@ -104,6 +105,7 @@ def demo(
         "worker": ["worker"],
         "simulator": ["simulate", "--config", str(config)],
         "connectors": ["connectors", "run", "--config", str(config)],
+        "api": ["api"],
     }
     procs: dict[str, subprocess.Popen[bytes]] = {}
     # SIGTERM or SIGHUP (a closed terminal, `timeout`, a service manager) stop the demo
@@ -118,6 +120,8 @@ def demo(
                     [sys.executable, "-m", "pipeline.cli", "--json-logs", *args], env=env,
                     stdout=fh, stderr=subprocess.STDOUT, start_new_session=True)
             console.print(f"  started {name} (pid {procs[name].pid}, log {log_dir / name}.log)")
+        console.print(f"[bold]API and live page: http://{settings.api_host}:{settings.api_port}/"
+                      f"[/] (API key demo-key; OpenAPI at /docs)")
 
         urls = [f"http://127.0.0.1:{settings.metrics_port}/metrics",
                 f"http://127.0.0.1:{settings.connectors_metrics_port}/metrics"]

@@ -20,19 +20,28 @@ def trace(
     as_json: Annotated[bool, typer.Option("--json", help="print the report as JSON")] = False,
     sinks: Annotated[bool, typer.Option(help="check Cassandra and Redis")] = True,
 ) -> None:
-    """Find EVENT_ID in inventory.deltas and tell what the pipeline did with it."""
+    """Find EVENT_ID in inventory.deltas and tell what the pipeline did with it; with the
+    timings of its recorded OpenTelemetry trace when there is one (Jaeger or the span file)."""
     from pipeline.errors import StockflowError
     from pipeline.settings import get_settings
     from pipeline.trace import summary, trace_event
+    from pipeline.trace_spans import find_spans, timeline
 
+    settings = get_settings()
+    lookup = find_spans(settings, event_id)
     try:
-        report = trace_event(get_settings(), event_id, supplier=supplier, sku=sku,
+        report = trace_event(settings, event_id, supplier=supplier, sku=sku,
                              check_sinks=sinks)
     except StockflowError as exc:
         console.print(f"[red]trace failed:[/] {exc}", highlight=False)
+        if lookup.spans:  # the timings still tell where the event went
+            for line in timeline(lookup.spans):
+                console.print(line, highlight=False, markup=False)
         raise typer.Exit(2) from exc
     if as_json:
-        print(json.dumps(asdict(report), default=str, indent=2))
+        print(json.dumps({**asdict(report), "spans": lookup.spans,
+                          "spans_source": lookup.source, "spans_error": lookup.error},
+                         default=str, indent=2))
     else:
         console.print(f"event_id {report.event_id}: {len(report.occurrences)} occurrence(s) "
                       f"in partitions scanned {report.scanned_partitions}", highlight=False)
@@ -41,6 +50,12 @@ def trace(
                 console.print(line, highlight=False, markup=False)
         for note in report.notes:
             console.print(f"note: {note}", highlight=False, markup=False)
+        if lookup.spans:
+            console.print(f"recorded trace ({lookup.source}):", highlight=False, markup=False)
+            for line in timeline(lookup.spans):
+                console.print(line, highlight=False, markup=False)
+        elif lookup.error and settings.tracing_enabled:
+            console.print(f"no recorded trace: {lookup.error}", highlight=False, markup=False)
     if not report.occurrences:
         raise typer.Exit(1)
 

@@ -18,7 +18,7 @@ from tests.integration.pipeline_harness import ROOT, PipelineEnv, free_port
 
 pytestmark = pytest.mark.integration
 
-CHILDREN = ("worker", "simulator", "connectors")
+CHILDREN = ("worker", "simulator", "connectors", "api")
 
 
 def _alive(pid: int) -> bool:
@@ -36,7 +36,8 @@ def _alive(pid: int) -> bool:
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP])
 def test_signal_stops_the_demo_and_its_children(tmp_path: Path, sig: signal.Signals) -> None:
     env = PipelineEnv(tmp_path, extra_env={
-        "STOCKFLOW_CONNECTORS_METRICS_PORT": str(free_port())})
+        "STOCKFLOW_CONNECTORS_METRICS_PORT": str(free_port()),
+        "STOCKFLOW_API_PORT": str(free_port())})
     demo = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "demo", "--interval", "0.5"],
                             env=env.env, cwd=ROOT, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, start_new_session=True)

@@ -1,7 +1,7 @@
 """One record's trace across processes: webhook request (connectors) to Redis write (worker).
 
-Each process writes its spans to its own JSON-lines file (STOCKFLOW_TRACING_EXPORTER=file);
-the test joins them by trace id, as Jaeger would.
+Both processes append their spans to one JSON-lines file (STOCKFLOW_TRACING_EXPORTER=file),
+which `stockflow trace` then reads like it reads Jaeger.
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ def traced(tmp_path: Path) -> Iterator[PipelineEnv]:
     pipeline = PipelineEnv(tmp_path, partitions=2, extra_env={
         "STOCKFLOW_TRACING_ENABLED": "true",
         "STOCKFLOW_TRACING_EXPORTER": "file",
-        "STOCKFLOW_TRACING_FILE": str(tmp_path / "worker-spans.jsonl"),
+        "STOCKFLOW_TRACING_FILE": str(tmp_path / "spans.jsonl"),
         "STOCKFLOW_TRACING_SAMPLE_RATIO": "1.0",
     })
     try:
@@ -66,7 +66,6 @@ suppliers:
               observed_at: occurred_at}}
 """)
     env = {**traced.env, "BOLT_SECRET": SECRET,
-           "STOCKFLOW_TRACING_FILE": str(tmp_path / "connector-spans.jsonl"),
            "STOCKFLOW_CONNECTORS_METRICS_PORT": "0",
            "STOCKFLOW_CONNECTORS_STATE_FILE": str(tmp_path / "connectors.sqlite")}
     log = (tmp_path / "connectors.log").open("wb")
@@ -111,7 +110,7 @@ def test_one_trace_from_the_webhook_request_to_the_redis_write(
         {"id": "ev-bad", "sku": "SKU-T2", "on_hand": "many", "version": 1, "occurred_at": now},
     ])
     assert accepted == {"accepted": 1, "dead_lettered": 1}
-    worker_file = tmp_path / "worker-spans.jsonl"
+    worker_file = tmp_path / "spans.jsonl"
     event_id = f"{SUPPLIER}:ev-traced"  # the connector namespaces a supplier's event ids
 
     def redis_span() -> dict[str, Any] | None:
@@ -123,7 +122,7 @@ def test_one_trace_from_the_webhook_request_to_the_redis_write(
                          for p in read_spans(worker_file))), None)
 
     wait_for(redis_span, 120, message="the worker's redis.write span of ev-traced")
-    spans = read_spans(tmp_path / "connector-spans.jsonl") + read_spans(worker_file)
+    spans = read_spans(worker_file)
     receive = next(s for s in spans if s["name"] == "webhook receive")
     trace = [s for s in spans if s["trace_id"] == receive["trace_id"]]
     by_id = {s["span_id"]: s for s in trace}
@@ -162,6 +161,15 @@ def test_one_trace_from_the_webhook_request_to_the_redis_write(
     assert len(dead) == 1
     assert dead[0]["attributes"]["stockflow.dead_letter.reason"] in dead[0]["name"]
     assert not [s for s in trace if s["parent_span_id"] == dead[0]["span_id"]]
+    # `stockflow trace` tells the log-based story and then the recorded timings.
+    out = traced.cli("trace", event_id, "--no-sinks").stdout
+    assert "applied" in out
+    assert f"trace {receive['trace_id']}" in out
+    lines = out[out.index(f"trace {receive['trace_id']}"):].splitlines()
+    order = [next(i for i, line in enumerate(lines) if f"{name} [" in line)
+             for name in ("webhook receive", "process_deltas", "aggregate",
+                          "cassandra.write", "refresh_cache", "redis.write")]
+    assert order == sorted(order), out
 
 
 def test_a_worker_dead_letter_is_traced_even_when_not_sampled(
@@ -178,7 +186,7 @@ def test_a_worker_dead_letter_is_traced_even_when_not_sampled(
                      b"someone-else|SKU-D1",
                      headers=[("traceparent", f"00-{trace_id}-00f067aa0ba902b7-00".encode())])
     assert producer.flush(30) == 0
-    worker_file = tmp_path / "worker-spans.jsonl"
+    worker_file = tmp_path / "spans.jsonl"
 
     def dead_span() -> dict[str, Any] | None:
         return next((s for s in read_spans(worker_file) if s["trace_id"] == trace_id
