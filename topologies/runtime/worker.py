@@ -239,7 +239,7 @@ class BatchRuntime(Service):
                 msgs = await self._blocking(self._poll, s.batch_max_records, s.batch_max_wait_s)
                 if msgs:
                     await self._process(msgs)
-                if self._commit_due():
+                if self._commit_due(busy=len(msgs) >= s.batch_max_records):
                     await self._blocking(self._commit_or_abort)
                 failures = 0
             except asyncio.CancelledError:
@@ -323,10 +323,17 @@ class BatchRuntime(Service):
             except BufferError:
                 producer.poll(0.05)  # the local queue is full: let deliveries drain
 
-    def _commit_due(self) -> bool:
+    def _commit_due(self, *, busy: bool) -> bool:
+        """Commit every commit_interval_s under load; when a poll found fewer records than a
+        batch holds (the worker keeps up), as soon as commit_min_interval_s has passed:
+        records committed sooner reach the next agent sooner (freshness), and an idle worker
+        does not pay for it in throughput."""
         if not (self.positions or self.in_txn):
             return False
-        return time.monotonic() - self.last_commit >= self.settings.commit_interval_s
+        elapsed = time.monotonic() - self.last_commit
+        s = self.settings
+        return elapsed >= (s.commit_interval_s if busy else
+                           min(s.commit_min_interval_s, s.commit_interval_s))
 
     # -- commit ------------------------------------------------------------------------------
     def _on_changelog_delivery(self, err: Any, msg: Any) -> None:

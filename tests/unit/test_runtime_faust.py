@@ -1,0 +1,163 @@
+"""The Faust behaviour the batch runtime relies on (topologies/runtime/), pinned versions."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import faust
+import pytest
+
+from topologies.runtime.batches import Batch, InputBatches
+from topologies.runtime.boot import PINNED, BatchBootStrategy, VersionError, check_versions
+from topologies.runtime.table import BatchTable
+from topologies.runtime.worker import BatchRuntime
+
+
+def test_installed_versions_are_the_pinned_ones() -> None:
+    check_versions()  # the test environment installs from the pins
+
+
+def test_an_unpinned_version_is_refused_with_its_name() -> None:
+    with pytest.raises(VersionError, match=r"faust-streaming 0\.15\.3 \(tested: 9\.9\.9\)"):
+        check_versions({**PINNED, "faust-streaming": "9.9.9"})
+
+
+class _Service:
+    """Stands in for the runtime in the boot chain: records that it was started."""
+
+    def __init__(self) -> None:
+        self.started = False
+
+
+def test_boot_strategy_starts_agents_not_fausts_kafka_clients() -> None:
+    app = faust.App("boot-test", broker="kafka://127.0.0.1:1", web_enabled=False)
+    runtime = object()
+    services = list(BatchBootStrategy(app, runtime=runtime).server())
+    assert runtime in services and app.agents in services
+    # Faust's own consumer, conductor and table manager would consume and restore the same
+    # topics as the runtime: they must not be in the chain.
+    names = {type(s).__name__ for s in services}
+    assert not names & {"Consumer", "Conductor", "TableManager", "Producer"}, names
+
+
+def test_an_agent_gets_each_batch_as_one_event_once_flow_control_resumes() -> None:
+    app = faust.App("channel-test", broker="kafka://127.0.0.1:1", web_enabled=False)
+    app.boot_strategy = BatchBootStrategy(app, runtime=_NullService(app))
+    channel = InputBatches(app, topic="t")
+    seen: list[int] = []
+
+    @app.agent(channel)
+    async def agent(batches: Any) -> Any:
+        async for batch in batches:
+            async with batch:
+                seen.append(len(batch.records))
+                batch.result = sum(batch.records)
+            yield batch.result
+
+    async def main() -> list[Any]:
+        await app.start()
+        loop = asyncio.get_running_loop()
+        blocked = Batch(topic="t", records=[1], send=lambda *a: None, now_ms=0,
+                        done=loop.create_future())
+        put = asyncio.ensure_future(channel.put(blocked))  # type: ignore[arg-type]
+        await asyncio.sleep(0.2)
+        # Faust's queues start suspended until a consumer is assigned: the runtime resumes.
+        assert not put.done()
+        app.flow_control.resume()
+        await asyncio.wait_for(put, 5)
+        results = [await asyncio.wait_for(blocked.done, 5)]
+        for n in (2, 3):
+            batch = Batch(topic="t", records=list(range(n)), send=lambda *a: None, now_ms=0,
+                          done=loop.create_future())
+            await channel.put(batch)  # type: ignore[arg-type]
+            results.append(await asyncio.wait_for(batch.done, 5))
+        await app.stop()
+        return results
+
+    assert asyncio.get_event_loop_policy().get_event_loop().run_until_complete(main()) == \
+        [1, 1, 3]
+    assert seen == [1, 2, 3]
+
+
+class _NullService:
+    def __init__(self, app: Any) -> None:
+        from mode import Service
+
+        class Null(Service):
+            pass
+
+        self.service = Null(loop=app.loop)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.service, name)
+
+
+def _settings(**kw: Any) -> Any:
+    base = {"commit_interval_s": 0.1, "commit_min_interval_s": 0.02,
+            "processing_guarantee": "exactly_once"}
+    return SimpleNamespace(**{**base, **kw})
+
+
+def test_commit_is_due_sooner_when_the_worker_keeps_up() -> None:
+    rt = BatchRuntime.__new__(BatchRuntime)
+    rt.settings = _settings()
+    rt.positions, rt.in_txn = {}, False
+    rt.last_commit = time.monotonic() - 0.05
+    assert not rt._commit_due(busy=False)  # nothing to commit
+    rt.positions = {("t", 0): 5}
+    assert rt._commit_due(busy=False)  # keeping up: 50 ms >= 20 ms
+    assert not rt._commit_due(busy=True)  # under load: wait for the full 100 ms
+    rt.last_commit = time.monotonic() - 0.1
+    assert rt._commit_due(busy=True)
+
+
+def _table(tmp_path: Path, cache_keys: int = 1000) -> BatchTable:
+    app = faust.App("table-test", broker="kafka://127.0.0.1:1", web_enabled=False)
+    table = BatchTable(app, name="t", default=None, key_type=bytes, partitions=2,
+                       record="ResyncRequest", cache_keys=cache_keys)
+    table.tabledir = tmp_path
+    return table
+
+
+def _value(n: int) -> dict[str, Any]:
+    return {"supplier_id": "s", "sku": f"k{n}", "expected_sequence": n,
+            "received_sequence": n + 1, "event_id": f"e{n}", "requested_at": n}
+
+
+def test_rocksdb_holds_committed_values_only(tmp_path: Path) -> None:
+    table = _table(tmp_path)
+    assert table.open_partition(0) == 0
+    table.set_in(0, b"a", _value(1))
+    ((partition, rows),) = list(table.changed())
+    table.persist(partition, rows, next_offset=7)  # the transaction committed
+    table.set_in(0, b"a", _value(2))  # not committed ...
+    table.set_in(0, b"b", _value(3))
+    assert table.discard_uncommitted() == 2  # ... aborted
+    assert table.get_in(0, b"a") == _value(1) and table.get_in(0, b"b") is None
+    table.close_all()
+    assert table.open_partition(0) == 7  # the changelog offset the store reflects
+    assert table.get_in(0, b"a") == _value(1)
+    table.apply_changelog(0, [(b"b", table.codec.encode(_value(4)))], next_offset=9)
+    table.close_all()
+    assert table.open_partition(0) == 9 and table.get_in(0, b"b") == _value(4)
+    table.close_all()
+
+
+def test_eviction_keeps_uncommitted_values(tmp_path: Path) -> None:
+    table = _table(tmp_path, cache_keys=100)
+    table.open_partition(1)
+    encode = table.codec.encode
+    table.apply_changelog(1, [(f"c{n}".encode(), encode(_value(n))) for n in range(300)], 300)
+    for n in range(20):
+        table.set_in(1, f"d{n}".encode(), _value(1000 + n))  # uncommitted
+    for n in range(300):
+        assert table.get_in(1, f"c{n}".encode()) == _value(n)  # loads evict clean values
+    values = table._parts[1].values
+    assert len(values) <= 101
+    assert all(f"d{n}".encode() in values for n in range(20))
+    assert table.discard_uncommitted() == 20
+    table.close_all()
