@@ -196,3 +196,19 @@ def test_verify_finds_drift_in_the_worker_tables(env: PipelineEnv) -> None:
     missing = {(d["store"], d["key"], d["entry"], d["kind"]) for d in diffs
                if d["store"] == "table:availability"}
     assert missing == {("table:availability", sku(deleted), s, "missing") for s in SUPPLIERS}
+
+
+def test_verify_exits_2_with_the_error_when_a_store_is_unreachable(env: PipelineEnv) -> None:
+    from tests.integration.pipeline_harness import free_port
+
+    closed = {**env.env, "STOCKFLOW_REDIS_URL": f"redis://127.0.0.1:{free_port()}/0"}
+    for args, check in ((["--json"], "json"), ([], "text")):
+        proc = subprocess.run([sys.executable, "-m", "pipeline.cli", "verify", "--settle", "0",
+                               "--no-tables", *args], env=closed, cwd=ROOT,
+                              capture_output=True, text=True, timeout=600, check=False)
+        assert proc.returncode == 2, proc.stdout[-3000:] + proc.stderr[-3000:]
+        if check == "json":
+            report = json.loads(proc.stdout)
+            assert report["status"] == "error" and "redis" in report["error"], report
+        else:
+            assert "error: redis scan failed: ConnectionError" in proc.stderr, proc.stderr
