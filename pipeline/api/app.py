@@ -202,10 +202,13 @@ class Api:
             "idempotency_key": idempotency_key, "requested_at": int(time.time() * 1000)})
         started = time.perf_counter()
 
+        def fail(err: Any) -> None:
+            if not waiter.done():
+                waiter.set_exception(RuntimeError(str(err)))
+
         def delivered(err: Any, _msg: Any) -> None:
             if err is not None:
-                loop.call_soon_threadsafe(
-                    lambda: waiter.done() or waiter.set_exception(RuntimeError(str(err))))
+                loop.call_soon_threadsafe(fail, err)
 
         try:
             while True:
