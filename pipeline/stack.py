@@ -405,10 +405,16 @@ class LocalStack:
 
 
 # ---------------------------------------------------------------------------- probes
-def _probe_kafka(settings: Settings) -> str | None:
+def _probe_kafka(settings: Settings, port: int = KAFKA_PORT) -> str | None:
     from confluent_kafka.admin import AdminClient
 
-    admin = AdminClient({"bootstrap.servers": f"127.0.0.1:{KAFKA_PORT}", "socket.timeout.ms": 2000})
+    # A broker still starting refuses connections: no client until the port listens, and
+    # the client's own log silenced (log_level 0), or librdkafka prints a "Connection
+    # refused" line to the terminal for every probe. Kafka's log says why it is not ready.
+    if not port_open(port):
+        return None
+    admin = AdminClient({"bootstrap.servers": f"127.0.0.1:{port}", "socket.timeout.ms": 2000,
+                         "log_level": 0})
     md = admin.list_topics(timeout=2)
     return KAFKA_VERSION if md.brokers else None
 

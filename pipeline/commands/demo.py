@@ -55,6 +55,30 @@ def _sample_availability(settings: Any, limit: int = 6) -> Any:
     return table
 
 
+WHAT_RUNS = {
+    "worker": "validate, dedup, apply, aggregate -> Cassandra, cache -> Redis",
+    "simulator": "five simulated suppliers (REST, GraphQL, webhook, FTP, SFTP)",
+    "connectors": "poll and receive the suppliers -> inventory.deltas",
+    "api": "the public API and the live page",
+}
+
+
+def _summary(settings: Any, procs: dict[str, subprocess.Popen[bytes]], log_dir: Path) -> str:
+    """The demo's one screen: what runs, where to look, how to stop."""
+    lines = ["[bold]stockflow demo is running[/]"]
+    for name, proc in procs.items():
+        lines.append(f"  started {name} (pid {proc.pid}, log {log_dir / name}.log): "
+                     f"{WHAT_RUNS.get(name, '')}")
+    lines += [
+        f"  [bold]live page[/]  http://{settings.api_host}:{settings.api_port}/  "
+        f"(API key demo-key; OpenAPI at /docs)",
+        f"  [bold]metrics[/]    http://127.0.0.1:{settings.metrics_port}/metrics (worker), "
+        f"http://127.0.0.1:{settings.connectors_metrics_port}/metrics (connectors)",
+        "  [bold]stop[/]       Ctrl-C stops these; the stack stays up (`stockflow stack down`)",
+    ]
+    return "\n".join(lines)
+
+
 def _interrupt(signum: int, _frame: Any) -> None:
     # Once: a second SIGTERM/SIGHUP must not cut the children's shutdown short.
     for other in (signal.SIGTERM, signal.SIGHUP):
@@ -87,17 +111,18 @@ def demo(
                         "Central; a few minutes)..."):
         LocalStack(settings).up(on_ready=lambda s, v, dt: console.print(
             f"[green]✓[/] {s} {v} ready ({dt:.0f}s)"))
-    for name, action in create_topics(settings):
-        console.print(f"  topic {name}: {action}")
-    migrate = subprocess.run([sys.executable, "-m", "pipeline.cli", "db", "migrate"],
-                             capture_output=True, text=True, check=False)
-    if migrate.returncode != 0:
-        console.print(migrate.stdout + migrate.stderr)
-        raise typer.Exit(1)
-    console.print("  cassandra schema: up to date")
-
     log_dir = settings.stack_dir / "demo"
     log_dir.mkdir(parents=True, exist_ok=True)
+    # The stack answers by now; what the clients still log goes to a file, not the terminal.
+    actions = [action for _name, action in create_topics(settings)]
+    migrate = subprocess.run([sys.executable, "-m", "pipeline.cli", "db", "migrate"],
+                             capture_output=True, text=True, check=False)
+    (log_dir / "setup.log").write_text(migrate.stdout + migrate.stderr)
+    if migrate.returncode != 0:
+        console.print(f"[red]cassandra schema migration failed[/]; see {log_dir}/setup.log")
+        raise typer.Exit(1)
+    console.print(f"[green]✓[/] {len(actions)} topics ({actions.count('created')} created), "
+                  f"cassandra schema up to date")
     # The demo suppliers file's secrets are public defaults, accepted only in development.
     env = {**os.environ, "STOCKFLOW_SUPPLIERS_CONFIG": str(config),
            "STOCKFLOW_ENVIRONMENT": os.environ.get("STOCKFLOW_ENVIRONMENT", "development")}
@@ -119,9 +144,7 @@ def demo(
                 procs[name] = subprocess.Popen(
                     [sys.executable, "-m", "pipeline.cli", "--json-logs", *args], env=env,
                     stdout=fh, stderr=subprocess.STDOUT, start_new_session=True)
-            console.print(f"  started {name} (pid {procs[name].pid}, log {log_dir / name}.log)")
-        console.print(f"[bold]API and live page: http://{settings.api_host}:{settings.api_port}/"
-                      f"[/] (API key demo-key; OpenAPI at /docs)")
+        console.print(_summary(settings, procs, log_dir), highlight=False)
 
         urls = [f"http://127.0.0.1:{settings.metrics_port}/metrics",
                 f"http://127.0.0.1:{settings.connectors_metrics_port}/metrics"]
