@@ -32,6 +32,16 @@ if ! command -v promtool >/dev/null 2>&1; then
   $SUDO service prometheus stop >/dev/null 2>&1 || $SUDO systemctl stop prometheus >/dev/null 2>&1 || true
 fi
 
+# The reservation page's browser test (tests/integration/test_reservations.py) drives
+# Debian's chromium through its chromedriver with selenium.
+if ! command -v chromedriver >/dev/null 2>&1 || ! command -v chromium >/dev/null 2>&1; then
+  SUDO=""
+  [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  echo "installing chromium and chromium-driver from Debian's packages"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends chromium chromium-driver >/dev/null
+fi
+
 PY=${PYTHON:-python3}
 if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv

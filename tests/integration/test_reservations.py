@@ -261,3 +261,65 @@ def test_stream_is_in_order_and_resumes_with_last_event_id(stack: Stack) -> None
             assert ids[0] > int(last_id.split("-")[1]) and ids == sorted(ids)
 
     asyncio.run(scenario())
+
+
+def _browser() -> Any:
+    import shutil
+
+    if not (shutil.which("chromium") and shutil.which("chromedriver")):
+        if os.environ.get("CI"):
+            raise AssertionError("chromium and chromedriver are missing (.ci/bootstrap.sh)")
+        pytest.skip("chromium and chromium-driver (Debian packages) are not installed")
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = shutil.which("chromium") or ""
+    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu"):
+        options.add_argument(arg)
+    return webdriver.Chrome(service=Service(shutil.which("chromedriver") or ""),
+                            options=options)
+
+
+def test_a_hold_on_the_page_shows_on_a_second_page_within_a_second(stack: Stack) -> None:
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    sku = "PAGE-1"
+    stack.supply(sku, 7)
+    stack.wait_available(sku, 7)
+    driver = _browser()
+    try:
+        def open_page() -> str:
+            driver.get(stack.base + "/")
+            for field, value in (("key", KEY), ("skus", sku)):
+                box = driver.find_element(By.ID, field)
+                box.clear()
+                box.send_keys(value)
+            driver.find_element(By.ID, "load").click()
+            WebDriverWait(driver, 15).until(
+                lambda d: d.find_element(By.ID, "state").text == "live")
+            return str(driver.current_window_handle)
+
+        def available() -> str:
+            return str(driver.find_element(
+                By.CSS_SELECTOR, f'tr[data-sku="{sku}"] [data-col=available]').text)
+
+        first = open_page()
+        driver.switch_to.new_window("tab")
+        second = open_page()
+        WebDriverWait(driver, 15).until(lambda _d: available() == "7")
+        driver.switch_to.window(first)
+        driver.find_element(By.CSS_SELECTOR, f'tr[data-sku="{sku}"] button.hold').click()
+        clicked = time.monotonic()
+        driver.switch_to.window(second)
+        WebDriverWait(driver, 5, poll_frequency=0.02).until(lambda _d: available() == "6")
+        elapsed = time.monotonic() - clicked
+        assert elapsed < 1.0, f"the second page showed the hold after {elapsed:.2f} s"
+        # And a release made on the first page gives the unit back on the second.
+        driver.switch_to.window(first)
+        driver.find_element(By.CSS_SELECTOR, f'tr[data-sku="{sku}"] button.release').click()
+        driver.switch_to.window(second)
+        WebDriverWait(driver, 5, poll_frequency=0.02).until(lambda _d: available() == "7")
+    finally:
+        driver.quit()
