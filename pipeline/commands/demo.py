@@ -55,10 +55,10 @@ def _sample_availability(settings: Any, limit: int = 6) -> Any:
     return table
 
 
-WHAT_RUNS = {
-    "worker": "validate, dedup, apply, aggregate -> Cassandra, cache -> Redis",
-    "simulator": "five simulated suppliers (REST, GraphQL, webhook, FTP, SFTP)",
-    "connectors": "poll and receive the suppliers -> inventory.deltas",
+WHAT_RUNS = {  # short: the screen is 80 columns when it is not a terminal
+    "worker": "deltas -> Cassandra -> Redis",
+    "simulator": "5 suppliers: REST, GraphQL, webhook, FTP, SFTP",
+    "connectors": "suppliers -> inventory.deltas",
     "api": "the public API and the live page",
 }
 
@@ -67,14 +67,13 @@ def _summary(settings: Any, procs: dict[str, subprocess.Popen[bytes]], log_dir: 
     """The demo's one screen: what runs, where to look, how to stop."""
     lines = ["[bold]stockflow demo is running[/]"]
     for name, proc in procs.items():
-        lines.append(f"  started {name} (pid {proc.pid}, log {log_dir / name}.log): "
-                     f"{WHAT_RUNS.get(name, '')}")
+        lines.append(f"  started {name} (pid {proc.pid}): {WHAT_RUNS.get(name, '')}")
     lines += [
-        f"  [bold]live page[/]  http://{settings.api_host}:{settings.api_port}/  "
-        f"(API key demo-key; OpenAPI at /docs)",
-        f"  [bold]metrics[/]    http://127.0.0.1:{settings.metrics_port}/metrics (worker), "
-        f"http://127.0.0.1:{settings.connectors_metrics_port}/metrics (connectors)",
-        "  [bold]stop[/]       Ctrl-C stops these; the stack stays up (`stockflow stack down`)",
+        f"  logs       {log_dir}/<name>.log",
+        f"  live page  http://{settings.api_host}:{settings.api_port}/ (API key demo-key)",
+        f"  metrics    http://127.0.0.1:{settings.metrics_port}/metrics (worker)",
+        f"             http://127.0.0.1:{settings.connectors_metrics_port}/metrics (connectors)",
+        "  stop       Ctrl-C (the stack stays up: `stockflow stack down`)",
     ]
     return "\n".join(lines)
 

@@ -70,3 +70,37 @@ def test_signal_stops_the_demo_and_its_children(tmp_path: Path, sig: signal.Sign
                 os.killpg(pid, signal.SIGKILL)
         demo.wait(timeout=30)
         env.cleanup()
+
+
+LIBRDKAFKA_LINE = re.compile(r"^%\d\|\d+\.\d+\|")  # "%3|1764563000.123|FAIL|rdkafka#..."
+
+
+def test_the_demo_terminal_shows_one_short_screen_and_no_client_logs(tmp_path: Path) -> None:
+    """`make demo`'s terminal for a minute: the summary, the live view, no librdkafka lines."""
+    env = PipelineEnv(tmp_path, extra_env={
+        "STOCKFLOW_CONNECTORS_METRICS_PORT": str(free_port()),
+        "STOCKFLOW_API_PORT": str(free_port())})
+    try:
+        demo = subprocess.run(
+            [sys.executable, "-m", "pipeline.cli", "demo", "--duration", "60",
+             "--interval", "2"], env=env.env, cwd=ROOT, capture_output=True, text=True,
+            timeout=400, start_new_session=True)
+    finally:
+        env.cleanup()
+    out = demo.stdout + demo.stderr
+    assert demo.returncode == 0, out
+    lines = out.splitlines()
+    offending = [line for line in lines if LIBRDKAFKA_LINE.match(line)
+                 or "rdkafka" in line or "Connection refused" in line]
+    assert offending == [], "\n".join(offending[:20])
+    # One short screen before the live view: the stack, the set-up, what runs and where.
+    start = next(i for i, line in enumerate(lines) if "stockflow demo is running" in line)
+    assert start <= 6, out
+    summary = "\n".join(lines[start:start + 10])
+    for name in CHILDREN:
+        assert f"started {name} (pid" in summary, summary
+    assert f":{env.settings.api_port}/" in summary
+    assert f":{env.settings.metrics_port}/metrics" in summary
+    assert "Ctrl-C" in summary
+    assert "demo stopped" in out
+    assert not [line for line in lines[:start] if line.startswith("  topic ")], out
