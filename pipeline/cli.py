@@ -46,9 +46,15 @@ def _stack():
     return LocalStack(get_settings())
 
 
-def print_status() -> bool:
+def _cluster(brokers: int):
+    from pipeline.stack import KafkaCluster
+
+    return KafkaCluster(get_settings(), brokers)
+
+
+def print_status(brokers: int = 1) -> bool:
     """Print the stack's status table; True when every service is up."""
-    rows = _stack().status()
+    rows = _cluster(brokers).status() if brokers > 1 else _stack().status()
     table = Table(title="stockflow local stack")
     for col in ("service", "state", "pid", "port", "version"):
         table.add_column(col)
@@ -73,28 +79,51 @@ def _services(service: list[str] | None) -> list[str]:
 @stack_app.command("up")
 def stack_up(
     service: Annotated[list[str] | None, typer.Argument(help="kafka, cassandra, redis")] = None,
+    brokers: Annotated[int, typer.Option(
+        help="N > 1: a separate N-broker KRaft cluster on its own ports (docs/stack.md)")] = 1,
 ) -> None:
     """Start Kafka, Cassandra and Redis (idempotent) and wait until each answers."""
     t0 = time.monotonic()
+    ready = lambda s, v, dt: console.print(f"[green]✓[/] {s} {v} ready after {dt:.1f}s")  # noqa: E731
     with console.status("starting the local stack (first run resolves jars from Maven Central)..."):
-        _stack().up(_services(service), on_ready=lambda s, v, dt: console.print(
-            f"[green]✓[/] {s} {v} ready after {dt:.1f}s"))
+        if brokers > 1:
+            _cluster(brokers).up(on_ready=ready)
+        else:
+            _stack().up(_services(service), on_ready=ready)
     console.print(f"stack up in {time.monotonic() - t0:.1f}s")
-    print_status()
+    print_status(brokers)
 
 
 @stack_app.command("down")
-def stack_down(service: Annotated[list[str] | None, typer.Argument()] = None) -> None:
+def stack_down(service: Annotated[list[str] | None, typer.Argument()] = None,
+               brokers: Annotated[int, typer.Option(help="N > 1: the N-broker cluster")] = 1,
+               ) -> None:
     """Stop exactly the processes `stack up` started."""
-    stopped = _stack().down(_services(service))
+    stopped = _cluster(brokers).down() if brokers > 1 else _stack().down(_services(service))
     console.print(f"stopped: {', '.join(stopped) or 'nothing was running'}")
 
 
 @stack_app.command("status")
-def stack_status() -> None:
+def stack_status(
+    brokers: Annotated[int, typer.Option(help="N > 1: the N-broker cluster")] = 1,
+) -> None:
     """One row per service: state, pid, port, version. Exit 1 unless all are up."""
-    if not print_status():
+    if not print_status(brokers):
         raise typer.Exit(1)
+
+
+@stack_app.command("stop-broker")
+def stack_stop_broker(
+    node: Annotated[int, typer.Argument(help="the node id, 1..N")],
+    brokers: Annotated[int, typer.Option(help="the cluster's size")] = 3,
+    kill: Annotated[bool, typer.Option(help="SIGKILL (a crash) instead of SIGTERM")] = False,
+) -> None:
+    """Stop one broker of the N-broker cluster (`stack up --brokers N` starts it again)."""
+    import signal
+
+    sig = signal.SIGKILL if kill else signal.SIGTERM
+    stopped = _cluster(brokers).stop_broker(node, sig)
+    console.print(f"kafka-{node}: {'stopped' if stopped else 'was not running'}")
 
 
 @stack_app.command("logs")

@@ -30,6 +30,10 @@ class Settings(BaseSettings):
     kafka_ssl_certfile: Path | None = None
     kafka_ssl_keyfile: Path | None = None
     kafka_replication_factor: int = Field(default=1, ge=1)
+    # min.insync.replicas of every topic stockflow creates (None: the broker's default). With
+    # acks=all a write then needs this many replicas: 2 of 3 survives one broker down.
+    # Both are capped at the number of live brokers when topics are created.
+    kafka_min_insync_replicas: int | None = Field(default=None, ge=1)
     partitions: int = Field(default=4, ge=1, le=1024)
     topic_prefix: str = ""
     deltas_retention_ms: int = Field(
@@ -166,6 +170,10 @@ class Settings(BaseSettings):
     stack_kafka_heap: str = "512m"
     stack_cassandra_heap: str = "1G"
     stack_start_timeout_s: float = 240.0
+    # `stockflow stack up --brokers N`: a separate KRaft cluster beside the default stack.
+    # Node i listens on port_base + i - 1 (broker) and port_base + 100 + i - 1 (controller).
+    stack_cluster_dir: Path = Path(".stockflow/kafka-cluster")
+    stack_cluster_port_base: int = Field(default=19092, ge=1024, le=65000)
 
     # --- Tracing (pipeline/tracing.py, docs/observability.md) ------------------------
     # Off by default: then no span is ever created and no header is read or written.

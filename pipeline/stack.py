@@ -404,6 +404,220 @@ class LocalStack:
         return "\n".join(text.splitlines()[-lines:])
 
 
+class KafkaCluster:
+    """`stockflow stack up --brokers N`: a KRaft cluster of N nodes on this machine, each a
+    broker and a voter of one combined controller quorum, beside the default stack.
+
+    Its own folder (`stack_cluster_dir`: node-<i>/{conf,data}, logs/kafka-<i>.log,
+    run/kafka-<i>.pid) and ports (`stack_cluster_port_base` + i - 1, controllers + 100), so
+    a test can SIGKILL one broker without touching the shared single-broker Kafka. The
+    jars are the default stack's (resolved once). Cassandra and Redis stay the default
+    stack's.
+    """
+
+    def __init__(self, settings: Settings, brokers: int = 3) -> None:
+        if not 1 <= brokers <= 9:
+            raise StackError(f"--brokers must be between 1 and 9, not {brokers}")
+        self.settings = settings
+        self.brokers = brokers
+        self.root = settings.stack_cluster_dir.resolve()
+        self.base = settings.stack_cluster_port_base
+        self.run_dir = self.root / "run"
+        self.log_dir = self.root / "logs"
+        self._jars = LocalStack(settings)
+
+    # ------------------------------------------------------------------ layout
+    @property
+    def nodes(self) -> range:
+        return range(1, self.brokers + 1)
+
+    def port(self, node: int) -> int:
+        return self.base + node - 1
+
+    def controller_port(self, node: int) -> int:
+        return self.base + 100 + node - 1
+
+    @property
+    def bootstrap_servers(self) -> str:
+        """The cluster's address for STOCKFLOW_KAFKA_BOOTSTRAP_SERVERS."""
+        return ",".join(f"127.0.0.1:{self.port(n)}" for n in self.nodes)
+
+    def node_dir(self, node: int) -> Path:
+        return self.root / f"node-{node}"
+
+    def pid_file(self, node: int) -> Path:
+        return self.run_dir / f"kafka-{node}.pid"
+
+    def log_file(self, node: int) -> Path:
+        return self.log_dir / f"kafka-{node}.log"
+
+    def read_pid(self, node: int) -> int | None:
+        """The PID of a node `up` started, if that process is still ours and alive."""
+        try:
+            pid = int(self.pid_file(node).read_text().strip())
+        except (OSError, ValueError):
+            return None
+        if not _alive(pid) or f"-Dstockflow.stack={self.node_dir(node)} " not in \
+                _cmdline(pid) + " ":
+            return None
+        return pid
+
+    # --------------------------------------------------------------- processes
+    def _java(self, node: int) -> list[str]:
+        libs = self._jars.resolve_jars("kafka")
+        conf = self.node_dir(node) / "conf"
+        heap = self.settings.stack_kafka_heap
+        return ["java", f"-Xms{heap}", f"-Xmx{heap}", "-XX:+UseG1GC",
+                "-XX:MaxGCPauseMillis=20", "-Djava.awt.headless=true",
+                f"-Dlog4j2.configurationFile={conf / 'log4j2.properties'}",
+                "-cp", f"{libs}/*"]
+
+    def _configure(self, node: int) -> Path:
+        ndir = self.node_dir(node)
+        conf, data = ndir / "conf", ndir / "data"
+        conf.mkdir(parents=True, exist_ok=True)
+        voters = ",".join(f"{n}@127.0.0.1:{self.controller_port(n)}" for n in self.nodes)
+        props = conf / "server.properties"
+        props.write_text(_kafka_properties(
+            data, node_id=node, port=self.port(node), controller_port=self.controller_port(node),
+            voters=voters, replicas=min(3, self.brokers)))
+        (conf / "log4j2.properties").write_text(_KAFKA_LOG4J)
+        if not (data / "meta.properties").exists():
+            cluster_id_file = self.root / "cluster.id"
+            if not cluster_id_file.exists():
+                self.root.mkdir(parents=True, exist_ok=True)
+                cluster_id_file.write_text(_kafka_cluster_id())
+            fmt = subprocess.run(
+                [*self._java(node), "kafka.tools.StorageTool", "format", "-t",
+                 cluster_id_file.read_text().strip(), "-c", str(props), "--ignore-formatted"],
+                capture_output=True, text=True, check=False)
+            if fmt.returncode != 0:
+                raise StackError(f"kafka node {node} storage format failed:\n"
+                                 f"{(fmt.stdout + fmt.stderr)[-3000:]}")
+        return props
+
+    def start_broker(self, node: int) -> int:
+        """Start one node (no-op when it runs); returns its PID."""
+        pid = self.read_pid(node)
+        if pid:
+            return pid
+        if port_open(self.port(node)) or port_open(self.controller_port(node)):
+            raise StackError(f"port {self.port(node)} or {self.controller_port(node)} is held "
+                             "by a process stockflow did not start; set "
+                             "STOCKFLOW_STACK_CLUSTER_PORT_BASE to free ports")
+        props = self._configure(node)
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        with self.log_file(node).open("ab") as logf:
+            proc = subprocess.Popen(
+                [*self._java(node), f"-Dstockflow.stack={self.node_dir(node)}", "kafka.Kafka",
+                 str(props)], cwd=self.node_dir(node), stdout=logf, stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL, start_new_session=True)
+        self.pid_file(node).write_text(str(proc.pid))
+        log.info("stack.broker_started", node=node, pid=proc.pid, port=self.port(node))
+        return proc.pid
+
+    def stop_broker(self, node: int, sig: int = signal.SIGTERM, timeout: float = 60.0) -> bool:
+        """Stop one node with `sig` (SIGKILL: a crash); False when it was not running."""
+        pid = self.read_pid(node)
+        if pid is None:
+            self.pid_file(node).unlink(missing_ok=True)
+            return False
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, sig)
+        deadline = time.monotonic() + timeout
+        while _alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        if _alive(pid):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+            while _alive(pid):
+                time.sleep(0.1)
+        self.pid_file(node).unlink(missing_ok=True)
+        log.info("stack.broker_stopped", node=node, pid=pid, signal=signal.Signals(sig).name)
+        return True
+
+    def live_brokers(self) -> int:
+        """Brokers the cluster's metadata lists (0 when none answers)."""
+        from confluent_kafka.admin import AdminClient
+
+        if not any(port_open(self.port(n)) for n in self.nodes):
+            return 0
+        try:
+            admin = AdminClient({"bootstrap.servers": self.bootstrap_servers,
+                                 "socket.timeout.ms": 2000, "log_level": 0})
+            return len(admin.list_topics(timeout=3).brokers)
+        except Exception:  # not answering yet
+            return 0
+
+    def controller(self) -> int | None:
+        """The node id of the active controller (the quorum's leader), from the newest
+        quorum-state a running node wrote; None when no leader is known."""
+        import json
+
+        best: tuple[int, int] | None = None
+        for node in self.nodes:
+            if self.read_pid(node) is None:
+                continue
+            path = self.node_dir(node) / "data" / "__cluster_metadata-0" / "quorum-state"
+            with contextlib.suppress(OSError, ValueError):
+                state = json.loads(path.read_text())
+                epoch, leader = int(state.get("leaderEpoch", -1)), int(state.get("leaderId", -1))
+                if leader > 0 and (best is None or epoch > best[0]):
+                    best = (epoch, leader)
+        return best[1] if best else None
+
+    # ----------------------------------------------------------------- commands
+    def up(self, on_ready: Callable[[str, str, float], None] | None = None,
+           timeout: float | None = None) -> list[ServiceStatus]:
+        """Start every node that is not running; wait until all of them are in the metadata."""
+        LocalStack.check_prerequisites(["kafka"])
+        started = time.monotonic()
+        for node in self.nodes:
+            self.start_broker(node)
+        deadline = started + (timeout or self.settings.stack_start_timeout_s)
+        while self.live_brokers() < self.brokers:
+            for node in self.nodes:
+                if self.read_pid(node) is None:
+                    raise StackError(f"kafka node {node} exited during start-up; its log "
+                                     f"ends:\n{self.tail(node)}")
+            if time.monotonic() > deadline:
+                raise StackError(f"the {self.brokers}-broker cluster was not ready in time; "
+                                 f"node 1's log ends:\n{self.tail(1)}")
+            time.sleep(0.5)
+        if on_ready:
+            on_ready(f"kafka x{self.brokers} ({self.bootstrap_servers})", KAFKA_VERSION,
+                     time.monotonic() - started)
+        return self.status()
+
+    def down(self, timeout: float = 60.0) -> list[str]:
+        return [f"kafka-{n}" for n in reversed(self.nodes) if self.stop_broker(n, timeout=timeout)]
+
+    def status(self) -> list[ServiceStatus]:
+        answering = self.live_brokers() > 0
+        rows = []
+        for node in self.nodes:
+            pid = self.read_pid(node)
+            listening = port_open(self.port(node))
+            if pid and listening and answering:
+                state = "up"
+            elif pid:
+                state = "starting"
+            elif listening:
+                state = "foreign"
+            else:
+                state = "down"
+            rows.append(ServiceStatus(f"kafka-{node}", state, pid, self.port(node),
+                                      KAFKA_VERSION))
+        return rows
+
+    def tail(self, node: int, lines: int = 40) -> str:
+        path = self.log_file(node)
+        if not path.exists():
+            return "(no log yet)"
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+
+
 # ---------------------------------------------------------------------------- probes
 def _probe_kafka(settings: Settings, port: int = KAFKA_PORT) -> str | None:
     from confluent_kafka.admin import AdminClient
@@ -489,13 +703,19 @@ def _kafka_cluster_id() -> str:
 
 
 # ------------------------------------------------------------------------- configs
-def _kafka_properties(data: Path) -> str:
+def _kafka_properties(data: Path, *, node_id: int = 1, port: int = KAFKA_PORT,
+                      controller_port: int = KAFKA_CONTROLLER_PORT,
+                      voters: str = f"1@127.0.0.1:{KAFKA_CONTROLLER_PORT}",
+                      replicas: int = 1) -> str:
+    # replicas > 1 (a cluster): internal topics replicated, and a write acknowledged by all
+    # in-sync replicas needs at least two of them.
+    min_isr = min(2, replicas)
     return f"""# written by `stockflow stack up`; edit pipeline/stack.py instead
 process.roles=broker,controller
-node.id=1
-controller.quorum.voters=1@127.0.0.1:{KAFKA_CONTROLLER_PORT}
-listeners=PLAINTEXT://127.0.0.1:{KAFKA_PORT},CONTROLLER://127.0.0.1:{KAFKA_CONTROLLER_PORT}
-advertised.listeners=PLAINTEXT://127.0.0.1:{KAFKA_PORT}
+node.id={node_id}
+controller.quorum.voters={voters}
+listeners=PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{controller_port}
+advertised.listeners=PLAINTEXT://127.0.0.1:{port}
 controller.listener.names=CONTROLLER
 inter.broker.listener.name=PLAINTEXT
 listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT
@@ -503,10 +723,12 @@ log.dirs={data}
 num.partitions=1
 num.network.threads=2
 num.io.threads=4
-offsets.topic.replication.factor=1
+default.replication.factor={replicas}
+min.insync.replicas={min_isr}
+offsets.topic.replication.factor={replicas}
 offsets.topic.num.partitions=8
-transaction.state.log.replication.factor=1
-transaction.state.log.min.isr=1
+transaction.state.log.replication.factor={replicas}
+transaction.state.log.min.isr={min_isr}
 transaction.state.log.num.partitions=8
 group.initial.rebalance.delay.ms=0
 auto.create.topics.enable=true
