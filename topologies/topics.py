@@ -82,6 +82,20 @@ TOPICS: tuple[TopicSpec, ...] = (DELTAS, DEADLETTER, RESYNC, STOCK_UPDATES, CHAN
                                  RESERVATION_COMMANDS, RESERVATION_DECISIONS, ORDERS)
 
 
+def replication(settings: Settings, brokers: int) -> tuple[int, dict[str, str]]:
+    """The replication factor and min.insync.replicas config a new topic gets on a cluster of
+    `brokers` live brokers: the settings, capped at what the cluster allows (a single-broker
+    development stack still works with production settings)."""
+    factor = max(1, min(settings.kafka_replication_factor, brokers))
+    if factor < settings.kafka_replication_factor:
+        log.warning("topics.replication_capped", wanted=settings.kafka_replication_factor,
+                    brokers=brokers)
+    config: dict[str, str] = {}
+    if settings.kafka_min_insync_replicas is not None:
+        config["min.insync.replicas"] = str(min(settings.kafka_min_insync_replicas, factor))
+    return factor, config
+
+
 def create_topics(settings: Settings, specs: tuple[TopicSpec, ...] = TOPICS,
                   timeout: float = 30.0) -> list[tuple[str, str]]:
     """Create missing topics and bring existing ones to their declared config. Idempotent.
@@ -99,7 +113,9 @@ def create_topics(settings: Settings, specs: tuple[TopicSpec, ...] = TOPICS,
     )
 
     admin = AdminClient(settings.confluent_config())
-    existing = admin.list_topics(timeout=timeout).topics
+    metadata = admin.list_topics(timeout=timeout)
+    existing = metadata.topics
+    factor, replica_config = replication(settings, len(metadata.brokers))
     results: list[tuple[str, str]] = []
     to_create = []
     for spec in specs:
@@ -107,8 +123,8 @@ def create_topics(settings: Settings, specs: tuple[TopicSpec, ...] = TOPICS,
         if name not in existing:
             to_create.append(NewTopic(
                 name, num_partitions=spec.partitions(settings),
-                replication_factor=settings.kafka_replication_factor,
-                config=spec.config(settings)))
+                replication_factor=factor,
+                config={**spec.config(settings), **replica_config}))
     if to_create:
         for name, fut in admin.create_topics(to_create, operation_timeout=timeout).items():
             try:
@@ -129,7 +145,7 @@ def create_topics(settings: Settings, specs: tuple[TopicSpec, ...] = TOPICS,
                               f"declared {spec.partitions(settings)}")
         resource = ConfigResource(ConfigResource.Type.TOPIC, name)
         current = admin.describe_configs([resource])[resource].result(timeout=timeout)
-        wanted = spec.config(settings)
+        wanted = {**spec.config(settings), **replica_config}
         diff = {k: v for k, v in wanted.items() if k not in current or current[k].value != v}
         if diff:
             entries = [ConfigEntry(k, v, incremental_operation=AlterConfigOpType.SET)

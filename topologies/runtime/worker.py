@@ -175,14 +175,16 @@ class BatchRuntime(Service):
     def _create_topics(self) -> None:
         from confluent_kafka.admin import AdminClient, NewTopic
 
-        from topologies.topics import create_topics
+        from topologies.topics import create_topics, replication
 
         create_topics(self.settings)
         admin = AdminClient(self.settings.confluent_config())
-        existing = admin.list_topics(timeout=30).topics
+        metadata = admin.list_topics(timeout=30)
+        existing = metadata.topics
+        factor, replica_config = replication(self.settings, len(metadata.brokers))
         wanted = [NewTopic(t.changelog_name, num_partitions=self.settings.partitions,
-                           replication_factor=self.settings.kafka_replication_factor,
-                           config={"cleanup.policy": "compact"})
+                           replication_factor=factor,
+                           config={"cleanup.policy": "compact", **replica_config})
                   for t in self.tables if t.changelog_name not in existing]
         if wanted:
             for name, fut in admin.create_topics(wanted, operation_timeout=30).items():
