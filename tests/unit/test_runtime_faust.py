@@ -161,3 +161,47 @@ def test_eviction_keeps_uncommitted_values(tmp_path: Path) -> None:
     assert all(f"d{n}".encode() in values for n in range(20))
     assert table.discard_uncommitted() == 20
     table.close_all()
+
+
+def test_transient_kafka_errors_are_retried_and_others_raised(monkeypatch: Any) -> None:
+    from confluent_kafka import KafkaError, KafkaException
+
+    from topologies.runtime import worker
+
+    monkeypatch.setattr(worker.time, "sleep", lambda s: None)
+    calls = []
+
+    def flaky() -> str:
+        calls.append(1)
+        if len(calls) < 3:  # a changelog topic just created: no leader yet
+            raise KafkaException(KafkaError(KafkaError.NOT_LEADER_FOR_PARTITION))
+        return "ok"
+
+    assert worker._retrying(flaky, "test") == "ok" and len(calls) == 3
+
+    def denied() -> None:
+        raise KafkaException(KafkaError(KafkaError.TOPIC_AUTHORIZATION_FAILED))
+
+    with pytest.raises(KafkaException):
+        worker._retrying(denied, "test")
+
+
+def test_a_failing_rebalance_callback_stops_the_worker_instead_of_hanging_it() -> None:
+    from topologies.runtime.worker import FatalRuntimeError
+
+    rt = BatchRuntime.__new__(BatchRuntime)
+    rt._callback_error = None
+    rt.assignment = set()
+
+    class Consumer:
+        def consume(self, num_messages: int, timeout: float) -> list[Any]:
+            rt._on_assign(self, [SimpleNamespace(topic="t", partition=0)])
+            return []
+
+    def broken(partitions: list[Any]) -> None:
+        raise RuntimeError("restore failed")
+
+    rt.consumer = Consumer()
+    rt._on_assign_body = broken  # type: ignore[method-assign]
+    with pytest.raises(FatalRuntimeError, match="restore failed"):
+        rt._poll(10, 0.01)

@@ -54,6 +54,36 @@ class FatalRuntimeError(RuntimeError_):
     """State the runtime cannot repair in place: the worker stops (a restart restores it)."""
 
 
+def _retrying(fn: Callable[[], Any], what: str, attempts: int = 40) -> Any:
+    """Call fn, retrying Kafka errors that go away (a topic just created has no leader yet, a
+    leader moved) for up to about a minute."""
+    from confluent_kafka import KafkaException
+
+    for attempt in range(attempts):
+        try:
+            return fn()
+        except KafkaException as exc:
+            err = exc.args[0] if exc.args else None
+            retriable = getattr(err, "retriable", lambda: True)()
+            if attempt == attempts - 1 or (not retriable and getattr(
+                    err, "code", lambda: None)() not in _TRANSIENT):
+                raise
+            log.warning("runtime.kafka_retry", what=what, error=str(err), attempt=attempt + 1)
+            time.sleep(min(2.0, 0.1 * 2 ** attempt))
+    raise AssertionError("unreachable")
+
+
+def _transient_codes() -> frozenset[Any]:
+    from confluent_kafka import KafkaError
+
+    return frozenset({KafkaError.NOT_LEADER_FOR_PARTITION, KafkaError.LEADER_NOT_AVAILABLE,
+                      KafkaError.UNKNOWN_TOPIC_OR_PART, KafkaError._TRANSPORT,
+                      KafkaError._TIMED_OUT, KafkaError.REQUEST_TIMED_OUT})
+
+
+_TRANSIENT = _transient_codes()
+
+
 class BatchRuntime(Service):
     """Consume, hand batches to the agents, commit exactly once; see the module docstring."""
 
@@ -85,6 +115,7 @@ class BatchRuntime(Service):
         self._transactional_id = ""
         self._stopping = False
         self._loop_task: asyncio.Task[None] | None = None
+        self._callback_error: BaseException | None = None
 
     # -- set-up ------------------------------------------------------------------------------
     def discover_routes(self) -> None:
@@ -264,6 +295,11 @@ class BatchRuntime(Service):
 
     def _poll(self, max_records: int, max_wait_s: float) -> list[Any]:
         msgs = self.consumer.consume(num_messages=max_records, timeout=max_wait_s)
+        error, self._callback_error = self._callback_error, None
+        if error is not None:
+            # A rebalance callback failed (inside consume): the assignment is not usable.
+            raise FatalRuntimeError(f"rebalance failed: {type(error).__name__}: {error}") \
+                from error
         if not msgs:
             return []
         assignment = self.assignment
@@ -438,6 +474,15 @@ class BatchRuntime(Service):
 
     # -- rebalance (called inside consumer.consume, on the Kafka thread) ----------------------
     def _on_revoke(self, consumer: Any, partitions: list[Any]) -> None:
+        # Called by librdkafka inside consume(): an exception must not escape into it.
+        try:
+            self._on_revoke_body(partitions)
+        except Exception as exc:
+            log.error("runtime.rebalance_callback_failed", callback="_on_revoke",
+                      error=f"{type(exc).__name__}: {exc}", exc_info=True)
+            self._callback_error = exc
+
+    def _on_revoke_body(self, partitions: list[Any]) -> None:
         self.rebalancing = True
         self.ready = False
         revoked = {(tp.topic, tp.partition) for tp in partitions}
@@ -447,6 +492,15 @@ class BatchRuntime(Service):
         log.info("runtime.partitions_revoked", partitions=len(revoked))
 
     def _on_lost(self, consumer: Any, partitions: list[Any]) -> None:
+        # Called by librdkafka inside consume(): an exception must not escape into it.
+        try:
+            self._on_lost_body(partitions)
+        except Exception as exc:
+            log.error("runtime.rebalance_callback_failed", callback="_on_lost",
+                      error=f"{type(exc).__name__}: {exc}", exc_info=True)
+            self._callback_error = exc
+
+    def _on_lost_body(self, partitions: list[Any]) -> None:
         # Lost, not revoked: another worker may own them already; nothing may be committed.
         self.rebalancing = True
         self.ready = False
@@ -479,6 +533,15 @@ class BatchRuntime(Service):
         self.assignment -= tps
 
     def _on_assign(self, consumer: Any, partitions: list[Any]) -> None:
+        # Called by librdkafka inside consume(): an exception must not escape into it.
+        try:
+            self._on_assign_body(partitions)
+        except Exception as exc:
+            log.error("runtime.rebalance_callback_failed", callback="_on_assign",
+                      error=f"{type(exc).__name__}: {exc}", exc_info=True)
+            self._callback_error = exc
+
+    def _on_assign_body(self, partitions: list[Any]) -> None:
         self.rebalancing = True
         started = time.monotonic()
         self.rebalances += 1
@@ -510,8 +573,8 @@ class BatchRuntime(Service):
         topic_id = self._topic_ids.get(topic)
         part = table._parts[partition]
         stored_id = part.db.get(TOPIC_ID_KEY)
-        low, high = self.restorer.get_watermark_offsets(TopicPartition(topic, partition),
-                                                        timeout=30)
+        low, high = _retrying(lambda: self.restorer.get_watermark_offsets(
+            TopicPartition(topic, partition), timeout=30), f"watermarks of {topic}")
         if (topic_id and stored_id is not None and stored_id.decode() != topic_id) \
                 or start > high:
             log.warning("runtime.local_store_discarded", table=table.name,
