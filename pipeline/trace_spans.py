@@ -43,18 +43,21 @@ def find_spans(settings: Settings, event_id: str) -> SpanLookup:
 def spans_from_file(path: Path, event_id: str) -> SpanLookup:
     """Two passes over a JSON-lines span file: the traces naming the event, then their spans."""
     source = str(path)
-    if not path.exists():
+    if not path.is_file():
         return SpanLookup(source, error="no span file")
     needle = json.dumps(event_id)
     trace_ids: set[str] = set()
-    for span in _read_lines(path, needle):
-        if span.get("attributes", {}).get("stockflow.event_id") == event_id:
-            trace_ids.add(span["trace_id"])
-            if len(trace_ids) >= MAX_TRACES:
-                break
-    if not trace_ids:
-        return SpanLookup(source)
-    spans = [s for s in _read_lines(path, None) if s.get("trace_id") in trace_ids]
+    try:
+        for span in _read_lines(path, needle):
+            if span.get("attributes", {}).get("stockflow.event_id") == event_id:
+                trace_ids.add(span["trace_id"])
+                if len(trace_ids) >= MAX_TRACES:
+                    break
+        if not trace_ids:
+            return SpanLookup(source)
+        spans = [s for s in _read_lines(path, None) if s.get("trace_id") in trace_ids]
+    except OSError as exc:
+        return SpanLookup(source, error=f"span file not readable: {exc}")
     return SpanLookup(source, spans=spans)
 
 

@@ -36,7 +36,7 @@ def trace(
         console.print(f"[red]trace failed:[/] {exc}", highlight=False)
         if lookup.spans:  # the timings still tell where the event went
             for line in timeline(lookup.spans):
-                console.print(line, highlight=False, markup=False)
+                console.print(line, highlight=False, markup=False, soft_wrap=True)
         raise typer.Exit(2) from exc
     if as_json:
         print(json.dumps({**asdict(report), "spans": lookup.spans,
@@ -53,7 +53,7 @@ def trace(
         if lookup.spans:
             console.print(f"recorded trace ({lookup.source}):", highlight=False, markup=False)
             for line in timeline(lookup.spans):
-                console.print(line, highlight=False, markup=False)
+                console.print(line, highlight=False, markup=False, soft_wrap=True)
         elif lookup.error and settings.tracing_enabled:
             console.print(f"no recorded trace: {lookup.error}", highlight=False, markup=False)
     if not report.occurrences:
