@@ -48,3 +48,43 @@ def test_stream_resumes_after_an_id_or_says_it_cannot() -> None:
         assert sub.queue.empty()
 
     asyncio.run(scenario())
+
+
+def test_guard_answers_401_and_429_before_the_app() -> None:
+    from types import SimpleNamespace
+
+    from pipeline.api.app import Guard
+
+    reached: list[str] = []
+
+    async def app(scope: dict, receive: object, send: object) -> None:
+        reached.append(scope["state"]["client"])
+        await send({"type": "http.response.start", "status": 200, "headers": []})  # type: ignore[operator]
+        await send({"type": "http.response.body", "body": b"{}"})  # type: ignore[operator]
+
+    api = SimpleNamespace(keys=ApiKeys.from_entries((f"shop:{hash_key('k')}",),
+                                                    development=False),
+                          limiter=RateLimiter(rate=0.001, burst=1))
+    guard = Guard(app, api)  # type: ignore[arg-type]
+
+    async def call(headers: list[tuple[bytes, bytes]], query: bytes = b"") -> tuple[int, dict]:
+        sent: list[dict] = []
+
+        async def send(message: dict) -> None:
+            sent.append(message)
+
+        async def receive() -> dict:
+            return {"type": "http.request", "body": b""}
+
+        await guard({"type": "http", "path": "/v1/inventory", "headers": headers,
+                     "query_string": query, "method": "GET"}, receive, send)
+        return sent[0]["status"], dict(sent[0]["headers"])
+
+    async def scenario() -> None:
+        assert (await call([(b"x-api-key", b"wrong")]))[0] == 401
+        assert (await call([(b"authorization", b"Bearer k")]))[0] == 200
+        status, headers = await call([], query=b"api_key=k")
+        assert status == 429 and int(headers[b"retry-after"]) >= 1
+        assert reached == ["shop"]
+
+    asyncio.run(scenario())
