@@ -149,10 +149,32 @@ def parse_traceparent(value: bytes | str | None) -> Any:
 
 
 def headers_of(span_context: Any) -> list[tuple[str, bytes]] | None:
-    """Kafka record headers carrying a span context (None for no context)."""
+    """Kafka record headers carrying a span context, or a traceparent passed on as it came
+    (bytes); None for no context."""
     if span_context is None:
         return None
+    if isinstance(span_context, bytes):
+        return [(TRACEPARENT, span_context)]
     return [(TRACEPARENT, format_traceparent(span_context))]
+
+
+def raw_traceparent(msg: Any) -> bytes | None:
+    """The traceparent header of a confluent-kafka message as it came, or None."""
+    headers = msg.headers()
+    if not headers:
+        return None
+    for name, value in headers:
+        if name == TRACEPARENT:
+            return value if isinstance(value, bytes) else None
+    return None
+
+
+def _sampled(traceparent: bytes) -> bool:
+    # The flags are the last two hex digits; bit 0 is "sampled". Malformed: not sampled.
+    try:
+        return bool(int(traceparent[-2:], 16) & 1)
+    except ValueError:
+        return False
 
 
 def context_of_message(msg: Any) -> Any:
@@ -243,24 +265,31 @@ class BatchTrace:
         self.topic = topic
         self.start_ns = time.time_ns()
         self.size = len(records)
-        # The context each record carried; the recorded ones (sampled or slow).
-        self.incoming: dict[Position, Any] = {}
+        # The traceparent each record carried, as bytes: most are only passed on, so only
+        # the recorded ones (sampled or slow) are parsed, when their span is made.
+        self.incoming: dict[Position, bytes] = {}
         self.wanted: set[Position] = set()
         slow_ms = _slow_ms
         for msg in records:
-            pos = (msg.partition(), msg.offset())
-            ctx = context_of_message(msg)
-            if ctx is not None:
-                self.incoming[pos] = ctx
-                if ctx.trace_flags.sampled:
+            raw = raw_traceparent(msg)
+            if raw is not None:
+                pos = (msg.partition(), msg.offset())
+                self.incoming[pos] = raw
+                if _sampled(raw):
                     self.wanted.add(pos)
             if slow_ms and now_ms - msg.timestamp()[1] > slow_ms:
-                self.wanted.add(pos)
+                self.wanted.add((msg.partition(), msg.offset()))
         self.links: list[Any] = []
         self.children: list[tuple[str, int, int, dict[str, Any]]] = []
 
-    def is_recorded(self, pos: Position) -> bool:
-        return pos in self.wanted
+    def is_recorded(self, pos: Position, force: bool = False) -> bool:
+        """Whether `record` would make spans for this record (callers skip building its
+        attributes otherwise)."""
+        return force or pos in self.wanted
+
+    def passed_on(self, pos: Position) -> bytes | None:
+        """An unrecorded record's traceparent, to put unchanged on what it caused."""
+        return self.incoming.get(pos)
 
     def child(self, name: str, start_ns: int, end_ns: int, **attributes: Any) -> None:
         """A child span of the batch span (a Cassandra or Redis write of the whole batch)."""
@@ -273,9 +302,10 @@ class BatchTrace:
 
         Returns the context to put in the headers of what the record caused: the innermost
         new span, or the record's own context passed on when it is not recorded."""
-        incoming = self.incoming.get(pos)
+        raw = self.incoming.get(pos)
         if not (force or pos in self.wanted):
-            return incoming
+            return raw
+        incoming = parse_traceparent(raw)
         from opentelemetry import trace
         from opentelemetry.trace import SpanKind
 

@@ -154,9 +154,9 @@ async def _aggregate_traced(sink: StockSink, batch: Any, trace: tracing.BatchTra
         await _write_then_emit(sink, written, out.changes, batch.send, trace, origins)
     changed = {id(update) for update in written}
     for key, msg in origins.items():
-        if key not in changed:
-            trace.record((msg.partition(), msg.offset()),
-                         attributes={"stockflow.outcome": "unchanged"})
+        pos = (msg.partition(), msg.offset())
+        if key not in changed and trace.is_recorded(pos):
+            trace.record(pos, attributes={"stockflow.outcome": "unchanged"})
     trace.finish()
     return len(out.changes)
 
@@ -190,12 +190,16 @@ async def _write_then_emit(sink: StockSink, updates: list[dict[str, Any]],
         # updates and changes are parallel: each written update made exactly one change.
         for update, change in zip(updates, changes, strict=True):
             msg = origins[id(update)]
-            context = trace.record(
-                (msg.partition(), msg.offset()),
-                attributes={"stockflow.outcome": "changed", **_update_attributes(update)},
-                steps=[("cassandra.write", started_ns, written_ns,
-                        {"db.system": "cassandra", "stockflow.rows": len(updates)})],
-                end_ns=written_ns)
+            pos = (msg.partition(), msg.offset())
+            if trace.is_recorded(pos):
+                context = trace.record(
+                    pos, attributes={"stockflow.outcome": "changed",
+                                     **_update_attributes(update)},
+                    steps=[("cassandra.write", started_ns, written_ns,
+                            {"db.system": "cassandra", "stockflow.rows": len(updates)})],
+                    end_ns=written_ns)
+            else:
+                context = trace.passed_on(pos)
             send(CHANGES_TOPIC, change["platform_sku"].encode(), encode(change), None,
                  tracing.headers_of(context))
     else:

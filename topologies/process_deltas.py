@@ -98,12 +98,23 @@ def _send_traced(trace: tracing.BatchTrace, groups: dict[tuple[int, bytes | None
     context_of: dict[int, Any] = {}  # id(output record) -> trace context for its headers
     trail = iter(out.trail)  # one entry per record, in the order the groups ran
     now_ns = time.time_ns()
+    force_dead = tracing.dead_letters_recorded()
+    invalid = INVALID + ":"
     for (partition, _key), recs in groups.items():
         for rec in recs:
             _offset, outcome, update = next(trail)
             pos = (partition, rec.offset)
-            if outcome.startswith(INVALID + ":"):
-                reason = outcome[len(INVALID) + 1:]
+            dead = outcome.startswith(invalid)
+            if not trace.is_recorded(pos, dead and force_dead):
+                # Most records at a low ratio: their traceparent passes on as it came.
+                raw = trace.passed_on(pos)
+                if raw is not None:
+                    output = update if update is not None else dead_by_pos.get(pos)
+                    if output is not None:
+                        context_of[id(output)] = raw
+                continue
+            if dead:
+                reason = outcome[len(invalid):]
                 dl = dead_by_pos.get(pos)
                 context = trace.record(pos, attributes={
                     "stockflow.outcome": INVALID,
@@ -112,7 +123,7 @@ def _send_traced(trace: tracing.BatchTrace, groups: dict[tuple[int, bytes | None
                     steps=[(f"dead_letter {reason}", now_ns, now_ns, {
                         "stockflow.dead_letter.reason": reason,
                         "stockflow.dead_letter.detail": dl["message"][:500] if dl else ""})],
-                    force=tracing.dead_letters_recorded(), end_ns=now_ns)
+                    force=force_dead, end_ns=now_ns)
                 if dl is not None:
                     context_of[id(dl)] = context
                 continue

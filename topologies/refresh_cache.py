@@ -67,6 +67,9 @@ def _trace_cache_write(trace: tracing.BatchTrace, records: list[Any],
     # Decoded in record order; an undecodable record (never expected) loses the attributes.
     paired = len(decoded) == len(records)
     for index, msg in enumerate(records):
+        pos = (msg.partition(), msg.offset())
+        if not trace.is_recorded(pos):
+            continue  # the last hop: nothing to pass on
         attributes: dict[str, Any] = {}
         if paired:
             change = decoded[index]
@@ -74,7 +77,7 @@ def _trace_cache_write(trace: tracing.BatchTrace, records: list[Any],
                           "stockflow.platform_sku": change["platform_sku"],
                           "stockflow.supplier_id": change["supplier_id"],
                           "stockflow.version": change["version"]}
-        trace.record((msg.partition(), msg.offset()), attributes=attributes,
+        trace.record(pos, attributes=attributes,
                      steps=[("redis.write", started_ns, written_ns,
                              {"db.system": "redis", "stockflow.changes": len(decoded)})],
                      end_ns=written_ns)
