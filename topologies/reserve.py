@@ -10,7 +10,9 @@ the decisions, orders, table writes and input offsets commit in one Kafka transa
 
 Ticks (records without a key, sent by the API to every partition) move a partition's clock
 on: the SKUs whose next expiry or reflection bound has passed are found in the partition's
-deadline index, stored in this table under a key no SKU can have (`\\x00deadlines`).
+deadline index, stored in this table under a key no SKU can have (`\\x00deadlines`). A tick
+keyed by one SKU (the API sends one when the suppliers' total of a SKU with confirmed sales
+changed) moves that SKU's clock, so a snapshot that reflects a sale is seen at once.
 """
 
 from __future__ import annotations
@@ -115,7 +117,7 @@ def handle_batch(records: list[Any], send: Any, now_ms: int) -> ReservationOutpu
         except SchemaError as exc:
             _reject(msg, "decode_error", str(exc), at_ms, send)
             continue
-        if command["kind"] == TICK:
+        if command["kind"] == TICK and not command["platform_sku"]:
             due = sorted(sku for sku, when in deadlines.of(partition).items() if when <= at_ms)
             for sku in due:
                 _decide_one(partition, sku, command, at_ms, deadlines, out)

@@ -90,7 +90,8 @@ class Api:
         self.hub = StreamHub(settings.api_stream_buffer)
         self.commands_topic = settings.topic("reservations.commands")
         self.waiters: dict[str, asyncio.Future[dict[str, Any]]] = {}
-        self.reserved: dict[str, tuple[int, int]] = {}  # sku -> (sequence, reserved units)
+        # sku -> (decision sequence, reserved units, of which confirmed not yet reflected)
+        self.reserved: dict[str, tuple[int, int, int]] = {}
         self.totals: dict[str, int] = {}  # sku -> supplier total last seen on the stream
         self.producer: Any = None
         self.follower: DecisionFollower | None = None
@@ -146,15 +147,24 @@ class Api:
             await asyncio.sleep(s.api_tick_interval_s)
             if self.follower is None or not self.follower.ready.is_set():
                 continue
-            value = self._command.encode({
-                "command_id": "tick", "kind": "TICK", "platform_sku": "",
-                "reservation_id": None, "quantity": 0, "ttl_ms": 0, "idempotency_key": None,
-                "requested_at": int(time.time() * 1000)})
             try:
+                value = self._tick_value("")
                 for p in range(s.partitions):
                     self.producer.produce(self.commands_topic, value, None, partition=p)
             except Exception as exc:  # the next tick tries again
                 log.warning("api.tick_failed", error=str(exc))
+
+    def _tick_value(self, sku: str) -> bytes:
+        return self._command.encode({
+            "command_id": "tick", "kind": "TICK", "platform_sku": sku, "reservation_id": None,
+            "quantity": 0, "ttl_ms": 0, "idempotency_key": None,
+            "requested_at": int(time.time() * 1000)})
+
+    def _send_tick(self, sku: str) -> None:
+        try:
+            self.producer.produce(self.commands_topic, self._tick_value(sku), sku.encode())
+        except Exception as exc:  # the SKU's next command or bound reflects the sale
+            log.warning("api.tick_failed", platform_sku=sku, error=str(exc))
 
     # -- decisions and changes (on the event loop) ---------------------------------------------
     def _on_decision(self, decision: dict[str, Any]) -> None:
@@ -165,7 +175,7 @@ class Api:
         reserved = decision["held"] + decision["confirmed_pending"]
         seen = self.reserved.get(sku)
         if seen is None or seen[0] < decision["sequence"]:
-            self.reserved[sku] = (decision["sequence"], reserved)
+            self.reserved[sku] = (decision["sequence"], reserved, decision["confirmed_pending"])
         self.totals[sku] = decision["supplier_total"]
         if decision["replayed"]:
             return  # nothing changed
@@ -180,7 +190,11 @@ class Api:
         sku = change["platform_sku"]
         total = change["total_available"]
         self.totals[sku] = total
-        reserved = self.reserved.get(sku, (0, 0))[1]
+        _seq, reserved, confirmed = self.reserved.get(sku, (0, 0, 0))
+        if confirmed:
+            # The change may be the snapshot that reflects a confirmed sale: the agent looks
+            # at once instead of at the SKU's next command.
+            self._send_tick(sku)
         self.hub.publish(sku, {
             "platform_sku": sku, "type": "supply", "supplier_id": change["supplier_id"],
             "quantity_after": change["quantity_after"], "version": change["version"],

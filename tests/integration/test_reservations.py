@@ -205,6 +205,59 @@ def test_holds_survive_a_worker_sigkill_and_an_api_restart_mid_burst(stack: Stac
     check_exactly(stack, "BURST-2", answers, 10)
 
 
+def test_confirmed_sale_counts_until_a_later_snapshot_reflects_it(stack: Stack) -> None:
+    """Expiry, release, confirm and the snapshot that reflects the sale, against a model."""
+    import urllib.request
+
+    sku = "CONFIRM-1"
+    stack.supply(sku, 5)
+    stack.wait_available(sku, 5)
+
+    def call(method: str, path: str, key: str | None = None, body: Any = None
+             ) -> tuple[int, Any]:
+        headers = {"X-API-Key": KEY, "Content-Type": "application/json"}
+        if key:
+            headers["Idempotency-Key"] = key
+        request = urllib.request.Request(stack.base + path, method=method, headers=headers,
+                                         data=json.dumps(body).encode() if body else None)
+        try:
+            with urllib.request.urlopen(request, timeout=30) as r:
+                return r.status, json.loads(r.read())
+        except urllib.error.HTTPError as exc:
+            return exc.code, json.loads(exc.read())
+
+    def available() -> int:
+        return int(stack.get(f"/v1/inventory/{sku}")[1]["available"])
+
+    model = 5
+    status, short = call("POST", "/v1/reservations", "c-short",
+                         {"platform_sku": sku, "quantity": 1, "ttl_s": 1})
+    assert status == 201
+    status, kept = call("POST", "/v1/reservations", "c-kept", {"platform_sku": sku,
+                                                              "quantity": 2})
+    assert status == 201 and kept["available"] == model - 3
+    status, gone = call("POST", "/v1/reservations", "c-gone", {"platform_sku": sku,
+                                                              "quantity": 1})
+    assert status == 201 and gone["available"] == model - 4
+    assert call("DELETE", f"/v1/reservations/{gone['reservation_id']}")[1]["available"] \
+        == model - 3
+    # The 1 s hold expires by the log's clock (the API's ticks): back to 5 - 2.
+    stack.env.wait_until(lambda: available() == model - 2, 20, "the short hold expired")
+    assert call("POST", f"/v1/reservations/{short['reservation_id']}/confirm")[0] == 410
+    status, confirmed = call("POST", f"/v1/reservations/{kept['reservation_id']}/confirm")
+    assert status == 200 and confirmed["supplier_id"] == "s1"
+    assert available() == model - 2  # the confirmed sale still counts: 3
+    # The supplier's next snapshot, observed after the sale, says 3: counted once, 3 left.
+    stack.supply(sku, 3)
+    stack.env.wait_until(lambda: stack.get(f"/v1/inventory/{sku}")[1]["reserved"] == 0,
+                         20, "the snapshot reflected the confirmed sale")
+    assert available() == 3
+    orders = [v for k, v in stack.env.read_topic("reservations.orders", "Order", idle_s=2)
+              if v["platform_sku"] == sku]
+    assert [(o["order_id"], o["supplier_id"], o["quantity"]) for o in orders] == [
+        (kept["reservation_id"], "s1", 2)]
+
+
 async def read_events(base: str, sku: str, n: int, last_event_id: str | None = None,
                       timeout: float = 30) -> list[tuple[str, str, dict[str, Any]]]:
     """The first n events (id, event, data) of /v1/stream for one SKU."""
