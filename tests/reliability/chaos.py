@@ -1,0 +1,247 @@
+"""Fault injection for the reliability suite: workers to start, kill, pause and resume, a TCP
+proxy to cut a store off from one pipeline, a paced feeder, and the end-state checks with the
+numbers docs/reliability.md reports (events, lost, duplicated, time to converge, lag)."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import random
+import selectors
+import signal
+import socket
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from typing import Any
+
+from tests.integration.pipeline_harness import ROOT, PipelineEnv, free_port
+from tests.integration.test_pipeline_e2e import assert_end_state, send_all
+from tests.integration.test_rebalance import Worker, assert_change_chain
+from tests.unit.reference_model import reference_run
+
+# Where each case appends its numbers (the table in docs/reliability.md is made from them).
+RESULTS = ROOT / ".stockflow" / "reliability" / "results.jsonl"
+
+
+def full() -> bool:
+    """The full suite (`make test-reliability`), not the trimmed one `make test` runs."""
+    return os.environ.get("STOCKFLOW_RELIABILITY_FULL") == "1"
+
+
+class ChaosWorker(Worker):
+    """A worker process that can also be paused and resumed (SIGSTOP/SIGCONT)."""
+
+    def __init__(self, env: PipelineEnv, name: str, **extra_env: str) -> None:
+        super().__init__(env, name)
+        self.environ.update(extra_env)
+
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def signal(self, sig: int) -> None:
+        assert self.proc is not None
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, sig)
+
+    def assigned(self) -> int:
+        """How many partitions the worker holds after its latest assignment."""
+        events = self.events("runtime.partitions_assigned")
+        return events[-1]["partitions"] if events else -1
+
+
+class Feeder(threading.Thread):
+    """Sends the workload in chunks, one every `pause_s`, while faults are injected."""
+
+    def __init__(self, env: PipelineEnv, valid: list[dict[str, Any]],
+                 malformed: list[tuple[bytes, bytes, str]], chunks: int,
+                 pause_s: float = 0.5) -> None:
+        super().__init__(daemon=True)
+        self.env, self.valid, self.malformed = env, valid, malformed
+        self.chunks, self.pause_s = chunks, pause_s
+        self.sent_chunks = 0
+        self.error: BaseException | None = None
+        self._stop_pacing = threading.Event()
+
+    def send_chunk(self, i: int) -> None:
+        size = len(self.valid) // self.chunks + 1
+        bad = len(self.malformed) // self.chunks + 1
+        send_all(self.env, self.valid[i * size:(i + 1) * size],
+                 self.malformed[i * bad:(i + 1) * bad], random.Random(i))
+
+    def run(self) -> None:
+        try:
+            for i in range(self.sent_chunks, self.chunks):
+                self.send_chunk(i)
+                self.sent_chunks = i + 1
+                self._stop_pacing.wait(self.pause_s)
+        except BaseException as exc:  # surfaced by finish()
+            self.error = exc
+
+    def finish(self, timeout: float = 300) -> None:
+        """Send the rest without pacing and wait for it."""
+        self._stop_pacing.set()
+        self.join(timeout)
+        assert not self.is_alive(), "the feeder did not finish"
+        if self.error is not None:
+            raise self.error
+
+
+class TcpProxy:
+    """A TCP forwarder in front of one store for one pipeline; `cut()` closes the listener
+    and every open connection (the store looks down to that pipeline only), `restore()`
+    listens again on the same port."""
+
+    def __init__(self, target_port: int, host: str = "127.0.0.1") -> None:
+        self.host, self.target_port = host, target_port
+        self.port = free_port()
+        self._lock = threading.Lock()
+        self._conns: list[socket.socket] = []
+        self._listener: socket.socket | None = None
+        self._closed = False
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> TcpProxy:
+        self.restore()
+        return self
+
+    def restore(self) -> None:
+        listener = socket.socket()
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind((self.host, self.port))
+        listener.listen(128)
+        self._listener = listener
+        self._thread = threading.Thread(target=self._accept, args=(listener,), daemon=True)
+        self._thread.start()
+
+    def cut(self) -> None:
+        with self._lock:
+            listener, self._listener = self._listener, None
+            conns, self._conns = self._conns, []
+        if listener is not None:
+            with contextlib.suppress(OSError):
+                listener.shutdown(socket.SHUT_RDWR)
+            listener.close()
+        for conn in conns:
+            with contextlib.suppress(OSError):
+                conn.shutdown(socket.SHUT_RDWR)
+            conn.close()
+
+    def close(self) -> None:
+        self._closed = True
+        self.cut()
+
+    def _accept(self, listener: socket.socket) -> None:
+        while True:
+            try:
+                client, _ = listener.accept()
+            except OSError:
+                return  # cut
+            try:
+                upstream = socket.create_connection((self.host, self.target_port), timeout=5)
+            except OSError:
+                client.close()
+                continue
+            with self._lock:
+                if self._listener is not listener:
+                    client.close()
+                    upstream.close()
+                    return
+                self._conns += [client, upstream]
+            threading.Thread(target=self._pipe, args=(client, upstream), daemon=True).start()
+
+    @staticmethod
+    def _pipe(a: socket.socket, b: socket.socket) -> None:
+        sel = selectors.DefaultSelector()
+        sel.register(a, selectors.EVENT_READ, b)
+        sel.register(b, selectors.EVENT_READ, a)
+        try:
+            while True:
+                for key, _ in sel.select(timeout=1.0):
+                    data = key.fileobj.recv(65536)  # type: ignore[union-attr]
+                    if not data:
+                        return
+                    key.data.sendall(data)
+        except (OSError, ValueError):
+            return
+        finally:
+            sel.close()
+            for s in (a, b):
+                with contextlib.suppress(OSError):
+                    s.close()
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float, message: str,
+             workers: list[ChaosWorker] | None = None) -> Any:
+    """Poll until true or the deadline; the workers' log tails in the failure message."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = predicate()
+        if last:
+            return last
+        time.sleep(0.3)
+    tails = "\n".join(f"--- {w.name}\n{w.text()[-2000:]}" for w in workers or [])
+    raise AssertionError(f"timed out after {timeout}s: {message}; last={last!r}\n{tails}")
+
+
+def lag(env: PipelineEnv) -> int:
+    return sum(env.lag(t) for t in ("inventory.deltas", "inventory.stock-updates"))
+
+
+def wait_converged(env: PipelineEnv, workers: list[ChaosWorker], timeout: float = 300) -> float:
+    """Seconds until every input record is committed by the group."""
+    started = time.monotonic()
+    wait_for(lambda: lag(env) == 0, timeout, "the group to consume everything", workers)
+    return time.monotonic() - started
+
+
+def outcome(env: PipelineEnv, valid: list[dict[str, Any]],
+            malformed: list[tuple[bytes, bytes, str]]) -> dict[str, int]:
+    """Events sent, effective changes the reference model expects, and how many of them are
+    missing (lost) or present more than once (duplicated) in inventory.changes; dead letters
+    written twice."""
+    ref = reference_run(valid, dedup_per_key=True)
+    changes = env.read_topic("inventory.changes", "InventoryChange", expect=len(ref.changes))
+    seen = Counter((c["supplier_id"], c["sku"], c["version"]) for _, c in changes)
+    expected = {(c["supplier_id"], c["sku"], c["version"]) for c in ref.changes}
+    dead = env.read_topic("inventory.deadletter", "DeadLetter", expect=len(malformed))
+    sources = Counter((d["source_partition"], d["source_offset"]) for _, d in dead)
+    return {
+        "events": len(valid) + len(malformed),
+        "expected_changes": len(expected),
+        "lost": len(expected - set(seen)),
+        "duplicated": sum(n - 1 for n in seen.values() if n > 1),
+        "unexpected": len(set(seen) - expected),
+        "dead_letters_twice": sum(1 for n in sources.values() if n > 1),
+    }
+
+
+def check_and_record(case: str, faults: str, env: PipelineEnv, valid: list[dict[str, Any]],
+                     malformed: list[tuple[bytes, bytes, str]], *, converge_s: float,
+                     lag_at_chaos_end: int, extra: dict[str, Any] | None = None) -> None:
+    """Record the case's numbers, then assert the end state: the reference model's tables,
+    one change per effective change, the change chain, no dead letter twice."""
+    numbers = outcome(env, valid, malformed)
+    row = {"case": case, "faults": faults, "full": full(), **numbers,
+           "converge_s": round(converge_s, 1), "lag_at_chaos_end": lag_at_chaos_end,
+           "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **(extra or {})}
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    with RESULTS.open("a") as fh:
+        fh.write(json.dumps(row) + "\n")
+    assert numbers["lost"] == 0 and numbers["duplicated"] == 0 and \
+        numbers["unexpected"] == 0, row
+    assert numbers["dead_letters_twice"] == 0, row
+    assert_end_state(env, valid, malformed)
+    assert_change_chain(env)
+
+
+def stop_all(workers: list[ChaosWorker]) -> None:
+    for w in workers:
+        if w.proc is not None:
+            w.signal(signal.SIGCONT)  # a paused worker cannot die of SIGKILL's cleanup wait
+            w.stop(signal.SIGKILL)
+
