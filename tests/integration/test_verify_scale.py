@@ -119,6 +119,13 @@ def test_verify_is_clean_at_10k_keys_with_bounded_connections(env: PipelineEnv) 
     # --json is quiet: no progress on stderr, only the report on stdout.
     assert "fold" not in proc.stderr
 
+    # --sample reads those SKUs one by one (Cassandra, Redis) and only their table keys.
+    proc, _ = run_verify(env, "--settle", "0", "--json", "--sample", "500", "--seed", "1")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    sampled = {store: s["checked"] for store, s in json.loads(proc.stdout)["stores"].items()}
+    assert sampled == {"cassandra": 500, "redis": 500, "table:stock": 1000,
+                       "table:availability": 500}
+
 
 def test_verify_names_key_store_expected_and_found_of_injected_drift(env: PipelineEnv) -> None:
     import redis
