@@ -9,7 +9,7 @@ whole time (the supplier pipeline running):
 3. reads: `GET /v1/inventory/{sku}` through the API, and the Redis reads it makes
    (the availability hash and the reserved units) timed alone.
 
-    python -m bench.reservations [--holds 20000] [--rate 500] [--seconds 10]
+    python -m bench.reservations [--holds 20000] [--rate 200,500] [--seconds 10]
 """
 
 from __future__ import annotations
@@ -163,7 +163,7 @@ async def _reads(base: str, settings: Any, n: int) -> dict[str, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--holds", type=int, default=20_000)
-    parser.add_argument("--rate", type=float, default=500.0)
+    parser.add_argument("--rate", default="500", help="holds/s through the API; a,b,c: each")
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--reads", type=int, default=5000)
     parser.add_argument("--supplier-rate", type=float, default=200.0)
@@ -212,7 +212,8 @@ def main() -> None:
         threading.Thread(target=_supplier_load, args=(env, stop, args.supplier_rate),
                          daemon=True).start()
         result = {"throughput": _throughput(env, args.holds),
-                  "latency": asyncio.run(_latency(base, args.rate, args.seconds)),
+                  "latency": [asyncio.run(_latency(base, float(rate), args.seconds))
+                              for rate in args.rate.split(",")],
                   "reads": asyncio.run(_reads(base, env.settings, args.reads)),
                   "supplier_rate": args.supplier_rate, "load_average": os.getloadavg()[0]}
         print(json.dumps(result, indent=2))
