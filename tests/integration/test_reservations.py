@@ -205,6 +205,48 @@ def test_holds_survive_a_worker_sigkill_and_an_api_restart_mid_burst(stack: Stac
     check_exactly(stack, "BURST-2", answers, 10)
 
 
+def test_reads_etag_pagination_errors_and_operations(stack: Stack) -> None:
+    import urllib.error
+    import urllib.request
+
+    for i in range(3):
+        stack.supply(f"READ-{i}", 10 + i)
+    for i in range(3):
+        stack.wait_available(f"READ-{i}", 10 + i)
+
+    def raw(path: str, headers: dict[str, str] | None = None) -> tuple[int, Any, bytes]:
+        request = urllib.request.Request(stack.base + path, headers=headers or {})
+        try:
+            with urllib.request.urlopen(request, timeout=10) as r:
+                return r.status, r.headers, r.read()  # names case-insensitive
+        except urllib.error.HTTPError as exc:
+            return exc.code, exc.headers, exc.read()
+
+    auth = {"X-API-Key": KEY}
+    status, headers, body = raw("/v1/inventory/READ-1", auth)
+    assert status == 200 and json.loads(body)["supplier_total"] == 11
+    assert raw("/v1/inventory/READ-1", {**auth, "If-None-Match": headers["ETag"]})[0] == 304
+    strong = json.loads(raw("/v1/inventory/READ-1?consistency=strong", auth)[2])
+    assert strong["source"] == "cassandra" and strong["supplier_total"] == 11
+    assert raw("/v1/inventory/NOPE", auth)[0] == 404
+    assert raw("/v1/inventory/READ-1")[0] == 401
+    status, _, body = raw("/v1/inventory?limit=0", auth)
+    assert status == 422 and json.loads(body)["field"] == "limit"
+    # Every page, cursor after cursor: each SKU once.
+    seen: list[str] = []
+    cursor = "0"
+    while True:
+        page = json.loads(raw(f"/v1/inventory?limit=2&cursor={cursor}", auth)[2])
+        seen += [i["platform_sku"] for i in page["items"]]
+        if page["next_cursor"] is None:
+            break
+        cursor = page["next_cursor"]
+    assert {f"READ-{i}" for i in range(3)} <= set(seen) and len(seen) == len(set(seen))
+    assert raw("/docs")[0] == 200 and "/v1/reservations" in json.loads(
+        raw("/openapi.json")[2])["paths"]
+    assert b"stockflow_api_requests_total" in raw("/metrics")[2]
+
+
 def test_confirmed_sale_counts_until_a_later_snapshot_reflects_it(stack: Stack) -> None:
     """Expiry, release, confirm and the snapshot that reflects the sale, against a model."""
     import urllib.request
