@@ -47,6 +47,9 @@ class ChaosWorker(Worker):
         with contextlib.suppress(ProcessLookupError):
             os.killpg(self.proc.pid, sig)
 
+    def full_text(self) -> str:
+        return "\n".join(p.read_text(errors="replace") for p in self.logs)
+
     def assigned(self) -> int:
         """How many partitions the worker holds after its latest assignment."""
         events = self.events("runtime.partitions_assigned")
