@@ -82,6 +82,12 @@ except ImportError:  # pragma: no cover - aiokafka without its compiled records
     _put_long = _put_long_py
 
 
+# The one-byte longs: _ZIGZAG[v] for v in -64..63 (negative from the end), and back.
+_ZIGZAG = [(v << 1) ^ (v >> 63) for v in range(64)] + [(v << 1) ^ (v >> 63)
+                                                       for v in range(-64, 0)]
+_UNZIGZAG = tuple((b >> 1) ^ -(b & 1) for b in range(128))
+
+
 def _zigzag_byte(i: int) -> int:
     return (i << 1) ^ (i >> 63)
 
@@ -148,9 +154,9 @@ class _EncoderSource(_Source):
             if kind not in _PRIMITIVES and kind != "enum":
                 raise Unsupported(f"union {schema!r}")
             self.line(depth, f"if {value} is None:")
-            self.line(depth + 1, f"out.append({_zigzag_byte(null_index)})")
+            self.line(depth + 1, f"append({_zigzag_byte(null_index)})")
             self.line(depth, "else:")
-            self.line(depth + 1, f"out.append({_zigzag_byte(1 - null_index)})")
+            self.line(depth + 1, f"append({_zigzag_byte(1 - null_index)})")
             self.emit_branch(branch, value, depth + 1)
             return
         scope = self.named_scope(schema)
@@ -172,7 +178,7 @@ class _EncoderSource(_Source):
             self.line(depth + 1, "raise Fallback")
             self.sized(value, depth)
         elif kind == "boolean":
-            self.line(depth, f"out.append(1 if {value} else 0)")  # fastavro: truthiness
+            self.line(depth, f"append(1 if {value} else 0)")  # fastavro: truthiness
         elif kind == "map":
             self.blocks(schema, value, depth, is_map=True)
         elif kind == "array":
@@ -181,8 +187,9 @@ class _EncoderSource(_Source):
             raise Unsupported(f"type {kind!r}")
 
     def put_long(self, value: str, depth: int) -> None:
+        # -64..63 index the zigzag table (from its end when negative); a float raises.
         self.line(depth, f"if -64 <= {value} < 64:")
-        self.line(depth + 1, f"out.append(({value} << 1) ^ ({value} >> 63))")
+        self.line(depth + 1, f"append(_ZIGZAG[{value}])")
         # A float, a numpy int, ...: fastavro's own conversion decides. An int beyond 64
         # bits is an OverflowError in _put_long, and fastavro's error follows.
         self.line(depth, f"elif {value}.__class__ is int:")
@@ -217,7 +224,7 @@ class _EncoderSource(_Source):
         size = self.fresh("n")
         self.line(depth, f"{size} = len({encoded})")
         self.line(depth, f"if {size} < 64:")
-        self.line(depth + 1, f"out.append({size} << 1)")
+        self.line(depth + 1, f"append({size} << 1)")
         self.line(depth, "else:")
         self.line(depth + 1, f"_put_long({size}, append)")
         self.line(depth, f"out += {encoded}")
@@ -251,7 +258,7 @@ class _EncoderSource(_Source):
         self.line(depth, f"{size} = len({value})")
         self.line(depth, f"if {size}:")
         self.line(depth + 1, f"if {size} < 64:")
-        self.line(depth + 2, f"out.append({size} << 1)")
+        self.line(depth + 2, f"append({size} << 1)")
         self.line(depth + 1, "else:")
         self.line(depth + 2, f"_put_long({size}, append)")
         item = self.fresh("x")
@@ -263,7 +270,7 @@ class _EncoderSource(_Source):
         else:
             self.line(depth + 1, f"for {item} in {value}:")
             self.emit(schema["items"], item, depth + 2)
-        self.line(depth, "out.append(0)")
+        self.line(depth, "append(0)")
 
     def function(self, schema: dict[str, Any], header: bytes) -> str:
         self.line(0, "def encode(record):")
@@ -313,7 +320,7 @@ class _DecoderSource(_Source):
         elif kind in ("string", "bytes"):
             end = self.fresh("e")
             self.line(depth, "b = data[pos]")
-            self.line(depth, "if b < 128 and not b & 1:")
+            self.line(depth, "if not b & 0x81:")  # one byte, not negative
             self.line(depth + 1, "pos += 1")
             self.line(depth + 1, f"{end} = pos + (b >> 1)")
             self.line(depth, "else:")
@@ -344,7 +351,7 @@ class _DecoderSource(_Source):
     def long(self, target: str, depth: int) -> None:
         self.line(depth, "b = data[pos]")
         self.line(depth, "if b < 128:")
-        self.line(depth + 1, f"{target} = (b >> 1) ^ -(b & 1)")
+        self.line(depth + 1, f"{target} = _UNZIGZAG[b]")
         self.line(depth + 1, "pos += 1")
         self.line(depth, "else:")
         self.line(depth + 1, f"{target}, pos = _get_long(data, pos)")
@@ -417,7 +424,8 @@ def _named(parsed_schema: Any) -> dict[str, Any]:
 def _compile(source: _Source, text: str, name: str) -> Any:
     env: dict[str, Any] = {"Fallback": Fallback, "_put_long": _put_long,
                            "_get_long": _get_long, "_encode": str.encode,
-                           "_PADDING": bytes(10), "__builtins__": __builtins__}
+                           "_PADDING": bytes(10), "_ZIGZAG": _ZIGZAG, "_UNZIGZAG": _UNZIGZAG,
+                           "len": len, "__builtins__": __builtins__}
     env.update(source.consts)
     # The source is built from the schema alone, never from data.
     exec(compile(text, f"<fastcode {name}>", "exec"), env)
