@@ -191,6 +191,8 @@ class BatchRuntime(Service):
             **s.confluent_config(), "group.id": f"{s.app_id}-restore",
             "enable.auto.commit": False, "isolation.level": "read_committed",
             "enable.partition.eof": True, "auto.offset.reset": "earliest", "log_level": 3,
+            # A partition with nothing after the store's offset must not wait out a fetch.
+            "fetch.wait.max.ms": 10,
         })
         self.consumer = Consumer(self._consumer_config())
         self.consumer.subscribe(list(self.routes), on_assign=self._on_assign,
@@ -323,16 +325,23 @@ class BatchRuntime(Service):
             else:
                 records.append(msg)
         now_ms = int(time.time() * 1000)
-        for topic, channel in self.routes.items():  # in topology order
+        if self.exactly_once and not self.in_txn:
+            self.producer.begin_transaction()
+            self.in_txn = True
+        # The agents of different topics share no table: they run at once, so one agent's
+        # CPU work overlaps another's wait for Cassandra or Redis. Their outputs join the
+        # same transaction.
+        batches = []
+        for topic, channel in self.routes.items():
             records = by_topic.get(topic)
-            if not records:
-                continue
-            if self.exactly_once and not self.in_txn:
-                self.producer.begin_transaction()
-                self.in_txn = True
-            batch = Batch(topic=topic, records=records, send=self._send, now_ms=now_ms)
-            await channel.put(batch)  # type: ignore[arg-type]  # a Batch is the event
-            await batch.done
+            if records:
+                batch = Batch(topic=topic, records=records, send=self._send, now_ms=now_ms)
+                await channel.put(batch)  # type: ignore[arg-type]  # a Batch is the event
+                batches.append(batch)
+        results = await asyncio.gather(*(b.done for b in batches), return_exceptions=True)
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result
         positions = self.positions
         for msg in msgs:
             positions[(msg.topic(), msg.partition())] = msg.offset() + 1
@@ -550,11 +559,8 @@ class BatchRuntime(Service):
         except Exception as exc:  # the ids only guard against a recreated changelog
             log.warning("runtime.topic_ids_unavailable", error=str(exc))
             self._topic_ids = {}
-        restored = 0
-        for tp in partitions:
-            table = self.tables_by_topic.get(tp.topic)
-            if table is not None:
-                restored += self._restore(table, tp.partition)
+        restored = self._restore([(self.tables_by_topic[tp.topic], tp.partition)
+                                  for tp in partitions if tp.topic in self.tables_by_topic])
         self.assignment |= {(tp.topic, tp.partition) for tp in partitions}
         self.rebalancing = False
         if not self.ready and self.rebalances == 1:
@@ -564,9 +570,61 @@ class BatchRuntime(Service):
                  changelog_records_restored=restored,
                  seconds=round(time.monotonic() - started, 3))
 
-    def _restore(self, table: BatchTable, partition: int) -> int:
-        """Open a partition's store and catch it up from its changelog; returns records read."""
+    def _restore(self, targets: list[tuple[BatchTable, int]]) -> int:
+        """Open the partitions' stores and catch each up from its changelog, all partitions in
+        one pass of the restore consumer (a changelog that ends in a commit marker has nothing
+        to read but still needs its end-of-partition event); returns the records read."""
         from confluent_kafka import KafkaError, TopicPartition
+
+        pending: dict[tuple[str, int], tuple[BatchTable, int]] = {}
+        assign = []
+        for table, partition in targets:
+            start = self._open_checked(table, partition)
+            if start is not None:
+                topic = table.changelog_name
+                pending[(topic, partition)] = (table, start)
+                assign.append(TopicPartition(topic, partition, start))
+        if not assign:
+            return 0
+        read = 0
+        rows: dict[tuple[str, int], list[tuple[bytes, bytes]]] = {tp: [] for tp in pending}
+        next_offset = {tp: start for tp, (_t, start) in pending.items()}
+        done: set[tuple[str, int]] = set()
+
+        def apply(tp: tuple[str, int]) -> None:
+            nonlocal read
+            if rows[tp]:
+                pending[tp][0].apply_changelog(tp[1], rows[tp], next_offset[tp])
+                read += len(rows[tp])
+                rows[tp] = []
+
+        self.restorer.assign(assign)
+        try:
+            while len(done) < len(pending):
+                for msg in self.restorer.consume(num_messages=5000, timeout=1.0):
+                    tp = (msg.topic(), msg.partition())
+                    err = msg.error()
+                    if err is not None:
+                        if err.code() == KafkaError._PARTITION_EOF:
+                            done.add(tp)
+                            apply(tp)
+                            continue
+                        raise RuntimeError_(f"restoring {tp[0]}[{tp[1]}]: {err}")
+                    rows[tp].append((msg.key(), msg.value()))
+                    next_offset[tp] = msg.offset() + 1
+                    if len(rows[tp]) >= 20_000:
+                        apply(tp)
+        finally:
+            self.restorer.unassign()
+        for tp in pending:
+            apply(tp)
+        log.info("runtime.tables_restored", partitions=len(pending), records=read)
+        return read
+
+    def _open_checked(self, table: BatchTable, partition: int) -> int | None:
+        """Open a partition's store; the changelog offset to restore from, or None if the
+        store is up to date. A store whose changelog was recreated is discarded first."""
+        from confluent_kafka import TopicPartition
 
         topic = table.changelog_name
         start = table.open_partition(partition)
@@ -585,39 +643,7 @@ class BatchRuntime(Service):
         if topic_id:
             part.db.put(TOPIC_ID_KEY, topic_id.encode())
         start = max(start, low)
-        if start >= high:
-            return 0
-        self.restorer.assign([TopicPartition(topic, partition, start)])
-        read = 0
-        rows: list[tuple[bytes, bytes]] = []
-        next_offset = start
-        try:
-            while True:
-                msgs = self.restorer.consume(num_messages=5000, timeout=1.0)
-                eof = False
-                for msg in msgs:
-                    err = msg.error()
-                    if err is not None:
-                        if err.code() == KafkaError._PARTITION_EOF:
-                            eof = True
-                            continue
-                        raise RuntimeError_(f"restoring {topic}[{partition}]: {err}")
-                    rows.append((msg.key(), msg.value()))
-                    next_offset = msg.offset() + 1
-                if rows and (len(rows) >= 20_000 or eof):
-                    table.apply_changelog(partition, rows, next_offset)
-                    read += len(rows)
-                    rows = []
-                if eof:
-                    break
-        finally:
-            self.restorer.unassign()
-        if rows:
-            table.apply_changelog(partition, rows, next_offset)
-            read += len(rows)
-        log.info("runtime.table_restored", table=table.name, partition=partition,
-                 records=read, from_offset=start)
-        return read
+        return start if start < high else None
 
     # -- introspection -------------------------------------------------------------------------
     def uncommitted(self) -> dict[tuple[str, int], int]:
