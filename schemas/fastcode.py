@@ -12,9 +12,10 @@ to be short, a union or enum index it does not know) raises, and the caller then
 itself, which gives the bytes, the value or the error it always gave. So the fast path only
 has to be identical to fastavro on what it accepts, and that is what the tests check.
 
-Supported: null-free records of string, bytes, int, long, boolean, enum, map, array, nested
-records, and two-branch unions of null with string, bytes, int, long, boolean or enum. A schema
-with anything else (float, double, fixed, logical types, other unions) gets no fast path.
+Supported: records (nested too) of string, bytes, int, long, boolean, enum, map and array,
+and unions of null with one other type (to encode: with a primitive or an enum, the ones whose
+fastavro validation is re-created here). A schema with anything else (float, double, fixed,
+logical types, other unions) gets no generated function and stays with fastavro.
 """
 
 from __future__ import annotations
