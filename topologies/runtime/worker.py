@@ -601,7 +601,7 @@ class BatchRuntime(Service):
         self.restorer.assign(assign)
         try:
             while len(done) < len(pending):
-                for msg in self.restorer.consume(num_messages=5000, timeout=1.0):
+                for msg in self.restorer.consume(num_messages=5000, timeout=0.05):
                     tp = (msg.topic(), msg.partition())
                     err = msg.error()
                     if err is not None:
