@@ -1,0 +1,105 @@
+"""Case 2: on the three-broker cluster (`stockflow stack up --brokers 3`), topics replicated 3
+with min.insync.replicas 2; one broker SIGKILLed under load and restarted, then (full suite)
+the broker of the active controller. The end state is the reference model's."""
+
+from __future__ import annotations
+
+import random
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from pipeline.settings import Settings
+from pipeline.stack import KafkaCluster
+from tests.integration.pipeline_harness import PipelineEnv
+from tests.integration.test_pipeline_e2e import build_workload
+from tests.reliability.chaos import (
+    ChaosWorker,
+    Feeder,
+    check_and_record,
+    full,
+    lag,
+    stop_all,
+    wait_converged,
+    wait_for,
+)
+
+PARTITIONS = 6
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Any:
+    """The 3-broker cluster, started if it is not running (and then stopped afterwards)."""
+    c = KafkaCluster(Settings(), brokers=3)
+    was_up = c.live_brokers() == 3
+    c.up(timeout=300)
+    yield c
+    if not was_up:
+        c.down()
+    else:
+        for node in c.nodes:  # leave it as it was found: every broker running
+            c.start_broker(node)
+
+
+@pytest.fixture
+def env(tmp_path: Path, cluster: KafkaCluster) -> Any:
+    e = PipelineEnv(tmp_path, partitions=PARTITIONS, extra_env={
+        "STOCKFLOW_KAFKA_BOOTSTRAP_SERVERS": cluster.bootstrap_servers,
+        "STOCKFLOW_KAFKA_REPLICATION_FACTOR": "3",
+        "STOCKFLOW_KAFKA_MIN_INSYNC_REPLICAS": "2",
+        "STOCKFLOW_SINK_ENABLED": "false", "STOCKFLOW_CACHE_ENABLED": "false"}).setup()
+    yield e
+    e.cleanup()
+
+
+def assert_replicated(env: PipelineEnv) -> None:
+    from confluent_kafka.admin import AdminClient, ConfigResource
+
+    admin = AdminClient(env.settings.confluent_config())
+    topics = admin.list_topics(timeout=10).topics
+    for name in (env.topic("inventory.deltas"), f"{env.settings.app_id}-stock-changelog"):
+        assert {len(p.replicas) for p in topics[name].partitions.values()} == {3}, name
+        res = ConfigResource(ConfigResource.Type.TOPIC, name)
+        conf = admin.describe_configs([res])[res].result(timeout=10)
+        assert conf["min.insync.replicas"].value == "2", name
+
+
+def test_broker_sigkilled_under_load_and_restarted(env: PipelineEnv,
+                                                    cluster: KafkaCluster) -> None:
+    rng = random.Random(int(time.time()))
+    valid, malformed = build_workload(seed=71, target_events=20_000 if full() else 9_000)
+    worker = ChaosWorker(env, "worker")
+    faults: list[str] = []
+    try:
+        worker.start()
+        wait_for(lambda: worker.assigned() > 0, 180, "worker assigned", [worker])
+        assert_replicated(env)
+        feeder = Feeder(env, valid, malformed, chunks=16, pause_s=0.8)
+        feeder.start()
+        controller = cluster.controller()
+        others = [n for n in cluster.nodes if n != controller]
+        victims = [rng.choice(others)] + ([controller] if full() and controller else [])
+        for node in victims:
+            wait_for(lambda n=feeder.sent_chunks: feeder.sent_chunks >= n + 2, 120, "load",
+                     [worker])
+            role = "controller" if node == controller else "broker"
+            assert cluster.stop_broker(node, signal.SIGKILL)
+            down_at = time.monotonic()
+            wait_for(lambda n=feeder.sent_chunks: feeder.sent_chunks >= n + 3, 120,
+                     "load with a broker down", [worker])
+            cluster.start_broker(node)
+            wait_for(lambda: cluster.live_brokers() == 3, 180, "the broker back", [worker])
+            faults.append(f"{role} {node} SIGKILL, back after "
+                          f"{time.monotonic() - down_at:.0f}s")
+        lag_at_end = lag(env)
+        feeder.finish()
+        converge_s = wait_converged(env, [worker])
+        assert worker.running, worker.text()
+        check_and_record("2 broker loss (3 brokers)", "; ".join(faults), env, valid, malformed,
+                         converge_s=converge_s, lag_at_chaos_end=lag_at_end,
+                         extra={"aborts_logged": len(worker.events("runtime.rewound"))})
+    finally:
+        stop_all([worker])
