@@ -1,5 +1,5 @@
 # The two commands of the README, and a few more for development.
-.PHONY: demo test test-unit lint stack-up stack-down bench
+.PHONY: demo test test-unit test-reliability lint stack-up stack-down bench
 
 VENV := .venv/bin
 
@@ -15,6 +15,13 @@ demo: $(VENV)/stockflow
 test: $(VENV)/stockflow
 	$(VENV)/stockflow stack up
 	$(VENV)/pytest
+
+## The reliability suite in full (docs/reliability.md): worker churn x5, broker and
+## controller loss on the 3-broker cluster, stores cut in a rebalance, a zombie, disk full.
+## `make test` runs a trimmed version of it.
+test-reliability: $(VENV)/stockflow
+	$(VENV)/stockflow stack up
+	STOCKFLOW_RELIABILITY_FULL=1 $(VENV)/pytest -m reliability tests/reliability
 
 test-unit: $(VENV)/stockflow
 	$(VENV)/pytest tests/unit tests/agents

@@ -188,9 +188,15 @@ async def _write_then_emit(sink: StockSink, updates: list[dict[str, Any]],
         trace.child("cassandra.write", started_ns, written_ns, **{"db.system": "cassandra",
                     "stockflow.rows": len(updates)})
         # updates and changes are parallel: each written update made exactly one change.
+        wanted, incoming = trace.wanted, trace.incoming
         for update, change in zip(updates, changes, strict=True):
             msg = origins[id(update)]
             pos = (msg.partition(), msg.offset())
+            if pos not in wanted:
+                raw = incoming.get(pos)  # passed on as it came
+                send(CHANGES_TOPIC, change["platform_sku"].encode(), encode(change), None,
+                     None if raw is None else [(tracing.TRACEPARENT, raw)])
+                continue
             if trace.is_recorded(pos):
                 context = trace.record(
                     pos, attributes={"stockflow.outcome": "changed",

@@ -95,23 +95,24 @@ def _send_traced(trace: tracing.BatchTrace, groups: dict[tuple[int, bytes | None
     assert out.trail is not None
     dead_by_pos = {(dl["source_partition"], dl["source_offset"]): dl
                    for _key, dl in out.dead_letters}
-    context_of: dict[int, Any] = {}  # id(output record) -> trace context for its headers
+    headers_for: dict[int, Any] = {}  # id(output record) -> its Kafka headers
     trail = iter(out.trail)  # one entry per record, in the order the groups ran
     now_ns = time.time_ns()
     force_dead = tracing.dead_letters_recorded()
     invalid = INVALID + ":"
+    wanted, incoming, headers_of = trace.wanted, trace.incoming, tracing.headers_of
     for (partition, _key), recs in groups.items():
         for rec in recs:
             _offset, outcome, update = next(trail)
             pos = (partition, rec.offset)
             dead = outcome.startswith(invalid)
-            if not trace.is_recorded(pos, dead and force_dead):
-                # Most records at a low ratio: their traceparent passes on as it came.
-                raw = trace.passed_on(pos)
-                if raw is not None:
-                    output = update if update is not None else dead_by_pos.get(pos)
-                    if output is not None:
-                        context_of[id(output)] = raw
+            if pos not in wanted and not (dead and force_dead):
+                # Most records at a low ratio: the update takes the traceparent as it came
+                # (kept as short as it is: it runs for nearly every record).
+                if update is not None:
+                    raw = incoming.get(pos)
+                    if raw is not None:
+                        headers_for[id(update)] = [(tracing.TRACEPARENT, raw)]
                 continue
             if dead:
                 reason = outcome[len(invalid):]
@@ -125,7 +126,7 @@ def _send_traced(trace: tracing.BatchTrace, groups: dict[tuple[int, bytes | None
                         "stockflow.dead_letter.detail": dl["message"][:500] if dl else ""})],
                     force=force_dead, end_ns=now_ns)
                 if dl is not None:
-                    context_of[id(dl)] = context
+                    headers_for[id(dl)] = headers_of(context)
                 continue
             attributes: dict[str, Any] = {"stockflow.outcome": outcome}
             if update is not None:
@@ -137,17 +138,16 @@ def _send_traced(trace: tracing.BatchTrace, groups: dict[tuple[int, bytes | None
                     "stockflow.version": update["version"]})
             context = trace.record(pos, attributes=attributes, end_ns=now_ns)
             if update is not None:
-                context_of[id(update)] = context
-    headers_of = tracing.headers_of
+                headers_for[id(update)] = headers_of(context)
+    headers_get = headers_for.get
     encode_update = _UPDATE.encode
     for update in out.updates:
         send(STOCK_UPDATES_TOPIC, update["platform_sku"].encode(), encode_update(update),
-             None, headers_of(context_of.get(id(update))))
+             None, headers_get(id(update)))
     for key, resync in out.resyncs:
         send(RESYNC_TOPIC, key, _RESYNC.encode(resync), None)
     for dl_key, dl in out.dead_letters:
-        send(DEADLETTER_TOPIC, dl_key, _DEAD_LETTER.encode(dl), None,
-             headers_of(context_of.get(id(dl))))
+        send(DEADLETTER_TOPIC, dl_key, _DEAD_LETTER.encode(dl), None, headers_get(id(dl)))
     trace.finish()
 
 

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from typing import Any
 
 from tests.integration.pipeline_harness import ROOT, PipelineEnv, free_port
-from tests.integration.test_pipeline_e2e import assert_end_state, send_all
+from tests.integration.test_pipeline_e2e import assert_end_state, build_workload, send_all
 from tests.integration.test_rebalance import Worker, assert_change_chain
 from tests.unit.reference_model import reference_run
 
@@ -29,6 +29,17 @@ RESULTS = ROOT / ".stockflow" / "reliability" / "results.jsonl"
 def full() -> bool:
     """The full suite (`make test-reliability`), not the trimmed one `make test` runs."""
     return os.environ.get("STOCKFLOW_RELIABILITY_FULL") == "1"
+
+
+def workload(seed: int, full_events: int) -> tuple[list[dict[str, Any]],
+                                                  list[tuple[bytes, bytes, str]]]:
+    """The messy workload of the end-to-end test; the trimmed suite keeps a third of its keys
+    (each kept key with all its events, in order, so the reference model still applies)."""
+    valid, malformed = build_workload(seed=seed, target_events=full_events if full() else 9_000)
+    if full():
+        return valid, malformed
+    kept = [d for d in valid if int(d["sku"].rsplit("-", 1)[1]) % 3 == 0]
+    return kept, malformed[: len(malformed) // 3]
 
 
 class ChaosWorker(Worker):

@@ -15,7 +15,6 @@ import pytest
 from pipeline.settings import Settings
 from pipeline.stack import KafkaCluster
 from tests.integration.pipeline_harness import PipelineEnv
-from tests.integration.test_pipeline_e2e import build_workload
 from tests.reliability.chaos import (
     ChaosWorker,
     Feeder,
@@ -25,6 +24,7 @@ from tests.reliability.chaos import (
     stop_all,
     wait_converged,
     wait_for,
+    workload,
 )
 
 PARTITIONS = 6
@@ -70,7 +70,7 @@ def assert_replicated(env: PipelineEnv) -> None:
 def test_broker_sigkilled_under_load_and_restarted(env: PipelineEnv,
                                                     cluster: KafkaCluster) -> None:
     rng = random.Random(int(time.time()))
-    valid, malformed = build_workload(seed=71, target_events=20_000 if full() else 9_000)
+    valid, malformed = workload(71, 20_000)
     worker = ChaosWorker(env, "worker")
     faults: list[str] = []
     try:

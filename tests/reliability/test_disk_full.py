@@ -14,16 +14,15 @@ from typing import Any
 import pytest
 
 from tests.integration.pipeline_harness import PipelineEnv
-from tests.integration.test_pipeline_e2e import build_workload
 from tests.reliability.chaos import (
     ChaosWorker,
     Feeder,
     check_and_record,
-    full,
     lag,
     stop_all,
     wait_converged,
     wait_for,
+    workload,
 )
 
 PARTITIONS = 4
@@ -69,7 +68,7 @@ def fill(directory: Path) -> Path:
 
 def test_full_state_disk_stops_the_worker_clearly_and_loses_nothing(
         env: PipelineEnv, state_dir: Path) -> None:
-    valid, malformed = build_workload(seed=53, target_events=20_000 if full() else 9_000)
+    valid, malformed = workload(53, 20_000)
     worker = ChaosWorker(env, "worker", STOCKFLOW_DATA_DIR=str(state_dir / "worker"))
     try:
         worker.start()

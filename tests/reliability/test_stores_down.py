@@ -14,7 +14,6 @@ from typing import Any
 import pytest
 
 from tests.integration.pipeline_harness import PipelineEnv
-from tests.integration.test_pipeline_e2e import build_workload
 from tests.reliability.chaos import (
     ChaosWorker,
     Feeder,
@@ -25,6 +24,7 @@ from tests.reliability.chaos import (
     stop_all,
     wait_converged,
     wait_for,
+    workload,
 )
 
 PARTITIONS = 4
@@ -40,7 +40,7 @@ def env(tmp_path: Path) -> Any:
 def test_cassandra_and_redis_down_during_a_rebalance(env: PipelineEnv) -> None:
     from urllib.parse import urlparse
 
-    valid, malformed = build_workload(seed=61, target_events=20_000 if full() else 9_000)
+    valid, malformed = workload(61, 20_000)
     redis_url = urlparse(env.settings.redis_url.get_secret_value())
     cassandra = TcpProxy(env.settings.cassandra_port).start()
     redis = TcpProxy(redis_url.port or 6379).start()
@@ -49,7 +49,7 @@ def test_cassandra_and_redis_down_during_a_rebalance(env: PipelineEnv) -> None:
                    netloc=f"{redis_url.hostname}:{redis.port}").geturl()}
     a, b = ChaosWorker(env, "a", **proxied), ChaosWorker(env, "b", **proxied)
     workers = [a, b]
-    outage_s = 30.0 if full() else 15.0
+    outage_s = 30.0 if full() else 10.0
     try:
         a.start()
         wait_for(lambda: a.assigned() > 0, 120, "A assigned", workers)

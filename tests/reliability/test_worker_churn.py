@@ -12,7 +12,6 @@ from typing import Any
 import pytest
 
 from tests.integration.pipeline_harness import PipelineEnv
-from tests.integration.test_pipeline_e2e import build_workload
 from tests.reliability.chaos import (
     ChaosWorker,
     Feeder,
@@ -22,6 +21,7 @@ from tests.reliability.chaos import (
     stop_all,
     wait_converged,
     wait_for,
+    workload,
 )
 
 PARTITIONS = 12
@@ -39,7 +39,7 @@ def env(tmp_path: Path) -> Any:
 def test_workers_join_leave_and_die_under_load(env: PipelineEnv) -> None:
     rounds = 5 if full() else 1
     rng = random.Random(int(time.time()))
-    valid, malformed = build_workload(seed=31, target_events=30_000 if full() else 9_000)
+    valid, malformed = workload(31, 30_000)
     pool = [ChaosWorker(env, f"w{i}") for i in range(4 + rounds)]
     faults: list[str] = []
     try:

@@ -12,16 +12,15 @@ from typing import Any
 import pytest
 
 from tests.integration.pipeline_harness import PipelineEnv
-from tests.integration.test_pipeline_e2e import build_workload
 from tests.reliability.chaos import (
     ChaosWorker,
     Feeder,
     check_and_record,
-    full,
     lag,
     stop_all,
     wait_converged,
     wait_for,
+    workload,
 )
 
 PARTITIONS = 4
@@ -39,7 +38,7 @@ def env(tmp_path: Path) -> Any:
 
 
 def test_paused_worker_is_fenced_and_its_late_writes_change_nothing(env: PipelineEnv) -> None:
-    valid, malformed = build_workload(seed=41, target_events=20_000 if full() else 9_000)
+    valid, malformed = workload(41, 20_000)
     a, b = ChaosWorker(env, "zombie"), ChaosWorker(env, "survivor")
     workers = [a, b]
     try:
