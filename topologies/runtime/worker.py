@@ -46,11 +46,11 @@ log = get_logger("stockflow.runtime")
 TOPIC_ID_KEY = b"\x00changelog-topic-id"
 
 
-class RuntimeError_(StockflowError):
+class WorkerRuntimeError(StockflowError):
     """The batch runtime cannot go on (a fatal Kafka error, an agent that keeps failing)."""
 
 
-class FatalRuntimeError(RuntimeError_):
+class FatalRuntimeError(WorkerRuntimeError):
     """State the runtime cannot repair in place: the worker stops (a restart restores it)."""
 
 
@@ -130,7 +130,7 @@ class BatchRuntime(Service):
         for table in self.tables:
             table.tabledir = self.settings.data_dir / "tables"
         if not self.routes:
-            raise RuntimeError_("no agent reads an InputBatches channel")
+            raise WorkerRuntimeError("no agent reads an InputBatches channel")
 
     def _consumer_config(self) -> dict[str, Any]:
         s = self.settings
@@ -225,7 +225,7 @@ class BatchRuntime(Service):
                     fut.result()
                 except Exception as exc:
                     if "TOPIC_ALREADY_EXISTS" not in str(exc):
-                        raise RuntimeError_(f"cannot create changelog {name}: {exc}") from exc
+                        raise WorkerRuntimeError(f"cannot create changelog {name}: {exc}") from exc
 
     def _changelog_topic_ids(self) -> dict[str, str]:
         from confluent_kafka import TopicCollection
@@ -609,7 +609,7 @@ class BatchRuntime(Service):
                             done.add(tp)
                             apply(tp)
                             continue
-                        raise RuntimeError_(f"restoring {tp[0]}[{tp[1]}]: {err}")
+                        raise WorkerRuntimeError(f"restoring {tp[0]}[{tp[1]}]: {err}")
                     rows[tp].append((msg.key(), msg.value()))
                     next_offset[tp] = msg.offset() + 1
                     if len(rows[tp]) >= 20_000:
