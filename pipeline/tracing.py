@@ -169,12 +169,8 @@ def raw_traceparent(msg: Any) -> bytes | None:
     return None
 
 
-def _sampled(traceparent: bytes) -> bool:
-    # The flags are the last two hex digits; bit 0 is "sampled". Malformed: not sampled.
-    try:
-        return bool(int(traceparent[-2:], 16) & 1)
-    except ValueError:
-        return False
+# The flags are a traceparent's last two hex digits and "sampled" is bit 0: an odd last digit.
+_SAMPLED_LAST_DIGITS = frozenset(b"13579bdfBDF")
 
 
 def context_of_message(msg: Any) -> Any:
@@ -270,15 +266,20 @@ class BatchTrace:
         self.incoming: dict[Position, bytes] = {}
         self.wanted: set[Position] = set()
         slow_ms = _slow_ms
+        incoming, wanted = self.incoming, self.wanted
+        # Inlined: this loop runs for every record of every batch while tracing is on.
         for msg in records:
-            raw = raw_traceparent(msg)
-            if raw is not None:
-                pos = (msg.partition(), msg.offset())
-                self.incoming[pos] = raw
-                if _sampled(raw):
-                    self.wanted.add(pos)
+            headers = msg.headers()
+            if headers:
+                for name, value in headers:
+                    if name == TRACEPARENT and isinstance(value, bytes):
+                        pos = (msg.partition(), msg.offset())
+                        incoming[pos] = value
+                        if value and value[-1] in _SAMPLED_LAST_DIGITS:
+                            wanted.add(pos)
+                        break
             if slow_ms and now_ms - msg.timestamp()[1] > slow_ms:
-                self.wanted.add((msg.partition(), msg.offset()))
+                wanted.add((msg.partition(), msg.offset()))
         self.links: list[Any] = []
         self.children: list[tuple[str, int, int, dict[str, Any]]] = []
 
