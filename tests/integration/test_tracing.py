@@ -204,3 +204,59 @@ def test_a_worker_dead_letter_is_traced_even_when_not_sampled(
     # It ends the trace: nothing follows the dead letter span.
     assert not [s for s in spans if s["parent_span_id"] == dead["span_id"]]
     assert max(s["end_ns"] for s in spans) == dead["end_ns"]
+
+
+async def test_a_csv_file_is_one_span_and_each_record_sent_carries_its_child(
+        topics: Any, tmp_path: Path) -> None:
+    """The polled feeds' receive span: one per file, its records' send spans under it, and
+    the traceparent on each Kafka record is that record's send span."""
+    from confluent_kafka import Consumer, TopicPartition
+
+    from connectors.sources.base import FieldMapping, RecordMapper
+    from connectors.sources.csv_drop import CsvDropSource, CsvOptions
+    from connectors.sources.cursor_store import CursorStore
+    from connectors.sources.drop_folders import LocalFolder
+    from pipeline import tracing
+    from pipeline.settings import Settings
+
+    spans_file = tmp_path / "spans.jsonl"
+    drops = tmp_path / "drops"
+    drops.mkdir()
+    (drops / "s1.csv").write_bytes(b"sku,qty\nA,5\nB,7\n")
+    emitter = topics.emitter()
+    src = CsvDropSource("crate", connector="ftp", folder=LocalFolder(drops),
+                        mapper=RecordMapper("crate", "ftp", FieldMapping(
+                            {"sku": ["sku"], "quantity": ["qty"]})),
+                        emitter=emitter, store=CursorStore(tmp_path / "state.sqlite"),
+                        options=CsvOptions(stable_s=0))
+    tracing.configure(Settings(tracing_enabled=True, tracing_exporter="file",
+                               tracing_file=spans_file, tracing_sample_ratio=1.0),
+                      "stockflow-connectors")
+    try:
+        emitted = await src.poll_once() + await src.poll_once()
+    finally:
+        tracing.shutdown()
+        emitter.close()
+    assert emitted == 2
+    spans = read_spans(spans_file)
+    (file_span,) = [s for s in spans if s["name"] == "csv file"]
+    assert file_span["attributes"]["stockflow.file"] == "s1.csv"
+    sends = {s["span_id"]: s for s in spans if s["name"] == f"{topics.deltas} send"}
+    assert len(sends) == 2
+    assert all(s["parent_span_id"] == file_span["span_id"] for s in sends.values())
+    consumer = Consumer({**topics.settings.confluent_config(), "group.id": "trace-read",
+                         "auto.offset.reset": "earliest"})
+    try:
+        meta = consumer.list_topics(topics.deltas, timeout=10).topics[topics.deltas]
+        consumer.assign([TopicPartition(topics.deltas, p, 0) for p in meta.partitions])
+        carried = []
+        deadline = time.monotonic() + 30
+        while len(carried) < 2 and time.monotonic() < deadline:
+            msg = consumer.poll(1.0)
+            if msg is not None and msg.error() is None:
+                carried.append(tracing.parse_traceparent(dict(msg.headers() or [])
+                                                         .get("traceparent")))
+    finally:
+        consumer.close()
+    assert {f"{c.span_id:016x}" for c in carried} == set(sends)
+    assert {f"{c.trace_id:032x}" for c in carried} == {file_span["trace_id"]}
