@@ -149,12 +149,9 @@ def parse_traceparent(value: bytes | str | None) -> Any:
 
 
 def headers_of(span_context: Any) -> list[tuple[str, bytes]] | None:
-    """Kafka record headers carrying a span context, or a traceparent passed on as it came
-    (bytes); None for no context."""
+    """Kafka record headers carrying a span context (None for no context)."""
     if span_context is None:
         return None
-    if isinstance(span_context, bytes):
-        return [(TRACEPARENT, span_context)]
     return [(TRACEPARENT, format_traceparent(span_context))]
 
 
@@ -265,10 +262,14 @@ class BatchTrace:
         # the recorded ones (sampled or slow) are parsed, when their span is made.
         self.incoming: dict[Position, bytes] = {}
         self.wanted: set[Position] = set()
+        # (partition, key) of the recorded records: where process_deltas finds their outputs.
+        self.wanted_keys: set[tuple[int, bytes | None]] = set()
+        # id(message) -> its index in the batch, for the recorded records.
+        self.wanted_msgs: dict[int, int] = {}
         slow_ms = _slow_ms
         incoming, wanted = self.incoming, self.wanted
         # Inlined: this loop runs for every record of every batch while tracing is on.
-        for msg in records:
+        for index, msg in enumerate(records):
             headers = msg.headers()
             if headers:
                 for name, value in headers:
@@ -277,9 +278,13 @@ class BatchTrace:
                         incoming[pos] = value
                         if value and value[-1] in _SAMPLED_LAST_DIGITS:
                             wanted.add(pos)
+                            self.wanted_keys.add((pos[0], msg.key()))
+                            self.wanted_msgs[id(msg)] = index
                         break
             if slow_ms and now_ms - msg.timestamp()[1] > slow_ms:
                 wanted.add((msg.partition(), msg.offset()))
+                self.wanted_keys.add((msg.partition(), msg.key()))
+                self.wanted_msgs[id(msg)] = index
         self.links: list[Any] = []
         self.children: list[tuple[str, int, int, dict[str, Any]]] = []
 
@@ -287,10 +292,6 @@ class BatchTrace:
         """Whether `record` would make spans for this record (callers skip building its
         attributes otherwise)."""
         return force or pos in self.wanted
-
-    def passed_on(self, pos: Position) -> bytes | None:
-        """An unrecorded record's traceparent, to put unchanged on what it caused."""
-        return self.incoming.get(pos)
 
     def child(self, name: str, start_ns: int, end_ns: int, **attributes: Any) -> None:
         """A child span of the batch span (a Cassandra or Redis write of the whole batch)."""
@@ -302,11 +303,10 @@ class BatchTrace:
         """Record one input record's span (and its `steps`, nested) in the record's trace.
 
         Returns the context to put in the headers of what the record caused: the innermost
-        new span, or the record's own context passed on when it is not recorded."""
-        raw = self.incoming.get(pos)
+        new span; None when the record is not recorded (its outputs carry no header)."""
         if not (force or pos in self.wanted):
-            return raw
-        incoming = parse_traceparent(raw)
+            return None
+        incoming = parse_traceparent(self.incoming.get(pos))
         from opentelemetry import trace
         from opentelemetry.trace import SpanKind
 

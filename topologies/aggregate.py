@@ -16,6 +16,7 @@ SKU -- this agent, on the partition that owns the SKU -- is what keeps its total
 from __future__ import annotations
 
 import time
+from collections.abc import Container
 from typing import Any, Protocol
 
 from pipeline import metrics, tracing
@@ -82,11 +83,13 @@ async def _get_sink() -> StockSink:
 
 
 def fold_batch(records: list[Any], now_ms: int, origins: dict[int, Any] | None = None,
+               recorded: Container[int] = (),
                ) -> tuple[list[dict[str, Any]], StepOutputs]:
     """Fold a batch into the availability table; returns the updates that changed something
     (to write to Cassandra) and the outputs with their changes, in the same order.
 
-    `origins` (tracing on) gets the message each decoded update came from, by id(update)."""
+    `origins` (tracing on) gets, by id(update), the message of each update whose message's id
+    is in `recorded` (the records being traced)."""
     groups: dict[tuple[int, bytes], list[dict[str, Any]]] = {}
     decode = _UPDATE.decode_trusted  # written by process_deltas, in this schema
     for msg in records:
@@ -98,7 +101,7 @@ def fold_batch(records: list[Any], now_ms: int, origins: dict[int, Any] | None =
             log.error("aggregate.undecodable_update", error=str(exc), topic=msg.topic(),
                       partition=msg.partition(), offset=msg.offset())
             continue
-        if origins is not None:
+        if recorded and origins is not None and id(msg) in recorded:
             origins[id(update)] = msg
         group_key = (msg.partition(), update["platform_sku"].encode())
         group = groups.get(group_key)
@@ -147,16 +150,16 @@ async def _aggregate_traced(sink: StockSink, batch: Any, trace: tracing.BatchTra
     """The agent's work on one batch with tracing on: each record's span ends with its
     Cassandra write (or with `unchanged`), and its InventoryChange carries that write's context."""
     origins: dict[int, Any] = {}
-    written, out = fold_batch(batch.records, batch.now_ms, origins)
+    written, out = fold_batch(batch.records, batch.now_ms, origins, trace.wanted_msgs)
     if out.unchanged_updates:
         metrics.EVENTS.labels("aggregate", "unchanged").inc(out.unchanged_updates)
     if written:
         await _write_then_emit(sink, written, out.changes, batch.send, trace, origins)
     changed = {id(update) for update in written}
-    for key, msg in origins.items():
-        pos = (msg.partition(), msg.offset())
-        if key not in changed and trace.is_recorded(pos):
-            trace.record(pos, attributes={"stockflow.outcome": "unchanged"})
+    for key, msg in origins.items():  # the recorded records only
+        if key not in changed:
+            trace.record((msg.partition(), msg.offset()),
+                         attributes={"stockflow.outcome": "unchanged"})
     trace.finish()
     return len(out.changes)
 
@@ -188,24 +191,17 @@ async def _write_then_emit(sink: StockSink, updates: list[dict[str, Any]],
         trace.child("cassandra.write", started_ns, written_ns, **{"db.system": "cassandra",
                     "stockflow.rows": len(updates)})
         # updates and changes are parallel: each written update made exactly one change.
-        wanted, incoming = trace.wanted, trace.incoming
         for update, change in zip(updates, changes, strict=True):
-            msg = origins[id(update)]
-            pos = (msg.partition(), msg.offset())
-            if pos not in wanted:
-                raw = incoming.get(pos)  # passed on as it came
-                send(CHANGES_TOPIC, change["platform_sku"].encode(), encode(change), None,
-                     None if raw is None else [(tracing.TRACEPARENT, raw)])
+            msg = origins.get(id(update))  # only the recorded records have one
+            if msg is None:
+                send(CHANGES_TOPIC, change["platform_sku"].encode(), encode(change), None)
                 continue
-            if trace.is_recorded(pos):
-                context = trace.record(
-                    pos, attributes={"stockflow.outcome": "changed",
-                                     **_update_attributes(update)},
-                    steps=[("cassandra.write", started_ns, written_ns,
-                            {"db.system": "cassandra", "stockflow.rows": len(updates)})],
-                    end_ns=written_ns)
-            else:
-                context = trace.passed_on(pos)
+            context = trace.record(
+                (msg.partition(), msg.offset()),
+                attributes={"stockflow.outcome": "changed", **_update_attributes(update)},
+                steps=[("cassandra.write", started_ns, written_ns,
+                        {"db.system": "cassandra", "stockflow.rows": len(updates)})],
+                end_ns=written_ns)
             send(CHANGES_TOPIC, change["platform_sku"].encode(), encode(change), None,
                  tracing.headers_of(context))
     else:

@@ -13,6 +13,7 @@ inventory.deltas, so a Kafka hop between them would add cost and nothing else.
 from __future__ import annotations
 
 import time
+from itertools import accumulate
 from typing import Any
 
 from pipeline import metrics, tracing
@@ -90,55 +91,58 @@ def handle_batch(records: list[Any], send: Any,
 def _send_traced(trace: tracing.BatchTrace, groups: dict[tuple[int, bytes | None],
                                                          list[RawRecord]],
                  out: StepOutputs, send: Any) -> None:
-    """The sends of `handle_batch`, each with the trace context of the record that caused
-    it; a dead letter's trace ends in a span named after its reason."""
+    """The sends of `handle_batch`; a recorded record's outputs carry its span's context, and
+    a dead letter's trace ends in a span named after its reason.
+
+    Only the recorded records are visited (through the groups of their keys): at a low ratio
+    nearly every record is not, and costs nothing here. Unrecorded records' outputs carry no
+    header."""
     assert out.trail is not None
-    dead_by_pos = {(dl["source_partition"], dl["source_offset"]): dl
-                   for _key, dl in out.dead_letters}
     headers_for: dict[int, Any] = {}  # id(output record) -> its Kafka headers
-    trail = iter(out.trail)  # one entry per record, in the order the groups ran
     now_ns = time.time_ns()
-    force_dead = tracing.dead_letters_recorded()
+    wanted, headers_of = trace.wanted, tracing.headers_of
     invalid = INVALID + ":"
-    wanted, incoming, headers_of = trace.wanted, trace.incoming, tracing.headers_of
-    for (partition, _key), recs in groups.items():
-        for rec in recs:
-            _offset, outcome, update = next(trail)
-            pos = (partition, rec.offset)
-            dead = outcome.startswith(invalid)
-            if pos not in wanted and not (dead and force_dead):
-                # Most records at a low ratio: the update takes the traceparent as it came
-                # (kept as short as it is: it runs for nearly every record).
+    if trace.wanted_keys:
+        # Where each group's records sit in the trail (one entry per record, group order).
+        starts = [0, *accumulate(map(len, groups.values()))]
+        index_of = dict(zip(groups, range(len(groups)), strict=True))
+        trail = out.trail
+        for group_key in trace.wanted_keys:
+            i = index_of.get(group_key)
+            if i is None:
+                continue
+            partition = group_key[0]
+            for rec, (_offset, outcome, update) in zip(groups[group_key],
+                                                      trail[starts[i]:starts[i + 1]],
+                                                      strict=True):
+                pos = (partition, rec.offset)
+                if pos not in wanted or outcome.startswith(invalid):
+                    continue  # dead letters: below
+                attributes: dict[str, Any] = {"stockflow.outcome": outcome}
                 if update is not None:
-                    raw = incoming.get(pos)
-                    if raw is not None:
-                        headers_for[id(update)] = [(tracing.TRACEPARENT, raw)]
-                continue
-            if dead:
-                reason = outcome[len(invalid):]
-                dl = dead_by_pos.get(pos)
-                context = trace.record(pos, attributes={
-                    "stockflow.outcome": INVALID,
-                    "stockflow.event_id": dl and dl["event_id"],
-                    "stockflow.supplier_id": dl and dl["supplier_id"]},
-                    steps=[(f"dead_letter {reason}", now_ns, now_ns, {
-                        "stockflow.dead_letter.reason": reason,
-                        "stockflow.dead_letter.detail": dl["message"][:500] if dl else ""})],
-                    force=force_dead, end_ns=now_ns)
-                if dl is not None:
-                    headers_for[id(dl)] = headers_of(context)
-                continue
-            attributes: dict[str, Any] = {"stockflow.outcome": outcome}
-            if update is not None:
-                attributes.update({
-                    "stockflow.event_id": update["event_id"],
-                    "stockflow.supplier_id": update["supplier_id"],
-                    "stockflow.sku": update["sku"],
-                    "stockflow.platform_sku": update["platform_sku"],
-                    "stockflow.version": update["version"]})
-            context = trace.record(pos, attributes=attributes, end_ns=now_ns)
-            if update is not None:
-                headers_for[id(update)] = headers_of(context)
+                    attributes.update({
+                        "stockflow.event_id": update["event_id"],
+                        "stockflow.supplier_id": update["supplier_id"],
+                        "stockflow.sku": update["sku"],
+                        "stockflow.platform_sku": update["platform_sku"],
+                        "stockflow.version": update["version"]})
+                context = trace.record(pos, attributes=attributes, end_ns=now_ns)
+                if update is not None:
+                    headers_for[id(update)] = headers_of(context)
+    force_dead = tracing.dead_letters_recorded()
+    for _key, dl in out.dead_letters:
+        pos = (dl["source_partition"], dl["source_offset"])
+        if not (force_dead or pos in wanted):
+            continue
+        reason = dl["reason"]
+        context = trace.record(pos, attributes={
+            "stockflow.outcome": INVALID, "stockflow.event_id": dl["event_id"],
+            "stockflow.supplier_id": dl["supplier_id"]},
+            steps=[(f"dead_letter {reason}", now_ns, now_ns, {
+                "stockflow.dead_letter.reason": reason,
+                "stockflow.dead_letter.detail": dl["message"][:500]})],
+            force=True, end_ns=now_ns)
+        headers_for[id(dl)] = headers_of(context)
     headers_get = headers_for.get
     encode_update = _UPDATE.encode
     for update in out.updates:

@@ -66,10 +66,9 @@ def _trace_cache_write(trace: tracing.BatchTrace, records: list[Any],
                 "stockflow.changes": len(decoded)})
     # Decoded in record order; an undecodable record (never expected) loses the attributes.
     paired = len(decoded) == len(records)
-    for index, msg in enumerate(records):
+    for index in trace.wanted_msgs.values():  # the recorded records only
+        msg = records[index]
         pos = (msg.partition(), msg.offset())
-        if not trace.is_recorded(pos):
-            continue  # the last hop: nothing to pass on
         attributes: dict[str, Any] = {}
         if paired:
             change = decoded[index]

@@ -1,4 +1,5 @@
-"""Agents with tracing off read no header and make no span; on, outputs carry their trace."""
+"""Agents with tracing off read no header and make no span; on, recorded records' outputs carry
+their trace."""
 
 from __future__ import annotations
 
@@ -80,8 +81,9 @@ async def test_outputs_carry_their_records_trace_and_a_dead_letter_is_forced(
     sampled = tracing.parse_traceparent(dict(h_sampled)["traceparent"])
     assert f"{sampled.trace_id:032x}" == TRACE_ID and sampled.trace_flags.sampled
     assert f"{sampled.span_id:016x}" != "b7ad6b7169203331"  # a new span: process_deltas
-    # Not sampled and not a dead letter: its context passes on unchanged, nothing recorded.
-    assert dict(h_unsampled)["traceparent"] == f"00-{'1' * 32}-{'2' * 16}-00".encode()
+    # Not sampled and not a dead letter: nothing recorded, and its output carries no header
+    # (at a low ratio nearly every record: no work for them here or downstream).
+    assert h_unsampled is None
     dead = tracing.parse_traceparent(dict(h_dead)["traceparent"])
     assert f"{dead.trace_id:032x}" == "3" * 32 and dead.trace_flags.sampled
     spans = [json.loads(line) for line in spans_file.read_text().splitlines()]
