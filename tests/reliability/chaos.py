@@ -206,10 +206,22 @@ def lag(env: PipelineEnv) -> int:
     return sum(env.lag(t) for t in ("inventory.deltas", "inventory.stock-updates"))
 
 
-def wait_converged(env: PipelineEnv, workers: list[ChaosWorker], timeout: float = 300) -> float:
-    """Seconds until every input record is committed by the group."""
+def wait_converged(env: PipelineEnv, workers: list[ChaosWorker], timeout: float = 300,
+                   fatal_marker: str | None = None) -> float:
+    """Seconds until every input record is committed by the group; fails at once when a
+    worker's log shows `fatal_marker` (a worker that will never converge)."""
     started = time.monotonic()
-    wait_for(lambda: lag(env) == 0, timeout, "the group to consume everything", workers)
+
+    def converged() -> bool:
+        if fatal_marker:
+            for w in workers:
+                text = w.full_text()
+                if fatal_marker in text:
+                    line = next(x for x in text.splitlines() if fatal_marker in x)
+                    raise AssertionError(f"{w.name} logged {line!r}; it stops making progress")
+        return lag(env) == 0
+
+    wait_for(converged, timeout, "the group to consume everything", workers)
     return time.monotonic() - started
 
 

@@ -1,9 +1,16 @@
 """Case 2: on the three-broker cluster (`stockflow stack up --brokers 3`), topics replicated 3
-with min.insync.replicas 2; one broker SIGKILLed under load and restarted, then (full suite)
-the broker of the active controller. The end state is the reference model's."""
+with min.insync.replicas 2; the broker that coordinates the worker's consumer group SIGKILLed
+under load and restarted, then (full suite) the broker of the active controller. The end
+state is the reference model's.
+
+Known failure (docs/reliability.md, "Workers, brokers and stores under faults"): when the
+group coordinator's broker dies, librdkafka 2.16 may get FENCED_INSTANCE_ID for the worker's
+own static group.instance.id (a fatal consumer error), and the runtime then blocks for ever
+in send_offsets_to_transaction: the worker neither processes nor exits."""
 
 from __future__ import annotations
 
+import contextlib
 import random
 import signal
 import time
@@ -67,6 +74,20 @@ def assert_replicated(env: PipelineEnv) -> None:
         assert conf["min.insync.replicas"].value == "2", name
 
 
+def group_coordinator(env: PipelineEnv) -> int | None:
+    """The node id of the broker coordinating the worker's consumer group."""
+    from confluent_kafka.admin import AdminClient
+
+    admin = AdminClient(env.settings.confluent_config())
+    fut = admin.describe_consumer_groups([env.settings.app_id])[env.settings.app_id]
+    with contextlib.suppress(Exception):
+        return int(fut.result(timeout=10).coordinator.id)
+    return None
+
+
+@pytest.mark.xfail(reason="the worker can hang after its group coordinator's broker dies "
+                   "(FENCED_INSTANCE_ID, then send_offsets_to_transaction never returns); "
+                   "see docs/reliability.md", strict=False)
 def test_broker_sigkilled_under_load_and_restarted(env: PipelineEnv,
                                                     cluster: KafkaCluster) -> None:
     rng = random.Random(int(time.time()))
@@ -80,12 +101,13 @@ def test_broker_sigkilled_under_load_and_restarted(env: PipelineEnv,
         feeder = Feeder(env, valid, malformed, chunks=16, pause_s=0.8)
         feeder.start()
         controller = cluster.controller()
-        others = [n for n in cluster.nodes if n != controller]
-        victims = [rng.choice(others)] + ([controller] if full() and controller else [])
+        coordinator = group_coordinator(env) or rng.choice(list(cluster.nodes))
+        victims = [coordinator] + ([controller] if full() and controller and
+                                   controller != coordinator else [])
         for node in victims:
             wait_for(lambda n=feeder.sent_chunks: feeder.sent_chunks >= n + 2, 120, "load",
                      [worker])
-            role = "controller" if node == controller else "broker"
+            role = "controller" if node == controller else "group coordinator"
             assert cluster.stop_broker(node, signal.SIGKILL)
             down_at = time.monotonic()
             wait_for(lambda n=feeder.sent_chunks: feeder.sent_chunks >= n + 3, 120,
@@ -96,7 +118,7 @@ def test_broker_sigkilled_under_load_and_restarted(env: PipelineEnv,
                           f"{time.monotonic() - down_at:.0f}s")
         lag_at_end = lag(env)
         feeder.finish()
-        converge_s = wait_converged(env, [worker])
+        converge_s = wait_converged(env, [worker], fatal_marker="Fatal error")
         assert worker.running, worker.text()
         check_and_record("2 broker loss (3 brokers)", "; ".join(faults), env, valid, malformed,
                          converge_s=converge_s, lag_at_chaos_end=lag_at_end,
