@@ -15,10 +15,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
 import signal
 import sys
 import tempfile
+import threading
 import time
 from datetime import datetime
 from pathlib import Path
@@ -51,8 +53,38 @@ def settle_seconds(workers: list[ChaosWorker], since: float) -> float:
     return max(assigns) - (min(revokes) if revokes else min(assigns))
 
 
+def last_output_at(env: PipelineEnv, logical: str = "inventory.changes") -> float:
+    """The newest record timestamp (set by the worker's producer) of a topic, in seconds:
+    when the last stage finished, without the lag probe's polling delay."""
+    from confluent_kafka import Consumer, TopicPartition
+
+    topic = env.topic(logical)
+    consumer = Consumer({**env.settings.confluent_config(), "group.id": "scaling-probe",
+                         "enable.auto.commit": False, "isolation.level": "read_committed"})
+    newest = 0
+    try:
+        parts = consumer.list_topics(topic, timeout=10).topics[topic].partitions
+        for p in parts:
+            lo, hi = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)
+            if hi <= lo:
+                continue
+            # The last data record sits before at most a few transaction markers.
+            consumer.assign([TopicPartition(topic, p, max(lo, hi - 20))])
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline:
+                msg = consumer.poll(0.5)
+                if msg is None:
+                    break
+                if not msg.error():
+                    newest = max(newest, msg.timestamp()[1])
+    finally:
+        consumer.close()
+    return newest / 1000
+
+
 def run(n: int, valid: list[dict[str, Any]], malformed: list[tuple[bytes, bytes, str]],
         tmp: Path) -> dict[str, Any]:
+    (tmp / f"n{n}").mkdir()
     env = PipelineEnv(tmp / f"n{n}", partitions=PARTITIONS,
                       extra_env={"STOCKFLOW_SINK_ENABLED": "false",
                                  "STOCKFLOW_CACHE_ENABLED": "false"}).setup()
@@ -71,20 +103,39 @@ def run(n: int, valid: list[dict[str, Any]], malformed: list[tuple[bytes, bytes,
             joins.append({"workers": k + 1,
                           "start_to_settled_s": round(time.monotonic() - started, 2),
                           "rebalance_s": round(settle_seconds(live, wall), 2)})
-        cpu0 = {w.name: proc_cpu_seconds(w.proc.pid) for w in workers if w.proc}
+        pids = {w.name: w.proc.pid for w in workers if w.proc}
+        samples: list[tuple[float, dict[str, float]]] = []
+        sampling = threading.Event()
+
+        def sample() -> None:  # CPU every 0.2 s, to read it at the moment the work ended
+            while not sampling.is_set():
+                samples.append((time.time(), {k: proc_cpu_seconds(p) for k, p in pids.items()}))
+                sampling.wait(0.2)
+
+        sampler = threading.Thread(target=sample, daemon=True)
+        sampler.start()
+        while not samples:
+            time.sleep(0.01)
         t0 = time.monotonic()
+        wall0 = time.time()
         send_all(env, valid, malformed, random.Random(1))
         sent_s = time.monotonic() - t0
         wait_for(lambda: lag(env) == 0, 900, "drained", workers)
-        elapsed = time.monotonic() - t0
-        cpu1 = {w.name: proc_cpu_seconds(w.proc.pid) for w in workers if w.proc}
+        probed_s = time.monotonic() - t0
+        done_at = last_output_at(env)
+        elapsed = done_at - wall0  # the lag probe polls; this does not
+        sampling.set()
+        sampler.join()
+        cpu0 = next(c for t, c in reversed(samples) if t <= wall0)
+        cpu1 = next((c for t, c in samples if t >= done_at), samples[-1][1])
         events = len(valid) + len(malformed)
         cpu_s = sum(cpu1[k] - cpu0[k] for k in cpu0)
         return {
             "workers": n, "events": events, "send_s": round(sent_s, 2),
-            "drain_s": round(elapsed, 2), "events_per_s": round(events / elapsed),
+            "drain_s": round(elapsed, 2), "drain_probed_s": round(probed_s, 2),
+            "events_per_s": round(events / elapsed),
             "cpu_s": round(cpu_s, 2), "cpu_us_per_event": round(cpu_s * 1e6 / events, 1),
-            "cores_busy": round(cpu_s / elapsed, 2),
+            "cores_busy": round(cpu_s / elapsed, 2), "load_average": os.getloadavg()[0],
             "cpu_s_per_worker": {k: round(cpu1[k] - cpu0[k], 2) for k in cpu0},
             "joins": joins,
         }
