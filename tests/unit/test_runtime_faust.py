@@ -45,7 +45,18 @@ def test_boot_strategy_starts_agents_not_fausts_kafka_clients() -> None:
 
 
 def test_an_agent_gets_each_batch_as_one_event_once_flow_control_resumes() -> None:
-    app = faust.App("channel-test", broker="kafka://127.0.0.1:1", web_enabled=False)
+    loop = asyncio.new_event_loop()  # the app's own loop, as the worker's
+    asyncio.set_event_loop(loop)
+    try:
+        _run_agent_through_channel(loop)
+    finally:
+        asyncio.set_event_loop(None)
+        loop.close()
+
+
+def _run_agent_through_channel(loop: asyncio.AbstractEventLoop) -> None:
+    app = faust.App("channel-test", broker="kafka://127.0.0.1:1", web_enabled=False,
+                    loop=loop)
     app.boot_strategy = BatchBootStrategy(app, runtime=_NullService(app))
     channel = InputBatches(app, topic="t")
     seen: list[int] = []
@@ -60,7 +71,6 @@ def test_an_agent_gets_each_batch_as_one_event_once_flow_control_resumes() -> No
 
     async def main() -> list[Any]:
         await app.start()
-        loop = asyncio.get_running_loop()
         blocked = Batch(topic="t", records=[1], send=lambda *a: None, now_ms=0,
                         done=loop.create_future())
         put = asyncio.ensure_future(channel.put(blocked))  # type: ignore[arg-type]
@@ -78,8 +88,7 @@ def test_an_agent_gets_each_batch_as_one_event_once_flow_control_resumes() -> No
         await app.stop()
         return results
 
-    assert asyncio.get_event_loop_policy().get_event_loop().run_until_complete(main()) == \
-        [1, 1, 3]
+    assert loop.run_until_complete(main()) == [1, 1, 3]
     assert seen == [1, 2, 3]
 
 
