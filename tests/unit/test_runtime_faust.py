@@ -214,3 +214,25 @@ def test_a_failing_rebalance_callback_stops_the_worker_instead_of_hanging_it() -
     rt._on_assign_body = broken  # type: ignore[method-assign]
     with pytest.raises(FatalRuntimeError, match="restore failed"):
         rt._poll(10, 0.01)
+
+
+def test_a_fatal_consumer_error_stops_the_worker() -> None:
+    from confluent_kafka import KafkaError, KafkaException
+
+    from topologies.runtime.worker import FatalRuntimeError, _is_fatal
+
+    rt = BatchRuntime.__new__(BatchRuntime)
+    rt._callback_error = None
+    rt.assignment = set()
+    fenced = KafkaError(KafkaError.FENCED_INSTANCE_ID, "fenced", fatal=True)
+
+    class Consumer:
+        def consume(self, num_messages: int, timeout: float) -> list[Any]:
+            return [SimpleNamespace(error=lambda: fenced)]
+
+    rt.consumer = Consumer()
+    with pytest.raises(FatalRuntimeError, match="fatal consumer error"):
+        rt._poll(10, 0.01)
+    assert _is_fatal(KafkaException(fenced))
+    assert not _is_fatal(KafkaException(KafkaError(KafkaError._TRANSPORT)))
+    assert not _is_fatal(RuntimeError("x"))

@@ -73,6 +73,16 @@ def _retrying(fn: Callable[[], Any], what: str, attempts: int = 40) -> Any:
     raise AssertionError("unreachable")
 
 
+def _is_fatal(exc: BaseException) -> bool:
+    """A Kafka error the client cannot recover from (a fenced static member or producer)."""
+    from confluent_kafka import KafkaException
+
+    if not isinstance(exc, KafkaException) or not exc.args:
+        return False
+    fatal = getattr(exc.args[0], "fatal", None)
+    return bool(fatal()) if callable(fatal) else False
+
+
 def _transient_codes() -> frozenset[Any]:
     from confluent_kafka import KafkaError
 
@@ -284,6 +294,10 @@ class BatchRuntime(Service):
                 await self.crash(exc)
                 return
             except Exception as exc:
+                if _is_fatal(exc):
+                    log.critical("runtime.fatal", error=str(exc), exc_info=True)
+                    await self.crash(exc)
+                    return
                 failures += 1
                 delay = min(30.0, 0.5 * 2 ** min(failures, 6))
                 log.error("runtime.batch_failed", error=f"{type(exc).__name__}: {exc}",
@@ -309,6 +323,10 @@ class BatchRuntime(Service):
         for msg in msgs:
             err = msg.error()
             if err is not None:
+                if err.fatal():
+                    # e.g. FENCED_INSTANCE_ID: another process took this static member's
+                    # place. The consumer cannot go on; a restart (the supervisor's) can.
+                    raise FatalRuntimeError(f"fatal consumer error: {err}")
                 log.warning("runtime.consume_error", error=str(err))
                 continue
             if (msg.topic(), msg.partition()) in assignment:
