@@ -130,6 +130,7 @@ def measure(env: Any, events: int, ratio: float | None, seed: int,
                 except OSError:
                     handled = 0.0
                 start = (wall, cpu, handled)
+            env.assert_worker_alive()
             time.sleep(0.01)
             continue
         try:
