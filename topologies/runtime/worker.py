@@ -310,6 +310,8 @@ class BatchRuntime(Service):
                 await asyncio.sleep(delay)
 
     def _poll(self, max_records: int, max_wait_s: float) -> list[Any]:
+        from confluent_kafka import KafkaError
+
         msgs = self.consumer.consume(num_messages=max_records, timeout=max_wait_s)
         error, self._callback_error = self._callback_error, None
         if error is not None:
@@ -323,7 +325,9 @@ class BatchRuntime(Service):
         for msg in msgs:
             err = msg.error()
             if err is not None:
-                if err.fatal():
+                # A fatal error reaches consume() as a message error of code _FATAL whose
+                # fatal() is False (confluent-kafka sets the flag only on error events).
+                if err.fatal() or err.code() == KafkaError._FATAL:
                     # e.g. FENCED_INSTANCE_ID: another process took this static member's
                     # place. The consumer cannot go on; a restart (the supervisor's) can.
                     raise FatalRuntimeError(f"fatal consumer error: {err}")
