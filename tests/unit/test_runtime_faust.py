@@ -182,8 +182,10 @@ def test_transient_kafka_errors_are_retried_and_others_raised(monkeypatch: Any) 
 
     def flaky() -> str:
         calls.append(1)
-        if len(calls) < 3:  # a changelog topic just created: no leader yet
+        if len(calls) == 1:  # a changelog topic just created: no leader yet
             raise KafkaException(KafkaError(KafkaError.NOT_LEADER_FOR_PARTITION))
+        if len(calls) == 2:  # ... or not in the client's metadata yet
+            raise KafkaException(KafkaError(KafkaError._UNKNOWN_PARTITION))
         return "ok"
 
     assert worker._retrying(flaky, "test") == "ok" and len(calls) == 3

@@ -87,7 +87,8 @@ def _transient_codes() -> frozenset[Any]:
     from confluent_kafka import KafkaError
 
     return frozenset({KafkaError.NOT_LEADER_FOR_PARTITION, KafkaError.LEADER_NOT_AVAILABLE,
-                      KafkaError.UNKNOWN_TOPIC_OR_PART, KafkaError._TRANSPORT,
+                      KafkaError.UNKNOWN_TOPIC_OR_PART, KafkaError._UNKNOWN_PARTITION,
+                      KafkaError._UNKNOWN_TOPIC, KafkaError._TRANSPORT,
                       KafkaError._TIMED_OUT, KafkaError.REQUEST_TIMED_OUT})
 
 
