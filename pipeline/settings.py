@@ -137,7 +137,7 @@ class Settings(BaseSettings):
     batch_max_failures: int = Field(
         default=8, ge=1, description="a batch that fails this often in a row stops the worker")
     table_cache_keys: int = Field(
-        default=100_000, ge=100, description="decoded values kept in memory per table")
+        default=25_000, ge=100, description="decoded values kept in memory per table")
     commit_min_interval_s: float = Field(
         default=0.02, gt=0, description="commit this soon when the worker keeps up (a poll "
         "returned less than a full batch); commit_interval_s is the interval under load")

@@ -30,8 +30,25 @@ def canonical_delta(obj: dict[str, Any], now_ms: int) -> dict[str, Any]:
     return delta
 
 
+def _limit_malloc_arenas(arenas: int = 2) -> None:
+    """Cap glibc's malloc arenas before librdkafka and RocksDB start their threads: with one
+    arena per thread (glibc's default, up to 8 per core) their freed buffers stay spread over
+    many arenas and the worker's RSS grows far past what it uses."""
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    if name is None:
+        return
+    try:
+        ctypes.CDLL(name).mallopt(-8, arenas)  # M_ARENA_MAX
+    except (OSError, AttributeError):  # not glibc
+        return
+
+
 def worker() -> None:
     """Run the stockflow worker: validate, dedup, apply, aggregate, sink, cache."""
+    _limit_malloc_arenas()
     from prometheus_client import REGISTRY, start_http_server
 
     from pipeline import lag, tracing
