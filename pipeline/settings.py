@@ -138,6 +138,9 @@ class Settings(BaseSettings):
         default=8, ge=1, description="a batch that fails this often in a row stops the worker")
     table_cache_keys: int = Field(
         default=25_000, ge=100, description="decoded values kept in memory per table")
+    kafka_watchdog_s: float = Field(
+        default=900.0, ge=10, description="a Kafka call that has not returned after this long "
+        "means librdkafka is stuck: the worker exits for its supervisor to restart it")
     commit_min_interval_s: float = Field(
         default=0.02, gt=0, description="commit this soon when the worker keeps up (a poll "
         "returned less than a full batch); commit_interval_s is the interval under load")

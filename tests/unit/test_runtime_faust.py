@@ -253,3 +253,34 @@ def test_values_of_new_keys_are_evicted_once_committed(tmp_path: Path) -> None:
     assert len(table._parts[0].values) <= 100
     assert table.get_in(0, b"n0") == _value(0) and table.get_in(0, b"n499") == _value(499)
     table.close_all()
+
+
+def test_a_kafka_call_that_never_returns_makes_the_worker_exit() -> None:
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    rt = BatchRuntime.__new__(BatchRuntime)
+    rt._executor = ThreadPoolExecutor(1)
+    rt.watchdog_s = 0.2
+    exits: list[int] = []
+    rt._exit = exits.append  # type: ignore[method-assign]
+    stuck = threading.Event()
+
+    def never_returns() -> None:
+        stuck.wait(5)
+
+    loop = asyncio.new_event_loop()
+    try:
+        with pytest.raises(asyncio.InvalidStateError):  # after _exit: no result to give
+            loop.run_until_complete(rt._blocking(never_returns))
+        assert exits == [70]
+        assert loop.run_until_complete(_quick(rt)) == 42  # a call that returns is untouched
+    finally:
+        stuck.set()
+        rt._executor.shutdown(wait=True)
+        loop.close()
+
+
+async def _quick(rt: Any) -> int:
+    rt.watchdog_s = 5.0
+    return int(await rt._blocking(lambda: 42))

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import time
 import uuid
 from collections.abc import Callable
@@ -139,6 +140,9 @@ class BatchRuntime(Service):
         self._stopping = False
         self._loop_task: asyncio.Task[None] | None = None
         self._callback_error: BaseException | None = None
+        # Longer than any Kafka call's own timeout (commit 120 s, offsets 60 s) plus a
+        # rebalance's restore: only a call librdkafka never returns from reaches it.
+        self.watchdog_s = float(getattr(settings, "kafka_watchdog_s", 900.0))
 
     # -- set-up ------------------------------------------------------------------------------
     def discover_routes(self) -> None:
@@ -286,7 +290,21 @@ class BatchRuntime(Service):
         log.info("runtime.stopped", commits=self.commits, aborts=self.aborts)
 
     async def _blocking(self, fn: Callable[..., Any], *args: Any) -> Any:
-        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+        """Run a blocking Kafka call on the Kafka thread. A call that has not returned well
+        past every timeout it was given (librdkafka stuck, e.g. a transaction request after
+        its group coordinator died) is a worker that can neither go on nor stop: the process
+        exits so that its supervisor starts it again (the restart restores everything)."""
+        future = asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+        done, _ = await asyncio.wait({future}, timeout=self.watchdog_s)
+        if not done:
+            name = getattr(fn, "__name__", repr(fn))
+            log.critical("runtime.kafka_call_stuck", call=name, seconds=self.watchdog_s,
+                         action="exiting; the restarted worker restores its state")
+            self._exit(70)
+        return future.result()
+
+    def _exit(self, code: int) -> None:
+        os._exit(code)  # the stuck thread would keep a normal exit waiting for ever
 
     # -- the loop --------------------------------------------------------------------------
     async def _run(self) -> None:
