@@ -2,9 +2,9 @@
 
     python -m bench.peer_venv        # build or check .stockflow/bench-venvs/quix
 
-`python -m venv` + `pip install` of Quix Streams, and of the fastavro and faust-streaming
-versions of stockflow's own venv: the Quix process runs stockflow's codec (schemas/codec.py,
-which imports faust for its Faust serializers) and rules, so the Avro work is the same code.
+`python -m venv` + `pip install` of Quix Streams, and of the fastavro version of stockflow's
+own venv: the Quix process runs stockflow's codec (schemas/codec.py) and rules, so the Avro
+work is the same code.
 A stamp file holding the requirements marks a finished venv; a different or missing stamp
 rebuilds it. Without a network (or with any pip failure) the caller gets the reason instead
 of a venv, and the benchmark goes on without Quix.
@@ -39,7 +39,7 @@ class PeerVenv:
 def quix_requirements() -> list[str]:
     """Quix Streams plus stockflow's codec dependencies at the versions of this venv."""
     reqs = [QUIXSTREAMS]
-    for dist in ("fastavro", "faust-streaming"):
+    for dist in ("fastavro",):
         try:
             reqs.append(f"{dist}=={version(dist)}")
         except PackageNotFoundError:

@@ -122,10 +122,6 @@ class Settings(BaseSettings):
         default=None, description="CSV/YAML mapping (supplier_id, sku) -> platform_sku")
     dedup_ttl_s: int = Field(default=7 * 24 * 3600, gt=0,
                              description="how long an event_id is remembered for dedup")
-    sink_batch_size: int = Field(default=1000, ge=1)
-    sink_batch_within_s: float = Field(default=0.05, gt=0)
-    cache_batch_size: int = Field(default=1000, ge=1)
-    cache_batch_within_s: float = Field(default=0.02, gt=0)
     sink_enabled: bool = True
     cache_enabled: bool = True
 
@@ -149,7 +145,6 @@ class Settings(BaseSettings):
     app_id: str = "stockflow"
     processing_guarantee: ProcessingGuarantee = "exactly_once"
     commit_interval_s: float = Field(default=0.1, gt=0)
-    store: str = "rocksdb://"
     data_dir: Path = Path(".stockflow/worker")
     producer_linger_s: float = Field(default=0.01, ge=0)
     session_timeout_s: float = Field(default=10.0, ge=6.0)

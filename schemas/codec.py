@@ -1,4 +1,4 @@
-"""Avro single-object encoding for stockflow records, and the Faust codecs that wrap it.
+"""Avro single-object encoding for stockflow records.
 
 Wire format (Avro specification, "Single-object encoding"): the two marker bytes `C3 01`, the
 8-byte little-endian CRC-64-AVRO fingerprint of the writer schema's Parsing Canonical Form,
@@ -26,7 +26,6 @@ from typing import Any
 
 import fastavro
 from fastavro.schema import to_parsing_canonical_form
-from faust.serializers import codecs
 
 from pipeline.errors import SchemaError
 from schemas import fastcode
@@ -430,25 +429,3 @@ class AvroCodec:
 def codec_for(name: str) -> AvroCodec:
     """The process-wide codec of a record type."""
     return AvroCodec(name)
-
-
-class FaustAvroCodec(codecs.Codec):
-    """A Faust codec: `value_serializer="avro:SupplierDelta"` on a topic or table."""
-
-    def __init__(self, record_name: str, **kwargs: Any) -> None:
-        self.record_name = record_name
-        super().__init__(record_name=record_name, **kwargs)
-
-    def _dumps(self, obj: Any) -> bytes:
-        return codec_for(self.record_name).encode(obj)
-
-    def _loads(self, data: bytes) -> Any:
-        return codec_for(self.record_name).decode(data)
-
-
-def faust_codec_name(record_name: str) -> str:
-    """Register (once) and return the Faust serializer name of a record type."""
-    name = f"avro-{record_name}"
-    if name not in codecs.codecs:
-        codecs.register(name, FaustAvroCodec(record_name))
-    return name

@@ -74,9 +74,6 @@ class PipelineEnv:
             "STOCKFLOW_WEB_PORT": str(self.web_port),
             "STOCKFLOW_PARTITIONS": str(partitions),
             "STOCKFLOW_PROCESSING_GUARANTEE": guarantee,
-            # The production store: tests/agents/conftest.py sets memory:// in this process's
-            # environment, which the worker would otherwise inherit.
-            "STOCKFLOW_STORE": "rocksdb://",
             "STOCKFLOW_LOG_JSON": "true",
             **(extra_env or {}),
         }
