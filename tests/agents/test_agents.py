@@ -12,6 +12,7 @@ import pytest
 from pipeline.app import settings
 from pipeline.dedup import entries, event_hash
 from schemas.codec import codec_for
+from tests.agents.records import Msg
 from topologies import aggregate as aggregate_mod
 from topologies import process_deltas as pd
 from topologies.runtime import Batch
@@ -19,33 +20,6 @@ from topologies.runtime import Batch
 NOW = int(time.time() * 1000)
 DELTAS = settings.topic("inventory.deltas")
 UPDATES = settings.topic("inventory.stock-updates")
-
-
-class Msg:
-    """A consumed record as confluent-kafka hands it over."""
-
-    def __init__(self, topic: str, key: bytes | None, value: bytes, offset: int,
-                 partition: int = 0, ts: int = NOW) -> None:
-        self._t, self._k, self._v, self._o, self._p, self._ts = \
-            topic, key, value, offset, partition, ts
-
-    def topic(self) -> str:
-        return self._t
-
-    def key(self) -> bytes | None:
-        return self._k
-
-    def value(self) -> bytes:
-        return self._v
-
-    def offset(self) -> int:
-        return self._o
-
-    def partition(self) -> int:
-        return self._p
-
-    def timestamp(self) -> tuple[int, int]:
-        return (1, self._ts)
 
 
 def delta(**kw: Any) -> dict[str, Any]:

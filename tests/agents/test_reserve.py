@@ -12,6 +12,7 @@ import pytest
 
 from pipeline.app import settings
 from schemas.codec import codec_for
+from tests.agents.records import Msg
 from topologies import aggregate as aggregate_mod
 from topologies import reserve
 
@@ -21,28 +22,10 @@ _CODECS = {"reservations.decisions": "ReservationDecision", "reservations.orders
            "inventory.deadletter": "DeadLetter"}
 
 
-class Msg:
-    def __init__(self, key: bytes | None, value: bytes, offset: int, ts: int,
-                 partition: int = 0) -> None:
-        self._k, self._v, self._o, self._ts, self._p = key, value, offset, ts, partition
-
-    def topic(self) -> str:
-        return COMMANDS
-
-    def key(self) -> bytes | None:
-        return self._k
-
-    def value(self) -> bytes:
-        return self._v
-
-    def offset(self) -> int:
-        return self._o
-
-    def partition(self) -> int:
-        return self._p
-
-    def timestamp(self) -> tuple[int, int]:
-        return (1, self._ts)
+def command_msg(key: bytes | None, value: bytes, offset: int, ts: int,
+                partition: int = 0) -> Msg:
+    """A record of the reservation commands topic."""
+    return Msg(COMMANDS, key, value, offset, partition=partition, ts=ts)
 
 
 class Sent(list[tuple[str, bytes | None, Any]]):
@@ -81,16 +64,16 @@ def command(kind: str, n: int, *, sku: str = "P-1", rid: str | None = None, quan
 def test_holds_decided_against_availability_and_expired_by_ticks() -> None:
     sent = Sent()
     reserve.handle_batch([
-        Msg(b"P-1", command("HOLD", 1, rid="r1", quantity=2, ttl_ms=1000), 0, NOW),
-        Msg(b"P-1", command("HOLD", 2, rid="r2", quantity=2), 1, NOW + 1),
-        Msg(None, command("TICK", 3), 2, NOW + 999),
+        command_msg(b"P-1", command("HOLD", 1, rid="r1", quantity=2, ttl_ms=1000), 0, NOW),
+        command_msg(b"P-1", command("HOLD", 2, rid="r2", quantity=2), 1, NOW + 1),
+        command_msg(None, command("TICK", 3), 2, NOW + 999),
     ], sent, NOW)
     assert [(d["outcome"], d["available"]) for d in sent.of("reservations.decisions")] == [
         ("GRANTED", 1), ("SOLD_OUT", 1)]
     index = reserve.reservations.get_in(0, reserve.DEADLINES_KEY)
     assert index["deadlines"] == {"P-1": NOW + 1000}
     sent.clear()
-    reserve.handle_batch([Msg(None, command("TICK", 4), 3, NOW + 1000)], sent, NOW)
+    reserve.handle_batch([command_msg(None, command("TICK", 4), 3, NOW + 1000)], sent, NOW)
     assert [(d["kind"], d["reservation_id"], d["available"])
             for d in sent.of("reservations.decisions")] == [("EXPIRE", "r1", 3)]
     assert reserve.reservations.get_in(0, reserve.DEADLINES_KEY)["deadlines"] == {}
@@ -99,9 +82,9 @@ def test_holds_decided_against_availability_and_expired_by_ticks() -> None:
 def test_confirm_emits_one_order_for_the_best_supplier() -> None:
     sent = Sent()
     reserve.handle_batch([
-        Msg(b"P-1", command("HOLD", 1, rid="r1", quantity=1), 0, NOW),
-        Msg(b"P-1", command("CONFIRM", 2, rid="r1"), 1, NOW + 5),
-        Msg(b"P-1", command("CONFIRM", 3, rid="r1"), 2, NOW + 6),
+        command_msg(b"P-1", command("HOLD", 1, rid="r1", quantity=1), 0, NOW),
+        command_msg(b"P-1", command("CONFIRM", 2, rid="r1"), 1, NOW + 5),
+        command_msg(b"P-1", command("CONFIRM", 3, rid="r1"), 2, NOW + 6),
     ], sent, NOW)
     orders = sent.of("reservations.orders")
     assert [(o["order_id"], o["supplier_id"], o["sku"]) for o in orders] == [("r1", "s1", "A-1")]
@@ -111,9 +94,9 @@ def test_confirm_emits_one_order_for_the_best_supplier() -> None:
 def test_unreadable_and_misrouted_commands_are_dead_letters() -> None:
     sent = Sent()
     reserve.handle_batch([
-        Msg(b"P-1", b"\xc3\x01garbage", 0, NOW),
-        Msg(b"P-2", command("HOLD", 1, rid="r1", quantity=1), 1, NOW),
-        Msg(b"P-1", command("HOLD", 2, rid="r2", quantity=1), 2, NOW),
+        command_msg(b"P-1", b"\xc3\x01garbage", 0, NOW),
+        command_msg(b"P-2", command("HOLD", 1, rid="r1", quantity=1), 1, NOW),
+        command_msg(b"P-1", command("HOLD", 2, rid="r2", quantity=1), 2, NOW),
     ], sent, NOW)
     assert [d["reason"] for d in sent.of("inventory.deadletter")] == [
         "decode_error", "key_mismatch"]
