@@ -1,13 +1,19 @@
 """Reservations benchmark: holds decided per second, hold latency through the API, read latency.
 
-One isolated worker and `stockflow api` on the local stack, with supplier deltas flowing the
-whole time (the supplier pipeline running):
+One isolated worker and `stockflow api` on the local stack, with supplier SNAPSHOTs flowing
+the whole time from a separate process (the supplier pipeline running):
 1. throughput: N HOLD commands written straight to reservations.commands as fast as the
    producer goes, timed until their N decisions are read (read_committed);
 2. latency: holds through `POST /v1/reservations`, open loop at a fixed rate for a while,
-   each timed from send to answer (p50, p99);
-3. reads: `GET /v1/inventory/{sku}` through the API, and the Redis reads it makes
-   (the availability hash and the reserved units) timed alone.
+   each timed from its scheduled send to its answer (p50, p99), on SKUs of their own (the
+   holds the throughput step left behind make every later command of a SKU dearer: the
+   agent re-encodes the SKU's whole state per command); CPU per request of the API process,
+   of the worker and of this client;
+3. reads: `GET /v1/inventory/{sku}` through the API one at a time, and in the same run the
+   raw Redis reads: one HGETALL, and the two the API makes (one pipelined round trip).
+
+The HTTP client is a few lines over asyncio streams (keep-alive connections, requests
+formatted once): on a 2-core machine a heavier client takes CPU from what it measures.
 
     python -m bench.reservations [--holds 20000] [--rate 200,500] [--seconds 10]
 """
@@ -17,28 +23,41 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import multiprocessing
 import os
 import signal
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import uuid
 from pathlib import Path
 from typing import Any
 
-from bench.harness import ROOT, percentile, pipeline_env_class
+from bench.harness import (
+    ROOT,
+    CpuMeter,
+    histogram_buckets,
+    histogram_quantile,
+    load_average,
+    percentile,
+    pipeline_env_class,
+    scrape,
+)
 
 KEY = "bench-key"
 SKUS = 200
 
 
-def _supplier_load(env: Any, stop: threading.Event, rate: float) -> None:
-    """Supplier SNAPSHOTs for SKUs the holds do not touch, at `rate` per second."""
+def _supplier_load(config: dict[str, Any], topic: str, rate: float) -> None:
+    """Supplier SNAPSHOTs for SKUs the holds do not touch, at `rate` per second (a process
+    of its own: a thread here would take the GIL from the client)."""
+    from connectors.delta_producer import DeltaProducer
+
     seq = 0
-    with env.producer() as producer:
-        while not stop.is_set():
+    started = time.monotonic()
+    with DeltaProducer(config, topic) as producer:
+        while True:
             seq += 1
             now = int(time.time() * 1000)
             producer.produce({
@@ -46,7 +65,9 @@ def _supplier_load(env: Any, stop: threading.Event, rate: float) -> None:
                 "sequence": seq, "kind": "SNAPSHOT", "quantity": seq % 97, "observed_at": now,
                 "price": None, "currency": None, "warehouse": None, "lead_time_days": None,
                 "status": "ACTIVE", "connector": "bench", "received_at": now})
-            time.sleep(1 / rate)
+            delay = started + seq / rate - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
 
 
 def _throughput(env: Any, holds: int) -> dict[str, float]:
@@ -97,67 +118,168 @@ def _throughput(env: Any, holds: int) -> dict[str, float]:
             "decided_per_s": round(seen / elapsed, 1)}
 
 
-async def _latency(base: str, rate: float, seconds: float) -> dict[str, float]:
-    import aiohttp
+class _Http:
+    """A minimal HTTP/1.1 client: keep-alive connections to one host, Content-Length bodies."""
 
+    def __init__(self, base: str) -> None:
+        host, _, port = base.removeprefix("http://").partition(":")
+        self.host, self.port = host, int(port)
+        self.idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
+        self.opened: list[asyncio.StreamWriter] = []
+
+    async def request(self, raw: bytes) -> tuple[int, bytes]:
+        if self.idle:
+            reader, writer = self.idle.pop()
+        else:
+            reader, writer = await asyncio.open_connection(self.host, self.port)
+            self.opened.append(writer)
+        writer.write(raw)
+        head = await reader.readuntil(b"\r\n\r\n")
+        status = int(head[9:12])
+        at = head.lower().find(b"content-length:")
+        length = int(head[at + 15:head.index(b"\r\n", at)]) if at >= 0 else 0
+        body = await reader.readexactly(length) if length else b""
+        self.idle.append((reader, writer))
+        return status, body
+
+    def close(self) -> None:
+        for writer in self.opened:
+            writer.close()
+
+
+def _hold_request(sku: str, key: str) -> bytes:
+    body = json.dumps({"platform_sku": sku, "quantity": 1}).encode()
+    return (f"POST /v1/reservations HTTP/1.1\r\nHost: bench\r\nX-API-Key: {KEY}\r\n"
+            f"Idempotency-Key: {key}\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n").encode() + body
+
+
+def _get_request(path: str) -> bytes:
+    return f"GET {path} HTTP/1.1\r\nHost: bench\r\nX-API-Key: {KEY}\r\n\r\n".encode()
+
+
+def _run(coro: Any) -> Any:
+    """Run on uvloop when it is there (the API does too)."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(coro)
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        return runner.run(coro)
+
+
+async def _latency(base: str, rate: float, seconds: float, skus: str,
+                   cpu: CpuMeter) -> dict[str, Any]:
+    http = _Http(base)
+    n = int(rate * seconds)
+    requests = [_hold_request(f"{skus}-{i % SKUS}", uuid.uuid4().hex) for i in range(n)]
     latencies: list[float] = []
     statuses: dict[int, int] = {}
 
-    async def one(session: aiohttp.ClientSession, i: int) -> None:
-        t0 = time.perf_counter()
-        async with session.post(f"{base}/v1/reservations",
-                                json={"platform_sku": f"HOT-{i % SKUS}", "quantity": 1},
-                                headers={"X-API-Key": KEY,
-                                         "Idempotency-Key": uuid.uuid4().hex}) as r:
-            await r.read()
-            statuses[r.status] = statuses.get(r.status, 0) + 1
-        latencies.append(time.perf_counter() - t0)
+    async def one(i: int, scheduled: float) -> None:
+        status, _body = await http.request(requests[i])
+        statuses[status] = statuses.get(status, 0) + 1
+        # From the scheduled send: a client that falls behind counts against the answer.
+        latencies.append(time.perf_counter() - scheduled)
 
     tasks = []
-    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=1000)) as session:
-        started = time.perf_counter()
-        n = int(rate * seconds)
-        for i in range(n):
-            delay = started + i / rate - time.perf_counter()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            tasks.append(asyncio.create_task(one(session, i)))
-        await asyncio.gather(*tasks)
+    port = int(base.rsplit(":", 1)[1])
+    waits = histogram_buckets(scrape(port), "stockflow_api_decision_seconds")
+    cpu.start()
+    started = time.perf_counter()
+    for i in range(n):
+        scheduled = started + i / rate
+        delay = scheduled - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        tasks.append(asyncio.create_task(one(i, scheduled)))
+    await asyncio.gather(*tasks)
+    used = cpu.stop()
+    http.close()
+    after = histogram_buckets(scrape(port), "stockflow_api_decision_seconds")
     ms = [x * 1000 for x in latencies]
     return {"rate": rate, "requests": len(ms), "statuses": statuses,
             "p50_ms": round(percentile(ms, 0.5), 1), "p99_ms": round(percentile(ms, 0.99), 1),
-            "max_ms": round(max(ms), 1)}
+            "max_ms": round(max(ms), 1), "connections": len(http.opened),
+            # The API's own histogram: from writing the command to reading its decision
+            # (the worker's part and Kafka's); the rest of p50/p99 is the API's and client's.
+            "decision_wait_p50_ms": round(histogram_quantile(waits, after, 0.5) * 1000, 1),
+            "decision_wait_p99_ms": round(histogram_quantile(waits, after, 0.99) * 1000, 1),
+            "cpu_ms_per_request": {name: round(v * 1000 / n, 3) for name, v in used.items()
+                                   if not name.startswith("_")},
+            "load_average": round(load_average(), 1)}
 
 
-async def _reads(base: str, settings: Any, n: int) -> dict[str, float]:
-    import aiohttp
+async def _reads(base: str, settings: Any, n: int) -> dict[str, Any]:
     import redis.asyncio as aioredis
 
     from connectors.redis_cache import availability_key
     from pipeline.api.follower import atp_key
 
+    http = _Http(base)
     api_ms: list[float] = []
-    async with aiohttp.ClientSession() as session:
-        for i in range(n):
-            t0 = time.perf_counter()
-            async with session.get(f"{base}/v1/inventory/HOT-{i % SKUS}",
-                                   headers={"X-API-Key": KEY}) as r:
-                await r.read()
-            api_ms.append((time.perf_counter() - t0) * 1000)
-    client = aioredis.Redis.from_url(settings.redis_url.get_secret_value(),
-                                     decode_responses=True)
-    redis_ms: list[float] = []
-    prefix = settings.redis_cache_key_prefix
+    requests = [_get_request(f"/v1/inventory/HOT-{i % SKUS}") for i in range(n)]
     for i in range(n):
         t0 = time.perf_counter()
-        await client.hgetall(availability_key(prefix, f"HOT-{i % SKUS}"))
-        await client.hgetall(atp_key(prefix, f"HOT-{i % SKUS}"))
-        redis_ms.append((time.perf_counter() - t0) * 1000)
+        status, _body = await http.request(requests[i])
+        api_ms.append((time.perf_counter() - t0) * 1000)
+        if status != 200:
+            raise RuntimeError(f"GET /v1/inventory/HOT-{i % SKUS}: {status}")
+    http.close()
+    client = aioredis.Redis.from_url(settings.redis_url.get_secret_value(),
+                                     decode_responses=True)
+    prefix = settings.redis_cache_key_prefix
+    one_ms: list[float] = []
+    two_ms: list[float] = []
+    for i in range(n):
+        key = availability_key(prefix, f"HOT-{i % SKUS}")
+        t0 = time.perf_counter()
+        await client.hgetall(key)
+        t1 = time.perf_counter()
+        pipe = client.pipeline(transaction=False)
+        pipe.hgetall(key)
+        pipe.hgetall(atp_key(prefix, f"HOT-{i % SKUS}"))
+        await pipe.execute()
+        two_ms.append((time.perf_counter() - t1) * 1000)
+        one_ms.append((t1 - t0) * 1000)
     await client.aclose()
+    api_p99 = percentile(api_ms, 0.99)
+    hgetall_p99 = percentile(one_ms, 0.99)
     return {"reads": n, "api_p50_ms": round(percentile(api_ms, 0.5), 2),
-            "api_p99_ms": round(percentile(api_ms, 0.99), 2),
-            "redis_p50_ms": round(percentile(redis_ms, 0.5), 2),
-            "redis_p99_ms": round(percentile(redis_ms, 0.99), 2)}
+            "api_p99_ms": round(api_p99, 2),
+            "hgetall_p50_ms": round(percentile(one_ms, 0.5), 2),
+            "hgetall_p99_ms": round(hgetall_p99, 2),
+            "two_hgetall_pipelined_p50_ms": round(percentile(two_ms, 0.5), 2),
+            "two_hgetall_pipelined_p99_ms": round(percentile(two_ms, 0.99), 2),
+            "api_p50_over_hgetall": round(percentile(api_ms, 0.5)
+                                          / percentile(one_ms, 0.5), 1),
+            "api_p99_over_hgetall": round(api_p99 / hgetall_p99, 1),
+            "load_average": round(load_average(), 1)}
+
+
+def _process_group_pids(pgid: int) -> list[int]:
+    """The processes of a process group (the API and, with --workers, its workers)."""
+    pids = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            text = stat.read_text()
+        except OSError:
+            continue
+        if int(text[text.rindex(")") + 2:].split()[2]) == pgid:
+            pids.append(int(stat.parent.name))
+    return pids
+
+
+def _supply(env: Any, skus: list[str]) -> None:
+    now = int(time.time() * 1000)
+    with env.producer() as producer:
+        for sku in skus:
+            producer.produce({
+                "supplier_id": "s1", "sku": sku, "event_id": f"h-{sku}", "sequence": 1,
+                "kind": "SNAPSHOT", "quantity": 1_000_000, "observed_at": now,
+                "price": None, "currency": None, "warehouse": None,
+                "lead_time_days": None, "status": "ACTIVE", "connector": "bench",
+                "received_at": now})
 
 
 def main() -> None:
@@ -167,7 +289,14 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--reads", type=int, default=5000)
     parser.add_argument("--supplier-rate", type=float, default=200.0)
+    parser.add_argument("--latency-skus", choices=("own", "throughput"), default="own",
+                        help="hold on SKUs of their own (default), or on the SKUs the "
+                        "throughput step left 100 holds each on")
+    parser.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",
+                        help="a setting for the worker and the API of this run, e.g. "
+                        "STOCKFLOW_BATCH_MAX_WAIT_S=0.005 (repeatable)")
     args = parser.parse_args()
+    extra = dict(item.split("=", 1) for item in args.env)
 
     from pipeline.api.keys import hash_key
     from tests.integration.pipeline_harness import free_port
@@ -177,10 +306,11 @@ def main() -> None:
     env = pipeline_env_class()(tmp, partitions=4, extra_env={
         "STOCKFLOW_API_PORT": str(port), "STOCKFLOW_API_KEYS": "bench:" + hash_key(KEY),
         "STOCKFLOW_API_RATE_PER_S": "1000000", "STOCKFLOW_API_RATE_BURST": "1000000",
-        "STOCKFLOW_LOG_LEVEL": "WARNING"})
+        "STOCKFLOW_LOG_LEVEL": "WARNING", **extra})
     base = f"http://127.0.0.1:{port}"
-    stop = threading.Event()
+    rates = [float(rate) for rate in args.rate.split(",")]
     api = None
+    supplier = None
     try:
         env.setup()
         env.start_worker()
@@ -198,27 +328,32 @@ def main() -> None:
                 return False
 
         env.wait_until(ready, 120, "API ready")
-        now = int(time.time() * 1000)
-        with env.producer() as producer:
-            for i in range(SKUS):
-                producer.produce({
-                    "supplier_id": "s1", "sku": f"HOT-{i}", "event_id": f"h{i}", "sequence": 1,
-                    "kind": "SNAPSHOT", "quantity": 1_000_000, "observed_at": now,
-                    "price": None, "currency": None, "warehouse": None,
-                    "lead_time_days": None, "status": "ACTIVE", "connector": "bench",
-                    "received_at": now})
+        sets = ["HOT"] + ([f"R{k}" for k in range(len(rates))]
+                          if args.latency_skus == "own" else [])
+        _supply(env, [f"{name}-{i}" for name in sets for i in range(SKUS)])
         env.wait_until(lambda: env.lag("inventory.stock-updates") == 0
                        and env.lag("inventory.deltas") == 0, 120, "supply loaded")
-        threading.Thread(target=_supplier_load, args=(env, stop, args.supplier_rate),
-                         daemon=True).start()
-        result = {"throughput": _throughput(env, args.holds),
-                  "latency": [asyncio.run(_latency(base, float(rate), args.seconds))
-                              for rate in args.rate.split(",")],
-                  "reads": asyncio.run(_reads(base, env.settings, args.reads)),
-                  "supplier_rate": args.supplier_rate, "load_average": os.getloadavg()[0]}
+        supplier = multiprocessing.get_context("spawn").Process(
+            target=_supplier_load, daemon=True,
+            args=(env.settings.confluent_config(), env.topic("inventory.deltas"),
+                  args.supplier_rate))
+        supplier.start()
+        assert env.worker is not None
+        cpu = CpuMeter({"api": api.pid, "worker": env.worker.pid, "client": os.getpid()})
+        throughput = _throughput(env, args.holds)
+        latency = [_run(_latency(base, rate, args.seconds,
+                                 f"R{k}" if args.latency_skus == "own" else "HOT", cpu))
+                   for k, rate in enumerate(rates)]
+        result = {"throughput": throughput, "latency": latency,
+                  "reads": _run(_reads(base, env.settings, args.reads)),
+                  "supplier_rate": args.supplier_rate, "latency_skus": args.latency_skus,
+                  "env": extra,
+                  "load_average": round(load_average(), 1)}
         print(json.dumps(result, indent=2))
     finally:
-        stop.set()
+        if supplier is not None:
+            supplier.terminate()
+            supplier.join(10)
         if api is not None:
             os.killpg(api.pid, signal.SIGTERM)
             api.wait(30)

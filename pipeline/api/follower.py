@@ -107,9 +107,13 @@ class DecisionFollower:
             self.ready.set()
             log.info("api.follower_ready")
             while not self._stop.is_set():
-                msgs = consumer.consume(500, 0.05)
-                if msgs:
-                    self._handle(msgs, script)
+                # consume(n, timeout) returns only when it has n records or the timeout has
+                # passed: at a few hundred decisions a second that is the whole timeout, added
+                # to every answer. poll() returns with the first record; consume(n, 0) then
+                # takes what has arrived with it.
+                first = consumer.poll(0.05)
+                if first is not None:
+                    self._handle([first, *consumer.consume(499, 0)], script)
         finally:
             consumer.close()
             client.close()

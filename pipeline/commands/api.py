@@ -18,9 +18,13 @@ def api(
     from pipeline.settings import get_settings
 
     settings = get_settings()
+    # uvloop and httptools when installed (they are, off Windows); no access log and no
+    # proxy-header rewriting (nothing reads the client's address): CPU per request is what
+    # limits one API process.
     uvicorn.run(create_app(settings), host=host or settings.api_host,
                 port=port if port is not None else settings.api_port,
-                log_level="warning", access_log=False)
+                loop="auto", http="auto", log_level="warning", access_log=False,
+                proxy_headers=False)
 
 
 def register(app: typer.Typer) -> None:
