@@ -137,6 +137,10 @@ class Settings(BaseSettings):
     kafka_watchdog_s: float = Field(
         default=900.0, ge=10, description="a Kafka call that has not returned after this long "
         "means librdkafka is stuck: the worker exits for its supervisor to restart it")
+    kafka_call_margin_s: float = Field(
+        default=15.0, ge=1, description="how long a blocking Kafka call may run past its own "
+        "timeout (send_offsets_to_transaction: 20 s) before the worker exits (code 70) for its "
+        "supervisor to restart it; librdkafka does not honour every timeout")
     commit_min_interval_s: float = Field(
         default=0.02, gt=0, description="commit this soon when the worker keeps up (a poll "
         "returned less than a full batch); commit_interval_s is the interval under load")

@@ -67,6 +67,34 @@ class ChaosWorker(Worker):
         return events[-1]["partitions"] if events else -1
 
 
+class Supervisor(threading.Thread):
+    """Starts a worker again once it has exited, as systemd or a StatefulSet would (after
+    `delay_s`), for as long as it runs; records each exit (worker, exit code, when)."""
+
+    def __init__(self, workers: list[ChaosWorker], delay_s: float = 1.0) -> None:
+        super().__init__(daemon=True)
+        self.workers, self.delay_s = workers, delay_s
+        self.exits: list[tuple[str, int | None, float]] = []
+        self._stop_event = threading.Event()
+        self._lock = threading.Lock()
+
+    def run(self) -> None:
+        while not self._stop_event.wait(0.2):
+            with self._lock:
+                for w in self.workers:
+                    if w.proc is not None and w.proc.poll() is not None:
+                        self.exits.append((w.name, w.proc.returncode, time.monotonic()))
+                        if not self._stop_event.wait(self.delay_s):
+                            w.start()
+
+    def stop(self) -> None:
+        """Restart nothing more (before the test stops the workers itself)."""
+        self._stop_event.set()
+        with self._lock:
+            pass  # a restart under way has finished
+        self.join(10)
+
+
 class Feeder(threading.Thread):
     """Sends the workload in chunks, one every `pause_s`, while faults are injected."""
 

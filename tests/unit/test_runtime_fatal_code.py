@@ -9,13 +9,14 @@ from typing import Any
 import pytest
 from confluent_kafka import KafkaError
 
-from topologies.runtime.worker import BatchRuntime, FatalRuntimeError
+from topologies.runtime.worker import BatchRuntime, CallDeadlines, FatalRuntimeError
 
 
 def test_a_fatal_code_message_error_stops_the_worker() -> None:
     rt = BatchRuntime.__new__(BatchRuntime)
     rt._callback_error = None
     rt.assignment = set()
+    rt.deadlines = CallDeadlines(15.0, lambda *_: None)
     fenced = KafkaError(KafkaError._FATAL, "Fatal error: Broker: Static consumer fenced by "
                         "other consumer with same group.instance.id")
     assert not fenced.fatal()  # how confluent-kafka hands it over

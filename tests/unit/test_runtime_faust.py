@@ -14,7 +14,7 @@ import pytest
 from topologies.runtime.batches import Batch, InputBatches
 from topologies.runtime.boot import PINNED, BatchBootStrategy, VersionError, check_versions
 from topologies.runtime.table import BatchTable
-from topologies.runtime.worker import BatchRuntime
+from topologies.runtime.worker import BatchRuntime, CallDeadlines
 
 
 def test_installed_versions_are_the_pinned_ones() -> None:
@@ -203,6 +203,7 @@ def test_a_failing_rebalance_callback_stops_the_worker_instead_of_hanging_it() -
     rt = BatchRuntime.__new__(BatchRuntime)
     rt._callback_error = None
     rt.assignment = set()
+    rt.deadlines = CallDeadlines(15.0, lambda *_: None)
 
     class Consumer:
         def consume(self, num_messages: int, timeout: float) -> list[Any]:
@@ -226,6 +227,7 @@ def test_a_fatal_consumer_error_stops_the_worker() -> None:
     rt = BatchRuntime.__new__(BatchRuntime)
     rt._callback_error = None
     rt.assignment = set()
+    rt.deadlines = CallDeadlines(15.0, lambda *_: None)
     fenced = KafkaError(KafkaError.FENCED_INSTANCE_ID, "fenced", fatal=True)
 
     class Consumer:

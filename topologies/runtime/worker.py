@@ -22,16 +22,27 @@ that fails) and closes the partitions' stores; an assign opens them and catches 
 its changelog, starting at the offset the store recorded. Partitions are assigned with the
 range strategy, so partition p of every input topic of the same partition count lands on the
 same worker. All blocking Kafka calls run on one thread, in order.
+
+Every blocking librdkafka call runs under a deadline, its own timeout plus
+`kafka_call_margin_s` (CallDeadlines): librdkafka does not honour every timeout (after the
+group coordinator's broker dies, send_offsets_to_transaction can wait for ever), and a call
+past its deadline makes the process exit (code 70) for its supervisor to restart it. Nothing
+is lost: the open transaction is aborted by the restarted worker's init_transactions, and the
+stores hold only committed values. After a fatal Kafka error the worker stops without
+committing (the consumer's group metadata is no longer valid), aborting what is open.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import os
+import sys
+import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -45,6 +56,19 @@ from topologies.runtime.table import BatchTable
 log = get_logger("stockflow.runtime")
 
 TOPIC_ID_KEY = b"\x00changelog-topic-id"
+
+# The timeouts given to librdkafka's blocking calls. Each call also runs under a deadline of
+# its timeout plus kafka_call_margin_s (CallDeadlines). A legitimate send_offsets_to_transaction
+# took up to 11 s while its group coordinator moved to another broker; the one that never
+# returns is ended after 20 + margin seconds (librdkafka 2.16: the coordinator request's
+# timeout is never checked and a decommissioned coordinator is never looked up again,
+# confluentinc/librdkafka issues 5456 and 5511).
+OFFSETS_TIMEOUT_S = 20.0
+COMMIT_TIMEOUT_S = 120.0
+ABORT_TIMEOUT_S = 60.0
+INIT_TIMEOUT_S = 60.0
+REQUEST_TIMEOUT_S = 30.0  # committed offsets, watermarks, closing the consumer
+EXIT_STUCK = 70  # EX_SOFTWARE: the exit code of a worker whose Kafka call never returned
 
 
 class WorkerRuntimeError(StockflowError):
@@ -72,6 +96,79 @@ def _retrying(fn: Callable[[], Any], what: str, attempts: int = 40) -> Any:
             log.warning("runtime.kafka_retry", what=what, error=str(err), attempt=attempt + 1)
             time.sleep(min(2.0, 0.1 * 2 ** attempt))
     raise AssertionError("unreachable")
+
+
+class CallDeadlines:
+    """Deadlines for the blocking librdkafka calls of the Kafka thread: each may run for its
+    own timeout plus `margin_s`; a watchdog thread calls `on_overdue(call, seconds)` once when
+    the innermost call under way has passed its deadline (librdkafka is stuck in it). Time the
+    process did not run (SIGSTOP, a frozen VM) does not count: a resumed worker whose call was
+    waiting is not stuck."""
+
+    def __init__(self, margin_s: float, on_overdue: Callable[[str, float], None],
+                 tick_s: float = 0.5) -> None:
+        self.margin_s = margin_s
+        self.tick_s = tick_s
+        self._on_overdue = on_overdue
+        self._frames: list[list[Any]] = []  # [call, started, deadline], innermost last
+        self._lock = threading.Lock()
+        self._stopped = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    @contextlib.contextmanager
+    def call(self, name: str, timeout_s: float | None) -> Iterator[None]:
+        """Mark a blocking call; timeout_s None: no deadline of its own (a rebalance callback,
+        whose Kafka calls have theirs)."""
+        started = time.monotonic()
+        deadline = math.inf if timeout_s is None else started + timeout_s + self.margin_s
+        frame = [name, started, deadline]
+        with self._lock:
+            self._frames.append(frame)
+        try:
+            yield
+        finally:
+            with self._lock:
+                for i in range(len(self._frames) - 1, -1, -1):
+                    if self._frames[i] is frame:
+                        del self._frames[i]
+                        break
+
+    def overdue(self, now: float | None = None) -> tuple[str, float] | None:
+        """The innermost call under way and how long it has run, if past its deadline."""
+        with self._lock:
+            if not self._frames:
+                return None
+            name, started, deadline = self._frames[-1]
+        now = time.monotonic() if now is None else now
+        return (name, now - started) if now > deadline else None
+
+    def resumed_after(self, gap_s: float) -> None:
+        """The watchdog woke gap_s late: the process was suspended that long (SIGSTOP, a
+        frozen VM); the calls under way get that time back."""
+        if gap_s < 1.0:  # scheduling noise on a busy machine
+            return
+        with self._lock:
+            for frame in self._frames:
+                frame[2] += gap_s
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._watch, name="stockflow-kafka-deadlines",
+                                        daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stopped.set()
+
+    def _watch(self) -> None:
+        last = time.monotonic()
+        while not self._stopped.wait(self.tick_s):
+            now = time.monotonic()
+            self.resumed_after(now - last - self.tick_s)
+            last = now
+            stuck = self.overdue(now)
+            if stuck is not None:
+                self._on_overdue(*stuck)
+                return
 
 
 def _release_free_memory() -> None:
@@ -140,9 +237,12 @@ class BatchRuntime(Service):
         self._stopping = False
         self._loop_task: asyncio.Task[None] | None = None
         self._callback_error: BaseException | None = None
-        # Longer than any Kafka call's own timeout (commit 120 s, offsets 60 s) plus a
-        # rebalance's restore: only a call librdkafka never returns from reaches it.
+        self._fatal: BaseException | None = None  # the error that stopped the worker
+        # Longer than any Kafka call's own timeout (commit 120 s) plus a rebalance's restore:
+        # the last resort behind the per-call deadlines.
         self.watchdog_s = float(getattr(settings, "kafka_watchdog_s", 900.0))
+        self.deadlines = CallDeadlines(float(getattr(settings, "kafka_call_margin_s", 15.0)),
+                                       self._on_call_stuck)
 
     # -- set-up ------------------------------------------------------------------------------
     def discover_routes(self) -> None:
@@ -203,13 +303,15 @@ class BatchRuntime(Service):
         producer = Producer(self._producer_config())
         if self.exactly_once:
             # Also aborts what an earlier incarnation with this transactional id left open.
-            producer.init_transactions(60)
+            with self.deadlines.call("init_transactions", INIT_TIMEOUT_S):
+                producer.init_transactions(INIT_TIMEOUT_S)
         return producer
 
     async def on_start(self) -> None:
         from confluent_kafka import Consumer
 
         self.discover_routes()
+        self.deadlines.start()
         s = self.settings
         self._transactional_id = f"{s.app_id}-{s.worker_instance_id() or uuid.uuid4().hex}"
         await self._blocking(self._create_topics)
@@ -272,22 +374,46 @@ class BatchRuntime(Service):
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._loop_task
         await self._blocking(self._close)
+        self.deadlines.stop()
         self._executor.shutdown(wait=True)
 
     def _close(self) -> None:
+        deadlines = self.deadlines
         try:
-            if self.in_txn or self.positions or any(t.has_changes() for t in self.tables):
+            if self._fatal is not None:
+                # The consumer or the producer is unusable: committing would send a fenced
+                # member's group metadata to a coordinator that may be gone (the call that
+                # never returns). Abort what is open; a restart redoes it.
+                self._abort_on_fatal()
+            elif self.in_txn or self.positions or any(t.has_changes() for t in self.tables):
                 self._commit_or_abort()
         finally:
             if self.consumer is not None:
-                self.consumer.close()  # revokes: nothing left to commit
+                with deadlines.call("consumer.close", REQUEST_TIMEOUT_S):
+                    self.consumer.close()  # revokes: nothing left to commit
             if self.restorer is not None:
-                self.restorer.close()
+                with deadlines.call("restorer.close", REQUEST_TIMEOUT_S):
+                    self.restorer.close()
             if self.producer is not None:
-                self.producer.flush(10)
+                with deadlines.call("producer.flush", 10):
+                    self.producer.flush(10)
             for table in self.tables:
                 table.close_all()
         log.info("runtime.stopped", commits=self.commits, aborts=self.aborts)
+
+    def _abort_on_fatal(self) -> None:
+        from confluent_kafka import KafkaException
+
+        if self.exactly_once and self.in_txn:
+            try:
+                with self.deadlines.call("abort_transaction", ABORT_TIMEOUT_S):
+                    self.producer.abort_transaction(ABORT_TIMEOUT_S)
+            except KafkaException as exc:  # a fenced producer: the restart's init aborts
+                log.warning("runtime.abort_failed", error=str(exc.args[0]))
+            self.in_txn = False
+        for table in self.tables:
+            table.discard_uncommitted()
+        self.positions.clear()
 
     async def _blocking(self, fn: Callable[..., Any], *args: Any) -> Any:
         """Run a blocking Kafka call on the Kafka thread. A call that has not returned well
@@ -300,10 +426,20 @@ class BatchRuntime(Service):
             name = getattr(fn, "__name__", repr(fn))
             log.critical("runtime.kafka_call_stuck", call=name, seconds=self.watchdog_s,
                          action="exiting; the restarted worker restores its state")
-            self._exit(70)
+            self._exit(EXIT_STUCK)
         return future.result()
 
+    def _on_call_stuck(self, call: str, seconds: float) -> None:
+        """From the deadline watchdog's thread: a Kafka call ran past its deadline."""
+        log.critical("runtime.kafka_call_stuck", call=call, seconds=round(seconds, 1),
+                     margin_s=self.deadlines.margin_s,
+                     action="exiting; the restarted worker restores its state")
+        self._exit(EXIT_STUCK)
+
     def _exit(self, code: int) -> None:
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(Exception):
+                stream.flush()
         os._exit(code)  # the stuck thread would keep a normal exit waiting for ever
 
     # -- the loop --------------------------------------------------------------------------
@@ -322,11 +458,13 @@ class BatchRuntime(Service):
                 raise
             except FatalRuntimeError as exc:
                 log.critical("runtime.fatal", error=str(exc), exc_info=True)
+                self._fatal = exc
                 await self.crash(exc)
                 return
             except Exception as exc:
                 if _is_fatal(exc):
                     log.critical("runtime.fatal", error=str(exc), exc_info=True)
+                    self._fatal = exc
                     await self.crash(exc)
                     return
                 failures += 1
@@ -343,7 +481,8 @@ class BatchRuntime(Service):
     def _poll(self, max_records: int, max_wait_s: float) -> list[Any]:
         from confluent_kafka import KafkaError
 
-        msgs = self.consumer.consume(num_messages=max_records, timeout=max_wait_s)
+        with self.deadlines.call("consume", max_wait_s):
+            msgs = self.consumer.consume(num_messages=max_records, timeout=max_wait_s)
         error, self._callback_error = self._callback_error, None
         if error is not None:
             # A rebalance callback failed (inside consume): the assignment is not usable.
@@ -462,20 +601,26 @@ class BatchRuntime(Service):
                             producer.poll(0.05)
                 written.append((table, partition, rows))
         offsets = [TopicPartition(t, p, o) for (t, p), o in self.positions.items()]
+        deadlines = self.deadlines
         if self.exactly_once:
             if written and not self.in_txn:
                 producer.begin_transaction()
                 self.in_txn = True
             if self.in_txn:
                 if offsets:
-                    producer.send_offsets_to_transaction(
-                        offsets, self.consumer.consumer_group_metadata(), 60)
-                producer.commit_transaction(120)
+                    with deadlines.call("send_offsets_to_transaction", OFFSETS_TIMEOUT_S):
+                        producer.send_offsets_to_transaction(
+                            offsets, self.consumer.consumer_group_metadata(),
+                            OFFSETS_TIMEOUT_S)
+                with deadlines.call("commit_transaction", COMMIT_TIMEOUT_S):
+                    producer.commit_transaction(COMMIT_TIMEOUT_S)
                 self.in_txn = False
         else:
-            producer.flush(120)
+            with deadlines.call("producer.flush", COMMIT_TIMEOUT_S):
+                producer.flush(COMMIT_TIMEOUT_S)
             if offsets:
-                self.consumer.commit(offsets=offsets, asynchronous=False)
+                with deadlines.call("consumer.commit", COMMIT_TIMEOUT_S):
+                    self.consumer.commit(offsets=offsets, asynchronous=False)
         producer.poll(0)  # serve the changelog delivery reports
         try:
             for table, partition, rows in written:
@@ -507,9 +652,11 @@ class BatchRuntime(Service):
         from confluent_kafka import OFFSET_BEGINNING, KafkaException, TopicPartition
 
         self.aborts += 1
+        deadlines = self.deadlines
         if self.exactly_once and self.in_txn:
             try:
-                self.producer.abort_transaction(60)
+                with deadlines.call("abort_transaction", ABORT_TIMEOUT_S):
+                    self.producer.abort_transaction(ABORT_TIMEOUT_S)
             except KafkaException as exc:
                 log.error("runtime.abort_failed", error=str(exc.args[0]))
                 self.producer = self._new_producer()
@@ -518,14 +665,16 @@ class BatchRuntime(Service):
             # A fenced or fatal producer cannot begin again: make a new one.
             try:
                 self.producer.begin_transaction()
-                self.producer.abort_transaction(60)
+                with deadlines.call("abort_transaction", ABORT_TIMEOUT_S):
+                    self.producer.abort_transaction(ABORT_TIMEOUT_S)
             except KafkaException:
                 self.producer = self._new_producer()
         dropped = sum(t.discard_uncommitted() for t in self.tables)
         self.positions.clear()
         tps = [TopicPartition(t, p) for t, p in sorted(self.assignment)]
         if tps:
-            committed = self.consumer.committed(tps, timeout=30)
+            with deadlines.call("consumer.committed", REQUEST_TIMEOUT_S):
+                committed = self.consumer.committed(tps, timeout=REQUEST_TIMEOUT_S)
             for tp in committed:
                 offset = tp.offset if tp.offset >= 0 else OFFSET_BEGINNING
                 try:
@@ -540,7 +689,8 @@ class BatchRuntime(Service):
     def _on_revoke(self, consumer: Any, partitions: list[Any]) -> None:
         # Called by librdkafka inside consume(): an exception must not escape into it.
         try:
-            self._on_revoke_body(partitions)
+            with self.deadlines.call("on_revoke", None):  # its Kafka calls have theirs
+                self._on_revoke_body(partitions)
         except Exception as exc:
             log.error("runtime.rebalance_callback_failed", callback="_on_revoke",
                       error=f"{type(exc).__name__}: {exc}", exc_info=True)
@@ -558,7 +708,8 @@ class BatchRuntime(Service):
     def _on_lost(self, consumer: Any, partitions: list[Any]) -> None:
         # Called by librdkafka inside consume(): an exception must not escape into it.
         try:
-            self._on_lost_body(partitions)
+            with self.deadlines.call("on_lost", None):  # its Kafka calls have theirs
+                self._on_lost_body(partitions)
         except Exception as exc:
             log.error("runtime.rebalance_callback_failed", callback="_on_lost",
                       error=f"{type(exc).__name__}: {exc}", exc_info=True)
@@ -578,7 +729,8 @@ class BatchRuntime(Service):
 
         if self.exactly_once and self.in_txn:
             try:
-                self.producer.abort_transaction(60)
+                with self.deadlines.call("abort_transaction", ABORT_TIMEOUT_S):
+                    self.producer.abort_transaction(ABORT_TIMEOUT_S)
             except KafkaException:
                 self.producer = self._new_producer()
             self.in_txn = False
@@ -599,7 +751,8 @@ class BatchRuntime(Service):
     def _on_assign(self, consumer: Any, partitions: list[Any]) -> None:
         # Called by librdkafka inside consume(): an exception must not escape into it.
         try:
-            self._on_assign_body(partitions)
+            with self.deadlines.call("on_assign", None):  # its Kafka calls have theirs
+                self._on_assign_body(partitions)
         except Exception as exc:
             log.error("runtime.rebalance_callback_failed", callback="_on_assign",
                       error=f"{type(exc).__name__}: {exc}", exc_info=True)
@@ -656,7 +809,9 @@ class BatchRuntime(Service):
         self.restorer.assign(assign)
         try:
             while len(done) < len(pending):
-                for msg in self.restorer.consume(num_messages=5000, timeout=0.05):
+                with self.deadlines.call("restorer.consume", 0.05):
+                    msgs = self.restorer.consume(num_messages=5000, timeout=0.05)
+                for msg in msgs:
                     tp = (msg.topic(), msg.partition())
                     err = msg.error()
                     if err is not None:
@@ -686,8 +841,12 @@ class BatchRuntime(Service):
         topic_id = self._topic_ids.get(topic)
         part = table._parts[partition]
         stored_id = part.db.get(TOPIC_ID_KEY)
-        low, high = _retrying(lambda: self.restorer.get_watermark_offsets(
-            TopicPartition(topic, partition), timeout=30), f"watermarks of {topic}")
+        def watermarks() -> tuple[int, int]:
+            with self.deadlines.call("get_watermark_offsets", REQUEST_TIMEOUT_S):
+                return self.restorer.get_watermark_offsets(
+                    TopicPartition(topic, partition), timeout=REQUEST_TIMEOUT_S)
+
+        low, high = _retrying(watermarks, f"watermarks of {topic}")
         if (topic_id and stored_id is not None and stored_id.decode() != topic_id) \
                 or start > high:
             log.warning("runtime.local_store_discarded", table=table.name,
