@@ -147,3 +147,25 @@ def test_a_worker_stopped_by_a_fatal_error_aborts_instead_of_committing() -> Non
     assert rt.producer.calls == ["abort_transaction", "flush"]
     assert rt.positions == {} and not rt.in_txn and discarded == [1]
     assert closed == ["consumer", "restorer", "tables"] and rt.committed == {} and exits == []
+
+
+def test_a_changelog_partition_whose_leader_the_client_forgot_is_found_again() -> None:
+    # The restore consumer kept a partition led by a broker it dropped while that broker was
+    # down: librdkafka answers _UNKNOWN_PARTITION until its metadata is refreshed (5 min).
+    from confluent_kafka import KafkaError, KafkaException
+
+    rt, _ = _runtime(margin_s=1.0)
+    asked: list[str] = []
+
+    class Restorer:
+        def get_watermark_offsets(self, tp: Any, timeout: float) -> tuple[int, int]:
+            if not asked:
+                raise KafkaException(KafkaError(KafkaError._UNKNOWN_PARTITION))
+            return (0, 10)
+
+        def list_topics(self, topic: str, timeout: float) -> Any:
+            asked.append(topic)
+
+    rt.restorer = Restorer()
+    assert rt._watermarks("app-stock-changelog", 3) == (0, 10)
+    assert asked == ["app-stock-changelog"]

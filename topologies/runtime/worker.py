@@ -205,6 +205,16 @@ def _transient_codes() -> frozenset[Any]:
 _TRANSIENT = _transient_codes()
 
 
+def _no_leader_codes() -> frozenset[Any]:
+    from confluent_kafka import KafkaError
+
+    return frozenset({KafkaError._UNKNOWN_PARTITION, KafkaError._UNKNOWN_TOPIC,
+                      KafkaError.LEADER_NOT_AVAILABLE})
+
+
+_NO_LEADER = _no_leader_codes()
+
+
 class BatchRuntime(Service):
     """Consume, hand batches to the agents, commit exactly once; see the module docstring."""
 
@@ -831,22 +841,45 @@ class BatchRuntime(Service):
         log.info("runtime.tables_restored", partitions=len(pending), records=read)
         return read
 
+    def _watermarks(self, topic: str, partition: int) -> tuple[int, int]:
+        """A changelog partition's low and high watermarks, retried while its leader moves."""
+        from confluent_kafka import KafkaException, TopicPartition
+
+        def watermarks() -> tuple[int, int]:
+            try:
+                with self.deadlines.call("get_watermark_offsets", REQUEST_TIMEOUT_S):
+                    return self.restorer.get_watermark_offsets(
+                        TopicPartition(topic, partition), timeout=REQUEST_TIMEOUT_S)
+            except KafkaException as exc:
+                if exc.args and getattr(exc.args[0], "code", lambda: None)() in _NO_LEADER:
+                    self._refresh_restorer_metadata(topic)
+                raise
+
+        return _retrying(watermarks, f"watermarks of {topic}")
+
+    def _refresh_restorer_metadata(self, topic: str) -> None:
+        """Ask for the topic's metadata: the restore consumer, idle between rebalances, can
+        keep a partition whose leader is a broker it dropped while that broker was down (it
+        left the metadata; librdkafka 2.16 then answers _UNKNOWN_PARTITION until its next
+        periodic refresh, 5 min later). A metadata response brings the broker back."""
+        from confluent_kafka import KafkaException
+
+        try:
+            with self.deadlines.call("list_topics", REQUEST_TIMEOUT_S):
+                self.restorer.list_topics(topic, timeout=REQUEST_TIMEOUT_S)
+        except KafkaException as exc:
+            log.warning("runtime.metadata_refresh_failed", topic=topic, error=str(exc.args[0]))
+
     def _open_checked(self, table: BatchTable, partition: int) -> int | None:
         """Open a partition's store; the changelog offset to restore from, or None if the
         store is up to date. A store whose changelog was recreated is discarded first."""
-        from confluent_kafka import TopicPartition
 
         topic = table.changelog_name
         start = table.open_partition(partition)
         topic_id = self._topic_ids.get(topic)
         part = table._parts[partition]
         stored_id = part.db.get(TOPIC_ID_KEY)
-        def watermarks() -> tuple[int, int]:
-            with self.deadlines.call("get_watermark_offsets", REQUEST_TIMEOUT_S):
-                return self.restorer.get_watermark_offsets(
-                    TopicPartition(topic, partition), timeout=REQUEST_TIMEOUT_S)
-
-        low, high = _retrying(watermarks, f"watermarks of {topic}")
+        low, high = self._watermarks(topic, partition)
         if (topic_id and stored_id is not None and stored_id.decode() != topic_id) \
                 or start > high:
             log.warning("runtime.local_store_discarded", table=table.name,
