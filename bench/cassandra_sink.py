@@ -11,8 +11,11 @@ run, each round in a rotated order so none always meets a compaction or a flush 
 - `batched`: the same rows of each `--batch` updates grouped per (table, partition key)
   into UNLOGGED batches of at most `--batch-rows` rows with the driver's public API
   (`BatchStatement.add`), through `execute_concurrent`, same concurrency;
-- `sink`: `CassandraSink.write_batch` per `--batch` updates (coalescing, statement building
-  and the in-flight window included; `--concurrency` = max_in_flight).
+- `sink_partition`: `CassandraSink.write_batch` per `--batch` updates with
+  `batch_scope="partition"` (a batch holds rows of one partition; coalescing, statement
+  building and the in-flight window included; `--concurrency` = max_in_flight);
+- `sink`: the same with `batch_scope="replica"`, the default (a batch holds rows of any
+  table whose partitions share a replica set, up to `--batch-rows` rows).
 
 CPU per row is this process's CPU (every thread: the driver's reactor too) and, when the
 local stack's pid files are found, Cassandra's, over the round. Shapes: `burst` = every
@@ -40,7 +43,7 @@ from connectors.cassandra_schema import migrate
 from connectors.cassandra_sink import CassandraSink, group_by_partition
 from pipeline.log import configure_logging
 
-MODES = ("single", "batched", "sink")
+MODES = ("single", "batched", "sink_partition", "sink")
 
 
 def make_updates(n: int, round_no: int, *, shape: str, suppliers: int,
@@ -142,6 +145,9 @@ async def run(args: argparse.Namespace) -> dict[str, dict[str, float]]:
     sink = CassandraSink(keyspace=ks, max_in_flight=args.concurrency,
                          batch_rows=args.batch_rows)
     await sink.start()
+    partition_sink = CassandraSink(keyspace=ks, max_in_flight=args.concurrency,
+                                   batch_rows=args.batch_rows, batch_scope="partition")
+    await partition_sink.start()
     cassandra_pid = stack_pids(Path(args.stack_dir)).get("cassandra")
     results: dict[str, list[tuple[int, Meter]]] = {mode: [] for mode in MODES}
 
@@ -153,14 +159,15 @@ async def run(args: argparse.Namespace) -> dict[str, dict[str, float]]:
         # Warm-up: connections, prepared-statement caches, JIT on the server.
         warm = make(3_000, 0)
         await sink.write_batch(warm)
+        await partition_sink.write_batch(warm[2000:])
         await asyncio.to_thread(single_round, sink, [warm[:1000]], args.concurrency)
         await asyncio.to_thread(batched_round, sink, [warm[1000:2000]], args.concurrency,
                                 args.batch_rows)
         for r in range(args.rounds):
-            order = MODES[r % 3:] + MODES[:r % 3]
+            order = MODES[r % len(MODES):] + MODES[:r % len(MODES)]
             for k, mode in enumerate(order):
                 # A newer version of every row each time: every write really writes.
-                updates = make(args.updates, 3 * r + k + 1)
+                updates = make(args.updates, len(MODES) * r + k + 1)
                 batches = [updates[i:i + args.batch]
                            for i in range(0, len(updates), args.batch)]
                 with Meter(cassandra_pid) as meter:
@@ -170,6 +177,8 @@ async def run(args: argparse.Namespace) -> dict[str, dict[str, float]]:
                     elif mode == "batched":
                         rows = await asyncio.to_thread(batched_round, sink, batches,
                                                        args.concurrency, args.batch_rows)
+                    elif mode == "sink_partition":
+                        rows = await sink_round(partition_sink, batches)
                     else:
                         rows = await sink_round(sink, batches)
                 results[mode].append((rows, meter))
@@ -178,6 +187,7 @@ async def run(args: argparse.Namespace) -> dict[str, dict[str, float]]:
                 for rows, m in results[mode][-1:]), flush=True)
     finally:
         await sink.close()
+        await partition_sink.close()
         session.execute(f"DROP KEYSPACE IF EXISTS {ks}", timeout=120)
         cluster.shutdown()
     summary: dict[str, dict[str, float]] = {}
@@ -190,6 +200,7 @@ async def run(args: argparse.Namespace) -> dict[str, dict[str, float]]:
                                                   for rows, m in runs),
         }
     summary["sink"]["requests"] = sink.stats.requests
+    summary["sink_partition"]["requests"] = partition_sink.stats.requests
     return summary
 
 

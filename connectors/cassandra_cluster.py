@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import re
 import ssl
 from dataclasses import dataclass
@@ -9,11 +10,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from pipeline.errors import StockflowError
+from pipeline.log import get_logger
 
 if TYPE_CHECKING:
     from cassandra.cluster import Cluster, Session
 
     from pipeline.settings import Settings
+
+log = get_logger(__name__)
 
 # Keyspace names cannot be bound as parameters, so they are the one identifier stockflow
 # puts into CQL text: only after this check (Cassandra's own rule, unquoted form).
@@ -70,8 +74,47 @@ class ClusterConfig:
         )
 
 
+class _BatchWarningFilter(logging.Filter):
+    """Counts, instead of logging, Cassandra's warnings about the sink's batches.
+
+    The driver logs every warning a response carries (logger `cassandra.protocol`). A
+    cluster with the default batch thresholds (5 KiB, 10 partitions) warns about every
+    replica batch the sink sends, which would be a log line per batch; the first one is
+    logged with what to do, the rest are counted."""
+
+    _MARKERS = ("Unlogged batch covering", "Batch for [")
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.told = False
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        text = str(record.args[0]) if isinstance(record.args, tuple) and record.args else ""
+        if not any(marker in text for marker in self._MARKERS):
+            return True
+        from pipeline.metrics import CASSANDRA_BATCH_WARNINGS
+
+        CASSANDRA_BATCH_WARNINGS.inc()
+        if not self.told:
+            self.told = True
+            log.warning("cassandra.batch_warnings", example=text[:200],
+                        hint="the sink's unlogged batches group rows by replica set "
+                        "(cassandra_batch_scope); raise batch_size_warn_threshold and "
+                        "unlogged_batch_across_partitions_warn_threshold in cassandra.yaml "
+                        "(docs/cassandra.md) or set STOCKFLOW_CASSANDRA_BATCH_SCOPE=partition; "
+                        "further warnings are counted in "
+                        "stockflow_cassandra_batch_warnings_total, not logged")
+        return False
+
+
+_BATCH_WARNINGS = _BatchWarningFilter()
+
+
 def build_cluster(config: ClusterConfig) -> Cluster:
     """A Cluster with protocol v5, an explicit load-balancing policy and bounded reconnects."""
+    protocol_log = logging.getLogger("cassandra.protocol")
+    if _BATCH_WARNINGS not in protocol_log.filters:
+        protocol_log.addFilter(_BATCH_WARNINGS)
     from cassandra import ConsistencyLevel
     from cassandra.auth import PlainTextAuthProvider
     from cassandra.cluster import EXEC_PROFILE_DEFAULT, Cluster, ExecutionProfile

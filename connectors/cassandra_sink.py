@@ -239,6 +239,86 @@ class PreparedInsert:
 # Rows of one partition of one table: sent as one request, retried whole.
 PartitionBatch = tuple[PreparedInsert, list[tuple[Any, ...]]]
 
+# Cassandra refuses a batch above batch_size_fail_threshold (50 KiB by default); a replica
+# batch stops well below it. Values bytes plus a per-row allowance for the mutation framing.
+REPLICA_BATCH_MAX_BYTES = 32 * 1024
+_ROW_OVERHEAD_BYTES = 64
+
+
+class ReplicaBatch:
+    """Rows of any of the sink's tables whose partitions have the same replicas: one request.
+
+    An unlogged batch of one partition is one mutation, but at ~1.3 rows per partition per
+    batch (every change_history row is its own partition) the driver's per-request CPU is
+    what limits the sink. Rows grouped by replica set instead make a batch the coordinator
+    (token-aware: one of those replicas) applies locally, partition by partition, with no
+    fan-out to other replica sets; 50-100 rows then cost one request. Retried whole.
+    """
+
+    __slots__ = ("nbytes", "rows")
+
+    def __init__(self) -> None:
+        self.rows: list[tuple[PreparedInsert, list[bytes | None]]] = []
+        self.nbytes = 0
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def add(self, insert: PreparedInsert, values: list[bytes | None], nbytes: int) -> None:
+        self.rows.append((insert, values))
+        self.nbytes += nbytes
+
+    def statement(self) -> BoundStatement | BatchStatement:
+        """The request: the row itself when alone, else one UNLOGGED batch."""
+        insert, values = self.rows[0]
+        if len(self.rows) == 1:
+            bound = insert._bound_class(insert.statement)
+            bound.values = values
+            return bound
+        batch = insert._batch_class(insert._unlogged)
+        batch.is_idempotent = True
+        add = batch._add_statement_and_params
+        for row_insert, row_values in self.rows:
+            add(True, row_insert.query_id, row_values)
+        # Token-aware routing: the first row's partition, whose replicas hold every row.
+        batch.routing_key = values[:insert.partition_columns]
+        batch.keyspace = insert.keyspace
+        return batch
+
+
+def routing_key(values: Sequence[bytes | None], columns: int) -> bytes:
+    """The partition key bytes the partitioner hashes (the driver's composite encoding)."""
+    if columns == 1:
+        return values[0] or b""
+    return b"".join(struct.pack(">H", len(part or b"")) + (part or b"") + b"\x00"
+                    for part in values[:columns])
+
+
+def group_by_replica(rows: Iterable[tuple[PreparedInsert, tuple[Any, ...]]],
+                     replicas_of: Callable[[PreparedInsert, list[bytes | None]], Any] | None,
+                     max_rows: int, max_bytes: int = REPLICA_BATCH_MAX_BYTES,
+                     ) -> list[ReplicaBatch]:
+    """Rows bound and packed into batches of one replica set each, at most `max_rows` rows
+    and about `max_bytes` of values per batch. `replicas_of` None: one replica set (a
+    single-node cluster)."""
+    if max_rows < 1:
+        raise ValueError("max_rows must be >= 1")
+    open_batches: dict[Any, ReplicaBatch] = {}
+    done: list[ReplicaBatch] = []
+    for insert, params in rows:
+        values = insert.bind(params)
+        nbytes = _ROW_OVERHEAD_BYTES + sum(len(v) for v in values if v is not None)
+        group = None if replicas_of is None else replicas_of(insert, values)
+        batch = open_batches.get(group)
+        if batch is not None and (len(batch) >= max_rows or batch.nbytes + nbytes > max_bytes):
+            done.append(batch)
+            batch = None
+        if batch is None:
+            batch = open_batches[group] = ReplicaBatch()
+        batch.add(insert, values, nbytes)
+    done.extend(open_batches.values())
+    return done
+
 
 def is_retryable(exc: BaseException) -> bool:
     """True for errors that may pass (node down, timeouts, overload); False for a wrong request."""
@@ -465,6 +545,14 @@ class _OutageLog:
         return True
 
 
+# What one request writes: a replica batch, or rows of one partition of one table.
+Request = ReplicaBatch | PartitionBatch
+
+
+def _rows_in(request: Request) -> int:
+    return len(request) if isinstance(request, ReplicaBatch) else len(request[1])
+
+
 class CassandraSink:
     """Writes StockUpdate batches to availability_by_sku, stock_by_supplier and change_history.
 
@@ -486,6 +574,7 @@ class CassandraSink:
         consistency: str = "LOCAL_QUORUM",
         max_in_flight: int = 128,
         batch_rows: int = DEFAULT_BATCH_ROWS,
+        batch_scope: str = "replica",
         retry_base_delay_s: float = 0.05,
         max_retry_delay_s: float = 5.0,
         request_timeout_s: float = 10.0,
@@ -497,6 +586,8 @@ class CassandraSink:
             raise ValueError("max_in_flight must be >= 1")
         if batch_rows < 1:
             raise ValueError("batch_rows must be >= 1")
+        if batch_scope not in ("replica", "partition"):
+            raise ValueError("batch_scope must be 'replica' or 'partition'")
         self.keyspace = check_keyspace_name(keyspace)
         self._config = cluster_config or ClusterConfig(
             contact_points=tuple(contact_points), port=port, username=username,
@@ -504,6 +595,8 @@ class CassandraSink:
             request_timeout_s=request_timeout_s, reconnect_max_delay_s=reconnect_max_delay_s)
         self.max_in_flight = max_in_flight
         self.batch_rows = batch_rows
+        self.batch_scope = batch_scope
+        self._replica_cache: dict[bytes, Any] = {}
         self._retry_base_delay_s = retry_base_delay_s
         self._max_retry_delay_s = max_retry_delay_s
         self._request_timeout_s = request_timeout_s
@@ -524,6 +617,7 @@ class CassandraSink:
             "keyspace": settings.cassandra_keyspace,
             "max_in_flight": settings.cassandra_max_in_flight,
             "batch_rows": settings.cassandra_batch_rows,
+            "batch_scope": settings.cassandra_batch_scope,
             "retry_base_delay_s": settings.cassandra_retry_base_delay_s,
             "max_retry_delay_s": settings.cassandra_max_retry_delay_s,
             "request_timeout_s": settings.cassandra_request_timeout_s,
@@ -567,7 +661,8 @@ class CassandraSink:
         self._outage_log.succeeded()
         self._cluster, self._session = cluster, session
         log.info("cassandra.sink_started", keyspace=self.keyspace, buckets=self._buckets,
-                 max_in_flight=self.max_in_flight, batch_rows=self.batch_rows)
+                 max_in_flight=self.max_in_flight, batch_rows=self.batch_rows,
+                 batch_scope=self.batch_scope)
 
     def _connect(self) -> tuple[Cluster, Session]:
         from cassandra import InvalidRequest
@@ -641,13 +736,41 @@ class CassandraSink:
                 for insert, rows in zip(inserts, self.rows_for(updates), strict=True)
                 for params in rows]
 
-    def requests_for(self, updates: Sequence[Mapping[str, Any]]) -> list[PartitionBatch]:
-        """The requests of a batch: per table, its rows grouped by partition, `batch_rows` each."""
+    def requests_for(self, updates: Sequence[Mapping[str, Any]]) -> list[Request]:
+        """The requests of a batch: rows of all three tables grouped by replica set
+        (`batch_scope` replica, the default), or per table by partition; `batch_rows` each."""
         inserts = self._inserts()
+        tables = self.rows_for(updates)
+        if self.batch_scope == "replica":
+            return list(group_by_replica(
+                ((insert, params) for insert, rows in zip(inserts, tables, strict=True)
+                 for params in rows), self._replicas_of(), self.batch_rows))
         return [(insert, chunk)
-                for insert, rows in zip(inserts, self.rows_for(updates), strict=True)
+                for insert, rows in zip(inserts, tables, strict=True)
                 for chunk in group_by_partition(rows, insert.partition_columns,
                                                 self.batch_rows)]
+
+    def _replicas_of(self) -> Callable[[PreparedInsert, list[bytes | None]], Any] | None:
+        """How to find a row's replica set; None when every partition has the same one."""
+        cluster = self._cluster
+        token_map = cluster.metadata.token_map if cluster is not None else None
+        if token_map is None or len(cluster.metadata.all_hosts()) <= 1:  # type: ignore[union-attr]
+            return None
+        cache = self._replica_cache
+        if len(cache) > 100_000:  # a bound on memory; the ring rarely changes
+            cache.clear()
+        token_of = token_map.token_class.from_key
+        get_replicas = token_map.get_replicas
+
+        def replicas_of(insert: PreparedInsert, values: list[bytes | None]) -> Any:
+            key = routing_key(values, insert.partition_columns)
+            found = cache.get(key)
+            if found is None:
+                hosts = get_replicas(insert.keyspace, token_of(key))
+                found = cache[key] = tuple(sorted(str(h.host_id) for h in hosts))
+            return found
+
+        return replicas_of
 
     async def write_batch(self, updates: Sequence[Mapping[str, Any]]) -> int:
         """Write a batch of StockUpdates; returns the rows written once Cassandra acked them all.
@@ -661,21 +784,23 @@ class CassandraSink:
         requests = self.requests_for(updates)
         async with self._write_lock:  # one batch at a time keeps in-flight <= max_in_flight
             await self._write(requests)
-        rows = sum(len(chunk) for _insert, chunk in requests)
+        rows = sum(_rows_in(request) for request in requests)
         self.stats.batches += 1
         self.stats.updates += len(updates)
         self.stats.rows_written += rows
         self.stats.requests += len(requests)
         return rows
 
-    def _execute(self, request: PartitionBatch) -> ResponseFuture:
-        insert, rows = request
+    def _execute(self, request: Request) -> ResponseFuture:
         # No driver timeout: the window's watchdog times the requests out (see _InFlightWindow).
+        if isinstance(request, ReplicaBatch):
+            return self.session.execute_async(request.statement(), timeout=None)
+        insert, rows = request
         return self.session.execute_async(insert.request(rows), timeout=None)
 
-    async def _write(self, requests: Sequence[PartitionBatch]) -> None:
+    async def _write(self, requests: Sequence[Request]) -> None:
         loop = asyncio.get_running_loop()
-        pending: Sequence[PartitionBatch] = requests
+        pending: Sequence[Request] = requests
         attempt = 0
         while True:
             window = _InFlightWindow(self._execute, pending, self.max_in_flight,
@@ -702,7 +827,7 @@ class CassandraSink:
             SINK_RETRIES.labels("cassandra").inc()
             for _request, exc in failures:
                 SINK_ERRORS.labels("cassandra", type(exc).__name__).inc()
-            self._outage_log.failed(failures[0][1], pending=sum(len(r) for _i, r in pending),
+            self._outage_log.failed(failures[0][1], pending=sum(map(_rows_in, pending)),
                                     attempt=attempt, delay_s=delay)
             await asyncio.sleep(delay)
 

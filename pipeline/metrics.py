@@ -33,6 +33,9 @@ SINK_LATENCY = Histogram(
 )
 SINK_RETRIES = Counter("stockflow_sink_retries_total", "Retried sink writes", ["sink"])
 SINK_ERRORS = Counter("stockflow_sink_errors_total", "Failed sink attempts", ["sink", "error"])
+CASSANDRA_BATCH_WARNINGS = Counter(
+    "stockflow_cassandra_batch_warnings_total",
+    "Cassandra's per-request warnings about the sink's batches (size, partitions), not logged")
 FRESHNESS = Histogram(
     "stockflow_freshness_seconds",
     "Time from the delta's produce time to the stage's write",

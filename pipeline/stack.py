@@ -782,6 +782,10 @@ concurrent_writes: 16
 concurrent_compactors: 1
 auto_snapshot: false
 snapshot_on_duplicate_row_detection: false
+# The sink sends unlogged batches of rows sharing a replica set (cassandra_batch_scope):
+# expected here, so not warned about per batch.
+batch_size_warn_threshold: 40KiB
+unlogged_batch_across_partitions_warn_threshold: 1000
 """
 
 

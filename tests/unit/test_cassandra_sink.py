@@ -26,13 +26,16 @@ from connectors.cassandra_sink import (
     _STOCK_COLUMNS,
     CassandraSink,
     PreparedInsert,
+    ReplicaBatch,
     _OutageLog,
     backoff_delay,
     check_update,
     coalesce,
     group_by_partition,
+    group_by_replica,
     insert_cql,
     is_retryable,
+    routing_key,
     stock_bucket,
 )
 from pipeline.errors import SinkError
@@ -202,7 +205,7 @@ def real_inserts() -> dict[str, PreparedInsert]:
 
 
 def test_batches_bind_the_same_bytes_and_routing_key_as_the_driver() -> None:
-    sink = CassandraSink(keyspace="ks", batch_rows=3)
+    sink = CassandraSink(keyspace="ks", batch_rows=3, batch_scope="partition")
     inserts = real_inserts()
     sink._insert_availability = inserts["availability_by_sku"]
     sink._insert_stock = inserts["stock_by_supplier"]
@@ -355,7 +358,7 @@ PARTITION_COLUMNS = {b"id-availability": 1, b"id-stock": 2, b"id-history": 2}
 
 async def test_rows_go_out_as_one_batch_per_partition_chunk_never_mixing_partitions() -> None:
     session = FakeSession()
-    sink = fake_sink(session, max_in_flight=8, batch_rows=7)
+    sink = fake_sink(session, max_in_flight=8, batch_rows=7, batch_scope="partition")
     # Three suppliers' bursts: many SKUs per (supplier, bucket) and several suppliers per
     # platform SKU, a few keys with several versions (history rows of one partition).
     updates = [update(supplier=f"s{i % 3}", sku=f"k{i % 150}", version=1 + i // 150,
@@ -412,7 +415,9 @@ async def test_a_failed_batch_is_retried_whole() -> None:
     sink = fake_sink(session, max_in_flight=2, batch_rows=10)
     updates = [update(supplier="s1", sku=f"k{i}", version=1, platform_sku="P") for i in range(30)]
     await sink.write_batch(updates)
-    assert failed and all(rows in session.requests[3:] for rows in failed)
+    # Each failed request's rows went out again, together, in a later request.
+    assert failed and all(rows in session.requests[session.requests.index(rows) + 1:]
+                          for rows in failed)
     assert sorted(map(repr, session.written)) == expected_rows(sink, updates)
 
 
@@ -426,7 +431,7 @@ async def test_requests_that_never_answer_time_out_on_the_watchdog_and_are_retri
         return None
 
     session = FakeSession(fail)
-    sink = fake_sink(session, max_in_flight=4, request_timeout_s=0.3)
+    sink = fake_sink(session, max_in_flight=4, request_timeout_s=0.3, batch_rows=3)
     updates = [update(sku=f"k{i}", version=1) for i in range(10)]
     started = asyncio.get_running_loop().time()
     assert await asyncio.wait_for(sink.write_batch(updates), timeout=10) == 30
@@ -478,3 +483,121 @@ async def test_inline_completions_neither_overrun_the_batch_nor_recurse_without_
     updates = [update(sku=f"k{i}", version=1) for i in range(3000)]  # 9000 rows, all inline
     assert await sink.write_batch(updates) == 9000
     assert len(session.written) == 9000
+
+
+def _sink_with_real_inserts(**kwargs: Any) -> CassandraSink:
+    sink = CassandraSink(keyspace="ks", **kwargs)
+    inserts = real_inserts()
+    sink._insert_availability = inserts["availability_by_sku"]
+    sink._insert_stock = inserts["stock_by_supplier"]
+    sink._insert_history = inserts["change_history"]
+    sink._buckets = 4
+    return sink
+
+
+def _many_updates(n: int) -> list[dict[str, Any]]:
+    return [update(supplier=f"s{i % 3}", sku=f"ü-{i}", version=1_760_000_000_000_000 + i,
+                   platform_sku=f"P{i % 7}", price="1.50" if i % 2 else None,
+                   currency="EUR" if i % 2 else None, lead_time_days=i % 4 or None)
+            for i in range(n)]
+
+
+def test_routing_key_is_the_drivers_for_single_and_composite_partition_keys() -> None:
+    sink = _sink_with_real_inserts(batch_scope="partition")
+    for insert, rows in zip(sink._inserts(), sink.rows_for(_many_updates(3)), strict=True):
+        for params in rows:
+            expected = insert.statement.bind(params).routing_key
+            assert routing_key(insert.bind(params), insert.partition_columns) == expected
+
+
+def test_a_single_node_sends_rows_of_every_table_in_few_batches_binding_the_drivers_bytes(
+) -> None:
+    sink = _sink_with_real_inserts(batch_rows=50)
+    updates = _many_updates(120)
+    requests = sink.requests_for(updates)
+    assert all(isinstance(r, ReplicaBatch) for r in requests)
+    # 21 (platform SKU, supplier) keys + 120 stock + 120 history rows: 261 rows in 6
+    # requests, where partition batches took one request per partition (~260).
+    assert [len(r) for r in requests] == [50, 50, 50, 50, 50, 11]
+    expected = sorted((insert.query_id, tuple(insert.statement.bind(params).values))
+                      for insert, rows in zip(sink._inserts(), sink.rows_for(updates),
+                                              strict=True) for params in rows)
+    sent = []
+    for request in requests:
+        statement = request.statement()
+        assert isinstance(statement, BatchStatement)
+        assert statement.batch_type == BatchType.UNLOGGED and statement.is_idempotent
+        assert statement.keyspace == "ks" and statement.routing_key
+        sent.extend((query_id, tuple(values))
+                    for _p, query_id, values in statement._statements_and_parameters)
+    assert sorted(sent) == expected  # every row once, the bytes the driver would bind
+    assert len({query_id for query_id, _values in sent}) == 3  # tables mixed in batches
+
+
+def test_a_lone_row_goes_as_itself() -> None:
+    sink = _sink_with_real_inserts(batch_rows=1)
+    updates = _many_updates(1)
+    expected = [insert.statement.bind(params) for insert, rows in zip(
+        sink._inserts(), sink.rows_for(updates), strict=True) for params in rows]
+    statements = [request.statement() for request in sink.requests_for(updates)]
+    assert all(isinstance(s, BoundStatement) for s in statements)
+    assert [(s.values, s.routing_key, s.keyspace) for s in statements] == [
+        (b.values, b.routing_key, "ks") for b in expected]
+
+
+@settings(max_examples=60, deadline=None)
+@given(n=st.integers(1, 200), cap=st.integers(1, 60), nodes=st.integers(1, 4),
+       max_bytes=st.sampled_from([600, 4096, 32 * 1024]))
+def test_replica_batches_hold_one_replica_set_within_the_caps_and_every_row_once(
+        n: int, cap: int, nodes: int, max_bytes: int) -> None:
+    sink = _sink_with_real_inserts(batch_rows=cap)
+    inserts = sink._inserts()
+    rows = [(insert, params) for insert, table in zip(inserts, sink.rows_for(
+        _many_updates(n)), strict=True) for params in table]
+
+    def replicas_of(insert: PreparedInsert, values: list[bytes | None]) -> int:
+        return zlib.crc32(routing_key(values, insert.partition_columns)) % nodes
+
+    batches = group_by_replica(rows, replicas_of, cap, max_bytes)
+    seen = []
+    for batch in batches:
+        assert 1 <= len(batch) <= cap
+        assert len({replicas_of(i, v) for i, v in batch.rows}) == 1
+        assert len(batch) == 1 or batch.nbytes <= max_bytes
+        seen.extend((i.query_id, tuple(v)) for i, v in batch.rows)
+    assert sorted(seen) == sorted((i.query_id, tuple(i.bind(p))) for i, p in rows)
+
+
+async def test_replica_batches_are_written_and_retried_whole() -> None:
+    def fail(call: int, rows: Any) -> BaseException | None:
+        return WriteTimeout("timed out", write_type=0) if call % 3 == 0 else None
+
+    session = FakeSession(fail)
+    sink = fake_sink(session, max_in_flight=4, batch_rows=20)
+    updates = [update(supplier=f"s{i % 3}", sku=f"k{i}", platform_sku=f"P{i % 9}")
+               for i in range(150)]
+    rows = await sink.write_batch(updates)
+    assert rows == len(sink.statements_for(updates))
+    assert sorted(map(repr, session.written)) == expected_rows(sink, updates)
+    assert sink.stats.requests == -(-rows // 20)
+
+
+def test_cassandra_batch_warnings_are_counted_once_logged_and_other_warnings_kept(
+        caplog: pytest.LogCaptureFixture) -> None:
+    import logging
+
+    from connectors.cassandra_cluster import ClusterConfig, build_cluster
+    from pipeline.metrics import CASSANDRA_BATCH_WARNINGS
+
+    build_cluster(ClusterConfig()).shutdown()  # installs the filter (no connection made)
+    driver = logging.getLogger("cassandra.protocol")
+    before = CASSANDRA_BATCH_WARNINGS._value.get()
+    with caplog.at_level(logging.WARNING, logger="cassandra.protocol"):
+        for size in (11853, 20299):
+            driver.warning("Server warning: %s", f"Batch for [ks.change_history] is of size "
+                           f"{size}, exceeding specified threshold of 5120 by {size - 5120}.")
+        driver.warning("Server warning: %s", "Unlogged batch covering 17 partitions detected")
+        driver.warning("Server warning: %s", "Aggregation query used without partition key")
+    assert CASSANDRA_BATCH_WARNINGS._value.get() - before == 3
+    assert [r.getMessage() for r in caplog.records if r.name == "cassandra.protocol"] == [
+        "Server warning: Aggregation query used without partition key"]
