@@ -127,13 +127,13 @@ def run(rates: list[int], duration_s: float, skus: int, suppliers: int, guarante
         progress_at = [time.monotonic()]
 
         def caught_up() -> bool:
-            """Nothing left on the worker's three input topics (progress every 10 s)."""
-            lags = [env.lag(t) for t in
-                    ("inventory.deltas", "inventory.stock-updates", "inventory.changes")]
+            """Nothing left on the worker's input topics (progress every 10 s)."""
+            topics = env.settings.worker_input_topics()
+            lags = [env.lag(t) for t in topics]
             if time.monotonic() - progress_at[0] > 10:
                 progress_at[0] = time.monotonic()
-                print(f"  written {_count(buckets_of(scrape())):.0f}, lag deltas/updates/"
-                      f"changes {lags}", file=sys.stderr)
+                print(f"  written {_count(buckets_of(scrape())):.0f}, lag "
+                      f"{dict(zip(topics, lags, strict=True))}", file=sys.stderr)
             return not any(lags)
 
         env.wait_until(lambda: scrape() != {}, 120, "the worker's metrics endpoint")

@@ -28,10 +28,6 @@ from pipeline.settings import Settings
 
 log = get_logger(__name__)
 
-# Topics the worker's agents consume (logical names; topologies/topics.py declares them).
-WORKER_INPUT_TOPICS: tuple[str, ...] = (
-    "inventory.deltas", "inventory.stock-updates", "inventory.changes",
-)
 
 
 class LagLookupError(StockflowError):
@@ -94,7 +90,7 @@ class ConsumerLagCollector(Collector):
     def from_settings(cls, settings: Settings) -> ConsumerLagCollector:
         """The collector for the worker's own group (the Faust app id) and input topics."""
         return cls(settings.confluent_config(), settings.app_id,
-                   [settings.topic(t) for t in WORKER_INPUT_TOPICS])
+                   [settings.topic(t) for t in settings.worker_input_topics()])
 
     def _families(self) -> tuple[GaugeMetricFamily, GaugeMetricFamily, GaugeMetricFamily]:
         labels = ["group", "topic", "partition"]

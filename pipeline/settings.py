@@ -58,7 +58,13 @@ class Settings(BaseSettings):
     )
     cassandra_batch_rows: int = Field(
         default=50, ge=1, le=1000,
-        description="rows per unlogged batch; a batch only ever holds rows of one partition",
+        description="rows per unlogged batch (and about 32 KiB of values at most)",
+    )
+    cassandra_batch_scope: Literal["replica", "partition"] = Field(
+        default="replica",
+        description="what one unlogged batch may hold: rows of partitions with the same "
+        "replicas (fewest requests; raise Cassandra's batch warn thresholds, docs/cassandra.md) "
+        "or rows of one partition only",
     )
     cassandra_retry_base_delay_s: float = Field(default=0.05, gt=0)
     cassandra_max_retry_delay_s: float = Field(
@@ -124,6 +130,11 @@ class Settings(BaseSettings):
                              description="how long an event_id is remembered for dedup")
     sink_enabled: bool = True
     cache_enabled: bool = True
+    cache_writer: Literal["inline", "agent"] = Field(
+        default="inline",
+        description="who writes Redis: the aggregate agent right after Cassandra acknowledged "
+        "a batch (inline: one Kafka hop less, the freshest cache) or the refresh_cache agent "
+        "from inventory.changes (agent: the cache follows the committed change log)")
 
     # --- Worker runtime (topologies/runtime/) ------------------------------------------
     batch_max_records: int = Field(
@@ -307,6 +318,12 @@ class Settings(BaseSettings):
     def topic(self, name: str) -> str:
         """The physical topic name for a logical one (a prefix isolates tests and tenants)."""
         return f"{self.topic_prefix}{name}"
+
+    def worker_input_topics(self) -> tuple[str, ...]:
+        """The logical topics the worker's supplier pipeline consumes: inventory.changes only
+        when the refresh_cache agent writes the cache (`cache_writer` agent)."""
+        topics = ("inventory.deltas", "inventory.stock-updates")
+        return (*topics, "inventory.changes") if self.cache_writer == "agent" else topics
 
 
 @lru_cache(maxsize=1)

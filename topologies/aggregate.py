@@ -2,11 +2,12 @@
 
 One batch per event (topologies/runtime). The StockUpdates are grouped by platform SKU, each
 availability is read once, folded by the pure step `pipeline.step.fold_updates` and written
-once; the updates that changed something are written to Cassandra in one sink batch, and
-only after Cassandra acknowledged it are their InventoryChange records sent: the cache, fed
-from inventory.changes, is never ahead of the database. Under exactly-once the changelog
-writes, the change records and the input offsets commit in one Kafka transaction; a batch
-processed again after a crash writes the same Cassandra cells (USING TIMESTAMP = version).
+once; the updates that changed something are written to Cassandra in one sink batch; only
+after Cassandra acknowledged it are their changes written to Redis (`cache_writer` inline,
+the default) and their InventoryChange records sent: the cache is never ahead of the
+database. Under exactly-once the changelog writes, the change records and the input offsets
+commit in one Kafka transaction; a batch processed again after a crash writes the same
+Cassandra cells (USING TIMESTAMP = version) and the same Redis entries (version-guarded).
 
 The repartition by platform SKU (inventory.stock-updates) stays: the suppliers of one
 platform SKU arrive on different partitions of inventory.deltas, and one writer per platform
@@ -25,6 +26,7 @@ from pipeline.errors import SchemaError
 from pipeline.log import get_logger
 from pipeline.step import StepOutputs, fold_updates
 from schemas.codec import codec_for
+from topologies.refresh_cache import ChangeCache, get_cache, write_changes
 from topologies.runtime import InputBatches
 from topologies.topics import CHANGES, STOCK_UPDATES
 
@@ -34,6 +36,7 @@ availability = avro_table("availability", "Availability",
                           help="availability across suppliers per platform_sku")
 stock_updates = InputBatches(app, topic=settings.topic(STOCK_UPDATES.name), table=availability)
 CHANGES_TOPIC = settings.topic(CHANGES.name)
+CACHE_INLINE = settings.cache_writer == "inline"
 _UPDATE = codec_for("StockUpdate")
 _CHANGE = codec_for("InventoryChange")
 
@@ -175,7 +178,8 @@ async def _write_then_emit(sink: StockSink, updates: list[dict[str, Any]],
                            changes: list[dict[str, Any]], send: Any,
                            trace: tracing.BatchTrace | None = None,
                            origins: dict[int, Any] | None = None) -> None:
-    """Write a batch to the sink and, once it is acknowledged, send its change records."""
+    """Write a batch to the sink and, once it is acknowledged, the cache (inline) and send
+    its change records."""
     started_ns = time.time_ns()
     t0 = time.perf_counter()
     await sink.write_batch(updates)
@@ -185,11 +189,24 @@ async def _write_then_emit(sink: StockSink, updates: list[dict[str, Any]],
     fresh = metrics.FRESHNESS.labels("cassandra")
     for update in updates:
         fresh.observe(max(0.0, (written_ms - update["produced_at"]) / 1000))
+    cache: ChangeCache | None = get_cache() if CACHE_INLINE else None
+    redis_started_ns = time.time_ns()
+    if cache is not None:
+        await write_changes(cache, changes)
     encode = _CHANGE.encode
     if trace is not None and origins is not None:
-        written_ns = time.time_ns()
+        written_ns = redis_started_ns
         trace.child("cassandra.write", started_ns, written_ns, **{"db.system": "cassandra",
                     "stockflow.rows": len(updates)})
+        steps = [("cassandra.write", started_ns, written_ns,
+                  {"db.system": "cassandra", "stockflow.rows": len(updates)})]
+        if cache is not None:
+            cached_ns = time.time_ns()
+            trace.child("redis.write", redis_started_ns, cached_ns,
+                        **{"db.system": "redis", "stockflow.changes": len(changes)})
+            steps.append(("redis.write", redis_started_ns, cached_ns,
+                          {"db.system": "redis", "stockflow.changes": len(changes)}))
+            written_ns = cached_ns
         # updates and changes are parallel: each written update made exactly one change.
         for update, change in zip(updates, changes, strict=True):
             msg = origins.get(id(update))  # only the recorded records have one
@@ -199,9 +216,7 @@ async def _write_then_emit(sink: StockSink, updates: list[dict[str, Any]],
             context = trace.record(
                 (msg.partition(), msg.offset()),
                 attributes={"stockflow.outcome": "changed", **_update_attributes(update)},
-                steps=[("cassandra.write", started_ns, written_ns,
-                        {"db.system": "cassandra", "stockflow.rows": len(updates)})],
-                end_ns=written_ns)
+                steps=steps, end_ns=written_ns)
             send(CHANGES_TOPIC, change["platform_sku"].encode(), encode(change), None,
                  tracing.headers_of(context))
     else:

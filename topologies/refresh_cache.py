@@ -1,4 +1,10 @@
-"""Agent refresh_cache: inventory.changes -> Redis, version-guarded writes, one pipeline a batch."""
+"""Redis cache writes (version-guarded, one pipeline a batch) and the agent refresh_cache.
+
+Who writes Redis is `settings.cache_writer`: `inline` (default), the aggregate agent right
+after Cassandra acknowledged a batch, through `write_changes`; `agent`, the refresh_cache
+agent from inventory.changes. Both write the same InventoryChange records with the same
+version guard, so they end in the same hashes (docs/cache.md).
+"""
 
 from __future__ import annotations
 
@@ -15,7 +21,9 @@ from topologies.topics import CHANGES
 
 log = get_logger(__name__)
 
-changes = InputBatches(app, topic=settings.topic(CHANGES.name))
+# Not subscribed when the aggregate agent writes the cache inline.
+changes = InputBatches(app, topic=settings.topic(CHANGES.name),
+                       enabled=settings.cache_writer == "agent")
 _CHANGE = codec_for("InventoryChange")
 
 
@@ -36,7 +44,8 @@ def set_cache(cache: ChangeCache | None) -> None:
     _cache = cache
 
 
-def _get_cache() -> ChangeCache | None:
+def get_cache() -> ChangeCache | None:
+    """The cache writer: the one set by `set_cache`, else Redis from settings (or None)."""
     global _cache
     if _cache is None and settings.cache_enabled:
         from connectors.redis_cache import RedisCache
@@ -83,24 +92,29 @@ def _trace_cache_write(trace: tracing.BatchTrace, records: list[Any],
     trace.finish()
 
 
+async def write_changes(cache: ChangeCache, decoded: list[dict[str, Any]]) -> None:
+    """Write a batch of changes to the cache; returns once it has them (retrying meanwhile)."""
+    t0 = time.perf_counter()
+    await cache.apply_batch(decoded)
+    metrics.SINK_LATENCY.labels("redis").observe(time.perf_counter() - t0)
+    metrics.SINK_BATCH_SIZE.labels("redis").observe(len(decoded))
+    metrics.EVENTS.labels("cache", "written").inc(len(decoded))
+
+
 @app.agent(changes, name="refresh_cache")
 async def refresh_cache(batches: Any) -> Any:
     """Write each batch of changes to Redis; done only once Redis has them."""
     async for batch in batches:
         async with batch:
-            cache = _get_cache()
+            cache = get_cache()
             batch.result = 0
             if cache is not None:
                 trace = tracing.batch_trace("refresh_cache", batch.topic, batch.records,
                                             batch.now_ms) if tracing.ENABLED else None
                 decoded = decode_changes(batch.records)
                 started_ns = time.time_ns()
-                t0 = time.perf_counter()
-                await cache.apply_batch(decoded)
+                await write_changes(cache, decoded)
                 if trace is not None:
                     _trace_cache_write(trace, batch.records, decoded, started_ns)
-                metrics.SINK_LATENCY.labels("redis").observe(time.perf_counter() - t0)
-                metrics.SINK_BATCH_SIZE.labels("redis").observe(len(decoded))
-                metrics.EVENTS.labels("cache", "written").inc(len(decoded))
                 batch.result = len(decoded)
         yield batch.result

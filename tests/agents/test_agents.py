@@ -15,6 +15,7 @@ from schemas.codec import codec_for
 from tests.agents.records import Msg
 from topologies import aggregate as aggregate_mod
 from topologies import process_deltas as pd
+from topologies import refresh_cache as cache_mod
 from topologies.runtime import Batch
 
 NOW = int(time.time() * 1000)
@@ -186,3 +187,42 @@ async def test_aggregate_writes_sink_before_emitting_changes() -> None:
         [("acme", 5), ("bolt", 8)]
     avail = aggregate_mod.availability.get_in(0, b"P-1")
     assert avail["total"] == 8 and avail["best_supplier"] == "acme"
+
+
+class MemoryCache:
+    """Records each cache write with what the sink and the change topic held at that moment."""
+
+    def __init__(self, sink: MemorySink, sent: Sent) -> None:
+        self.sink, self.sent = sink, sent
+        self.writes: list[tuple[int, int, list[tuple[str, int]]]] = []
+
+    async def apply_batch(self, changes: list[dict[str, Any]]) -> int:
+        self.writes.append((len(self.sink.batches), len(self.sent.values("inventory.changes")),
+                            [(c["supplier_id"], c["total_available"]) for c in changes]))
+        return len(changes)
+
+    async def close(self) -> None: ...
+
+
+async def test_aggregate_writes_the_cache_inline_after_cassandra_and_before_the_changes(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    sent = Sent()
+    sink = MemorySink(sent)
+    cache = MemoryCache(sink, sent)
+    monkeypatch.setattr(aggregate_mod, "CACHE_INLINE", True)
+    aggregate_mod.set_sink(sink)
+    cache_mod.set_cache(cache)
+    try:
+        await run(aggregate_mod.aggregate, UPDATES, [
+            stock_update("acme", 5, 1, 0), stock_update("bolt", 3, 7, 1)], sent)
+        # Written by the refresh_cache agent instead: the aggregate leaves Redis alone.
+        monkeypatch.setattr(aggregate_mod, "CACHE_INLINE", False)
+        await run(aggregate_mod.aggregate, UPDATES, [stock_update("acme", 2, 3, 2)], sent)
+    finally:
+        aggregate_mod.set_sink(None)
+        cache_mod.set_cache(None)
+    # One cache write: after the one Cassandra batch was acknowledged, before any change
+    # record was sent, with the changes that batch made.
+    assert cache.writes == [(1, 0, [("acme", 5), ("bolt", 8)])]
+    assert [(c["supplier_id"], c["total_available"])
+            for c in sent.values("inventory.changes")] == [("acme", 5), ("bolt", 8), ("acme", 5)]

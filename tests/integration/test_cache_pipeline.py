@@ -193,6 +193,13 @@ def pipeline(tmp_path: Path) -> Iterator[PipelineEnv]:
 
 
 @pytest.fixture
+def agent_pipeline(tmp_path: Path) -> Iterator[PipelineEnv]:
+    """A running worker whose cache is written by the refresh_cache agent from
+    inventory.changes (`cache_writer` agent) instead of inline by the aggregate agent."""
+    yield from _pipeline(tmp_path, extra_env={"STOCKFLOW_CACHE_WRITER": "agent"})
+
+
+@pytest.fixture
 def private_pipeline(tmp_path: Path, private_redis: PrivateRedis) -> Iterator[PipelineEnv]:
     """A running worker whose cache is the test's private Redis."""
     yield from _pipeline(tmp_path, extra_env={"STOCKFLOW_REDIS_URL": private_redis.url})
@@ -234,8 +241,11 @@ def _change(sku: str, supplier: str, version: int, quantity: int,
     }
 
 
-def test_reordered_change_events_never_overwrite_a_newer_version(pipeline: PipelineEnv) -> None:
+def test_reordered_change_events_never_overwrite_a_newer_version(
+        agent_pipeline: PipelineEnv) -> None:
     from connectors.delta_producer import DeltaProducer
+
+    pipeline = agent_pipeline
 
     producer = DeltaProducer(pipeline.settings.confluent_config(),
                              pipeline.topic("inventory.changes"), record="InventoryChange")

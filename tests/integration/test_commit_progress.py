@@ -21,7 +21,6 @@ from tests.integration.pipeline_harness import PipelineEnv
 
 pytestmark = pytest.mark.integration
 
-TOPICS = ("inventory.deltas", "inventory.stock-updates", "inventory.changes")
 
 
 def uncommitted_offsets(env: PipelineEnv, logical: str) -> float:
@@ -60,7 +59,8 @@ def test_commits_keep_up_with_transaction_markers(tmp_path: Path) -> None:
         # step: 500-760 offsets at the last two samples).
         assert max(behind[2:]) < 200, behind
         # Drained: every topic's committed offset is at its end (only markers after it).
-        env.wait_until(lambda: all(env.lag(t) == 0 for t in TOPICS), 40,
+        env.wait_until(lambda: all(env.lag(t) == 0 for t in env.settings.worker_input_topics()),
+                       40,
                        "committed offsets to reach the end of every input")
     finally:
         env.cleanup()

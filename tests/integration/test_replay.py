@@ -117,9 +117,9 @@ def unread_records(env: PipelineEnv, logical: str) -> int:
 
 def wait_settled(env: PipelineEnv) -> None:
     """Until the worker consumed (and committed) every input: Cassandra and Redis are written."""
-    env.wait_until(lambda: all(unread_records(env, t) == 0 for t in (
-        "inventory.deltas", "inventory.stock-updates", "inventory.changes")),
-        timeout=180, message="worker caught up on its three inputs")
+    env.wait_until(lambda: all(unread_records(env, t) == 0
+                               for t in env.settings.worker_input_topics()),
+                   timeout=180, message="worker caught up on its inputs")
 
 
 TABLES = ("availability_by_sku", "stock_by_supplier", "change_history")

@@ -114,12 +114,16 @@ def test_one_trace_from_the_webhook_request_to_the_redis_write(
     event_id = f"{SUPPLIER}:ev-traced"  # the connector namespaces a supplier's event ids
 
     def redis_span() -> dict[str, Any] | None:
-        return next((s for s in read_spans(worker_file) if s["name"] == "redis.write"
-                     and s["parent_span_id"] and any(
-                         p["name"] == "refresh_cache"
-                         and p["attributes"].get("stockflow.event_id") == event_id
-                         and p["span_id"] == s["parent_span_id"]
-                         for p in read_spans(worker_file))), None)
+        # The aggregate agent writes Redis inline (cache_writer inline): the record's span
+        # is aggregate -> cassandra.write -> redis.write.
+        spans = {x["span_id"]: x for x in read_spans(worker_file)}
+        for s in spans.values():
+            write = spans.get(s["parent_span_id"]) if s["name"] == "redis.write" else None
+            record = spans.get(write["parent_span_id"]) if write is not None else None
+            if record is not None and record["name"] == "aggregate" \
+                    and record["attributes"].get("stockflow.event_id") == event_id:
+                return s
+        return None
 
     wait_for(redis_span, 120, message="the worker's redis.write span of ev-traced")
     spans = read_spans(worker_file)
@@ -134,9 +138,9 @@ def test_one_trace_from_the_webhook_request_to_the_redis_write(
     deltas_topic = traced.topic("inventory.deltas")
     assert [s["name"] for s in chain] == [
         "webhook receive", f"{deltas_topic} send", "process_deltas", "aggregate",
-        "cassandra.write", "refresh_cache", "redis.write"]
+        "cassandra.write", "redis.write"]
     assert [s["service"] for s in chain] == (["stockflow-connectors"] * 2
-                                            + ["stockflow-worker"] * 5)
+                                            + ["stockflow-worker"] * 4)
     starts = [s["start_ns"] for s in chain]
     assert starts == sorted(starts), "spans out of order"
     for span in chain[1:]:
@@ -148,14 +152,12 @@ def test_one_trace_from_the_webhook_request_to_the_redis_write(
     assert chain[2]["attributes"]["stockflow.outcome"] == "applied"
     # Each agent's batch span (its own trace) links to the record's context.
     worker_spans = read_spans(worker_file)
-    for agent, linked in (("process_deltas", chain[1]), ("aggregate", chain[2]),
-                          ("refresh_cache", chain[4])):
+    for agent, linked in (("process_deltas", chain[1]), ("aggregate", chain[2])):
         batch = next(s for s in worker_spans if s["name"] == f"{agent} batch"
                      and {"trace_id": linked["trace_id"], "span_id": linked["span_id"]}
                      in s["links"])
         children = {s["name"] for s in worker_spans if s["parent_span_id"] == batch["span_id"]}
-        assert children == {"aggregate": {"cassandra.write"},
-                            "refresh_cache": {"redis.write"}}.get(agent, set())
+        assert children == {"aggregate": {"cassandra.write", "redis.write"}}.get(agent, set())
     # The connector's dead letter: the request's trace ends in a span naming the reason.
     dead = [s for s in trace if s["name"].startswith("dead_letter ")]
     assert len(dead) == 1
@@ -168,7 +170,7 @@ def test_one_trace_from_the_webhook_request_to_the_redis_write(
     lines = out[out.index(f"trace {receive['trace_id']}"):].splitlines()
     order = [next(i for i, line in enumerate(lines) if f"{name} [" in line)
              for name in ("webhook receive", "process_deltas", "aggregate",
-                          "cassandra.write", "refresh_cache", "redis.write")]
+                          "cassandra.write", "redis.write")]
     assert order == sorted(order), out
 
 

@@ -21,13 +21,15 @@ class InputBatches(Channel):
     """The in-memory channel through which the runtime hands an agent its topic's batches."""
 
     def __init__(self, app: Any, *, topic: str, table: Any | None = None,
-                 **kwargs: Any) -> None:
+                 enabled: bool = True, **kwargs: Any) -> None:
         super().__init__(app, **kwargs)
         self.topic_name = topic
         self.table = table  # the table keyed like this topic (partition for partition)
+        self.enabled = enabled  # False: the runtime does not subscribe to the topic
 
     def _clone_args(self) -> dict[str, Any]:
-        return {**super()._clone_args(), "topic": self.topic_name, "table": self.table}
+        return {**super()._clone_args(), "topic": self.topic_name, "table": self.table,
+                "enabled": self.enabled}
 
 
 class Send(Protocol):
