@@ -67,7 +67,9 @@ OFFSETS_TIMEOUT_S = 20.0
 COMMIT_TIMEOUT_S = 120.0
 ABORT_TIMEOUT_S = 60.0
 INIT_TIMEOUT_S = 60.0
-REQUEST_TIMEOUT_S = 30.0  # committed offsets, watermarks, closing the consumer
+REQUEST_TIMEOUT_S = 30.0  # committed offsets, metadata, closing the consumer
+# Retried (_retrying): a request to a leader that just died should not wait out 30 s.
+WATERMARKS_TIMEOUT_S = 10.0
 EXIT_STUCK = 70  # EX_SOFTWARE: the exit code of a worker whose Kafka call never returned
 
 
@@ -259,7 +261,7 @@ class BatchRuntime(Service):
         """The agents fed by this runtime: every agent whose channel is an InputBatches."""
         for agent in self.app.agents.values():
             channel = agent.channel
-            if isinstance(channel, InputBatches) and channel.enabled:
+            if isinstance(channel, InputBatches):
                 self.routes[channel.topic_name] = channel
                 if channel.table is not None:
                     self.tables_by_topic[channel.topic_name] = channel.table
@@ -847,9 +849,9 @@ class BatchRuntime(Service):
 
         def watermarks() -> tuple[int, int]:
             try:
-                with self.deadlines.call("get_watermark_offsets", REQUEST_TIMEOUT_S):
+                with self.deadlines.call("get_watermark_offsets", WATERMARKS_TIMEOUT_S):
                     return self.restorer.get_watermark_offsets(
-                        TopicPartition(topic, partition), timeout=REQUEST_TIMEOUT_S)
+                        TopicPartition(topic, partition), timeout=WATERMARKS_TIMEOUT_S)
             except KafkaException as exc:
                 if exc.args and getattr(exc.args[0], "code", lambda: None)() in _NO_LEADER:
                     self._refresh_restorer_metadata(topic)
