@@ -261,7 +261,7 @@ class BatchRuntime(Service):
         """The agents fed by this runtime: every agent whose channel is an InputBatches."""
         for agent in self.app.agents.values():
             channel = agent.channel
-            if isinstance(channel, InputBatches):
+            if isinstance(channel, InputBatches) and channel.enabled:
                 self.routes[channel.topic_name] = channel
                 if channel.table is not None:
                     self.tables_by_topic[channel.topic_name] = channel.table
