@@ -137,6 +137,7 @@ def test_a_worker_stopped_by_a_fatal_error_aborts_instead_of_committing() -> Non
     rt.restorer = SimpleNamespace(close=lambda: closed.append("restorer"))
     discarded: list[int] = []
     rt.tables = [SimpleNamespace(has_changes=lambda: True,  # type: ignore[list-item]
+                                 changelog_name="app-stock-changelog", changed=lambda: [],
                                  discard_uncommitted=lambda: discarded.append(1) or 1,
                                  close_all=lambda: closed.append("tables"))]
     rt.positions, rt.in_txn = {("inventory.deltas", 0): 42}, True
