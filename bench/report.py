@@ -11,8 +11,9 @@ from bench.harness import ratio
 
 GOALS = {
     "topology_rate": 20_000.0,  # events/s through validate-dedup-aggregate per worker
-    "e2e_rate": 10_000.0,  # events/s end to end with Cassandra and Redis
-    "freshness_p99_ms_at_5000": 250.0,
+    "e2e_rate": 5_000.0,  # events/s end to end with Cassandra and Redis, bounded backlog
+    "freshness_p99_ms_at_1000": 250.0,  # produced -> Redis written, at 1,000 events/s
+    "burst_100k_s": 30.0,  # 100,000 snapshot rows sent at once, all visible in Redis
     "recovery_s_1m_keys": 10.0,
     "worker_rss_mb_1m_skus": 500.0,
     # issue 18, same run, exactly-once: the worker against peers doing the same delta step
@@ -88,8 +89,13 @@ def goals(result: dict[str, Any]) -> list[dict[str, Any]]:
     steps = e2e.get("steps") or []
     keys = _get(e2e, "memory", "keys")
     topo = _get(result, "topology", "runs", "exactly_once", "topology", "rate_steady")
-    at5k = step_at(steps, 5000)
-    p99_5k = at5k["p99_ms"] if at5k and at5k["bounded"] else math.nan
+    at1k = step_at(steps, 1000)
+    p99_1k = at1k["p99_ms"] if at1k and at1k["bounded"] else math.nan
+    # The key load sends one SNAPSHOT per key as fast as the producer goes: with >= 100k
+    # keys it is the burst of the goal (seconds until every row is in Redis).
+    load = e2e.get("load") or {}
+    burst = load.get("seconds", math.nan) if load.get("keys", 0) >= 100_000 \
+        and load.get("drained") else math.nan
     rec = _get(e2e, "recovery", "seconds")
     rss_mb = _get(e2e, "memory", "worker_rss_bytes") / 2**20
     eos = _get(result, "topology", "runs", "exactly_once", default={})
@@ -100,8 +106,10 @@ def goals(result: dict[str, Any]) -> list[dict[str, Any]]:
          GOALS["topology_rate"], topo >= GOALS["topology_rate"]),
         ("events/s end to end (Cassandra + Redis)", e2e.get("sustained_rate", math.nan),
          GOALS["e2e_rate"], e2e.get("sustained_rate", 0) >= GOALS["e2e_rate"]),
-        ("freshness p99 (ms) at 5,000 events/s", p99_5k, GOALS["freshness_p99_ms_at_5000"],
-         p99_5k <= GOALS["freshness_p99_ms_at_5000"]),
+        ("freshness p99 (ms) at 1,000 events/s", p99_1k, GOALS["freshness_p99_ms_at_1000"],
+         p99_1k <= GOALS["freshness_p99_ms_at_1000"]),
+        ("burst of 100,000 snapshot rows all in Redis (s)", burst, GOALS["burst_100k_s"],
+         burst <= GOALS["burst_100k_s"]),
         (f"recovery after SIGKILL (s) with {keys:,} keys" if keys == keys else "recovery (s)",
          rec, GOALS["recovery_s_1m_keys"], rec <= GOALS["recovery_s_1m_keys"]),
         (f"worker RSS (MB) at {keys:,} SKUs" if keys == keys else "worker RSS (MB)", rss_mb,

@@ -32,6 +32,8 @@ def bench(
     out: Annotated[Path, typer.Option(help="directory for bench.json, PNGs, profiles")] = Path(
         "bench/results"),
     skus: Annotated[int | None, typer.Option(help="override the mode's SKU count")] = None,
+    rates: Annotated[str | None, typer.Option(
+        help="end-to-end offered rates, comma separated (default: the mode's ladder)")] = None,
     topology: Annotated[bool, typer.Option(help="run the topology benchmark")] = True,
     end_to_end: Annotated[bool, typer.Option(help="run the end-to-end benchmark")] = True,
     peers: Annotated[bool, typer.Option(
@@ -85,10 +87,10 @@ def bench(
                         say(f"topology[{g}] {label}: {_peer_line(r[key])}")
         if end_to_end:
             lo, hi = cfg["ladder"]
-            rates = rate_ladder(lo, hi, 2.0, extra=(5_000,))
-            say(f"end to end: {cfg['skus']:,} SKUs, ladder {rates}")
+            ladder = _rates(rates) if rates else rate_ladder(lo, hi, 2.0, extra=(1_000, 5_000))
+            say(f"end to end: {cfg['skus']:,} SKUs, ladder {ladder}")
             result["end_to_end"] = e2e.run(
-                work, skus=cfg["skus"], suppliers=cfg["suppliers"], rates=rates,
+                work, skus=cfg["skus"], suppliers=cfg["suppliers"], rates=ladder,
                 step_s=cfg["step_s"], grace_s=cfg["grace_s"],
                 baseline_events=cfg["baseline_events"], profile_s=cfg["profile_s"], log=say)
     finally:
@@ -102,6 +104,16 @@ def bench(
         (out / "report.md").write_text(table + "\n")
     console.print(table, highlight=False, markup=False)
     say(f"wrote {out / 'bench.json'}, {', '.join(str(p) for p in plots)}, {out / 'report.md'}")
+
+
+def _rates(text: str) -> list[int]:
+    try:
+        values = sorted({int(part) for part in text.split(",") if part.strip()})
+    except ValueError as exc:
+        raise typer.BadParameter(f"--rates: comma-separated integers, got {text!r}") from exc
+    if not values or values[0] < 1:
+        raise typer.BadParameter("--rates: at least one rate, each >= 1")
+    return values
 
 
 def _peer_line(entry: dict[str, Any]) -> str:
