@@ -207,7 +207,8 @@ def plot(result: dict[str, Any], out_dir: Path) -> list[Path]:
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for key, label in (("p50_ms", "p50"), ("p99_ms", "p99"), ("p99.9_ms", "p99.9")):
         ax.plot(offered, [s[key] for s in steps], "o-", label=label)
-    ax.axhline(GOALS["freshness_p99_ms_at_5000"], color="red", alpha=0.4, label="p99 goal")
+    ax.axhline(GOALS["freshness_p99_ms_at_1000"], color="red", alpha=0.4,
+               label="p99 goal (at 1,000/s)")
     ax.set_yscale("log")
     ax.set_xlabel("offered events/s")
     ax.set_ylabel("freshness, produced -> Redis (ms)")
