@@ -107,7 +107,7 @@ def _throughput(env: Any, holds: int) -> dict[str, float]:
     while seen < holds and time.monotonic() < deadline:
         for msg in consumer.consume(1000, 0.5):
             if msg.error() is None:
-                d = decision.decode(msg.value())
+                d = decision.decode(msg.value() or b"")
                 if (d["command_id"] or "").startswith(run):
                     seen += 1
                     granted += d["outcome"] == "GRANTED"
