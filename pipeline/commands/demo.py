@@ -97,6 +97,7 @@ def demo(
     from rich.live import Live
 
     from pipeline.commands.top import render, scrape
+    from pipeline.log import configure_logging
     from pipeline.settings import get_settings
     from pipeline.stack import LocalStack
     from topologies.topics import create_topics
@@ -105,6 +106,9 @@ def demo(
     settings = get_settings()
     if not config.exists():
         raise typer.BadParameter(f"{config} not found (run from the stockflow folder)")
+    # The demo's own screen is the ✓ lines and the live table: the stack's progress logs
+    # (JSON in production) would only clutter it; warnings and errors still show.
+    configure_logging(json=False, level="WARNING")
 
     with console.status("stack up (the first run resolves Kafka and Cassandra from Maven "
                         "Central; a few minutes)..."):

@@ -104,3 +104,5 @@ def test_the_demo_terminal_shows_one_short_screen_and_no_client_logs(tmp_path: P
     assert "Ctrl-C" in summary
     assert "demo stopped" in out
     assert not [line for line in lines[:start] if line.startswith("  topic ")], out
+    # No log lines (the JSON of production logging) on the demo's screen.
+    assert not [line for line in lines if line.lstrip().startswith('{"')], out
