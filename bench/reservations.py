@@ -15,7 +15,7 @@ the whole time from a separate process (the supplier pipeline running):
 The HTTP client is a few lines over asyncio streams (keep-alive connections, requests
 formatted once): on a 2-core machine a heavier client takes CPU from what it measures.
 
-    python -m bench.reservations [--holds 20000] [--rate 200,500] [--seconds 10]
+    python -m bench.reservations [--holds 20000] [--rate 200,500] [--seconds 10] [--trace]
 """
 
 from __future__ import annotations
@@ -68,6 +68,81 @@ def _supplier_load(config: dict[str, Any], topic: str, rate: float) -> None:
             delay = started + seq / rate - time.monotonic()
             if delay > 0:
                 time.sleep(delay)
+
+
+class _PathTrace:
+    """Where a hold's decision time goes, from the records themselves: the command's
+    timestamp (the API produced it), the decision's (the worker produced it) and when a
+    read_committed consumer got the decision (its transaction committed). One thread, two
+    consumers; --trace only, since decoding every record takes CPU from what is measured."""
+
+    def __init__(self, env: Any) -> None:
+        import threading
+
+        self.env = env
+        self.commands: dict[str, int] = {}  # command id -> command timestamp
+        self.decisions: dict[str, tuple[int, float]] = {}  # -> decision timestamp, seen at
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _consumer(self, logical: str, isolation: str) -> Any:
+        from confluent_kafka import Consumer, TopicPartition
+
+        topic = self.env.topic(logical)
+        consumer = Consumer({**self.env.settings.confluent_config(),
+                             "group.id": uuid.uuid4().hex, "enable.auto.commit": False,
+                             "isolation.level": isolation, "fetch.wait.max.ms": 5})
+        parts = consumer.list_topics(topic, timeout=10).topics[topic].partitions
+        consumer.assign([TopicPartition(topic, p, consumer.get_watermark_offsets(
+            TopicPartition(topic, p), timeout=10)[1]) for p in parts])
+        return consumer
+
+    def __enter__(self) -> _PathTrace:
+        self.consumers = (self._consumer("reservations.commands", "read_uncommitted"),
+                          self._consumer("reservations.decisions", "read_committed"))
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        time.sleep(1.0)  # the last decisions
+        self.stop.set()
+        self.thread.join(10)
+        for consumer in self.consumers:
+            consumer.close()
+
+    def _run(self) -> None:
+        from schemas.codec import codec_for
+
+        command, decision = codec_for("ReservationCommand"), codec_for("ReservationDecision")
+        while not self.stop.is_set():
+            for consumer, codec in zip(self.consumers, (command, decision), strict=True):
+                first = consumer.poll(0.005)
+                if first is None:
+                    continue
+                seen = time.time() * 1000
+                for msg in (first, *consumer.consume(1000, 0)):
+                    if msg.error() is not None:
+                        continue
+                    value = codec.decode_trusted(msg.value() or b"")
+                    if value["kind"] != "HOLD" or not value["command_id"]:
+                        continue
+                    if codec is command:
+                        self.commands[value["command_id"]] = msg.timestamp()[1]
+                    else:
+                        self.decisions[value["command_id"]] = (msg.timestamp()[1], seen)
+
+    def summary(self) -> dict[str, Any]:
+        decide, commit = [], []
+        for cid, produced in self.commands.items():
+            if cid in self.decisions:
+                decided, seen = self.decisions[cid]
+                decide.append(decided - produced)
+                commit.append(seen - decided)
+        return {"traced": len(decide),
+                "command_to_decision_produced_p50_ms": round(percentile(decide, 0.5), 1),
+                "command_to_decision_produced_p99_ms": round(percentile(decide, 0.99), 1),
+                "decision_produced_to_committed_p50_ms": round(percentile(commit, 0.5), 1),
+                "decision_produced_to_committed_p99_ms": round(percentile(commit, 0.99), 1)}
 
 
 def _throughput(env: Any, holds: int) -> dict[str, float]:
@@ -317,6 +392,9 @@ def main() -> None:
     parser.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",
                         help="a setting for the worker and the API of this run, e.g. "
                         "STOCKFLOW_BATCH_MAX_WAIT_S=0.005 (repeatable)")
+    parser.add_argument("--trace", action="store_true",
+                        help="split each hold's decision wait into the worker's deciding and "
+                        "its commit, read from the records (costs the client CPU)")
     args = parser.parse_args()
     extra = dict(item.split("=", 1) for item in args.env)
 
@@ -364,9 +442,15 @@ def main() -> None:
         assert env.worker is not None
         cpu = CpuMeter({"api": api.pid, "worker": env.worker.pid, "client": os.getpid()})
         throughput = _throughput(env, args.holds)
-        latency = [_run(_latency(base, rate, args.seconds,
-                                 f"R{k}" if args.latency_skus == "own" else "HOT", cpu))
-                   for k, rate in enumerate(rates)]
+        latency = []
+        for k, rate in enumerate(rates):
+            skus = f"R{k}" if args.latency_skus == "own" else "HOT"
+            if args.trace:
+                with _PathTrace(env) as trace:
+                    latency.append(_run(_latency(base, rate, args.seconds, skus, cpu)))
+                latency[-1]["path"] = trace.summary()
+            else:
+                latency.append(_run(_latency(base, rate, args.seconds, skus, cpu)))
         result = {"throughput": throughput, "latency": latency,
                   "reads": _run(_reads(base, env.settings, args.reads, cpu)),
                   "supplier_rate": args.supplier_rate, "latency_skus": args.latency_skus,

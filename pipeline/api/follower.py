@@ -133,19 +133,44 @@ class DecisionFollower:
                 log.error("api.undecodable_record", topic=msg.topic(), offset=msg.offset(),
                           error=str(exc))
         if decisions:
-            prefix = self.settings.redis_cache_key_prefix
+            # Before the waiting requests get their decisions: an answer means Redis (what
+            # every API process reads) has the reserved units it made. Only each SKU's last
+            # decision of the batch is written (the script keeps the newest sequence anyway):
+            # this write is on every answer's path, and one pipeline of ~100 script calls cost
+            # 8.5 ms at p50 and 64 ms at p99 on the loaded 2-core machine.
+            latest: dict[str, dict[str, Any]] = {}
+            for d in decisions:
+                seen = latest.get(d["platform_sku"])
+                if seen is None or d["sequence"] > seen["sequence"]:
+                    latest[d["platform_sku"]] = d
             try:
-                pipe = script.registered_client.pipeline(transaction=False)
-                for d in decisions:
-                    script(keys=[atp_key(prefix, d["platform_sku"])],
-                           args=[d["sequence"], d["held"] + d["confirmed_pending"], d["held"],
-                                 d["confirmed_pending"], d["supplier_total"], ATP_TTL_S],
-                           client=pipe)
-                pipe.execute()
+                self._write_reserved(script, list(latest.values()))
             except Exception as exc:  # the reads fall back to the stream's own view
                 log.warning("api.atp_write_failed", error=str(exc))
         if decisions or changes:
             self.loop.call_soon_threadsafe(self._deliver, decisions, changes)
+
+    def _write_reserved(self, script: Any, decisions: list[dict[str, Any]]) -> None:
+        """The reserved units of these decisions' SKUs into Redis, one pipeline of EVALSHA
+        (redis-py's Script in a pipeline first asks SCRIPT EXISTS: a round trip per batch;
+        a Redis that lost the script answers NOSCRIPT, and it is loaded and sent again)."""
+        from redis.exceptions import NoScriptError
+
+        prefix = self.settings.redis_cache_key_prefix
+        client = script.registered_client
+        for attempt in (1, 2):
+            pipe = client.pipeline(transaction=False)
+            for d in decisions:
+                pipe.evalsha(script.sha, 1, atp_key(prefix, d["platform_sku"]), d["sequence"],
+                             d["held"] + d["confirmed_pending"], d["held"],
+                             d["confirmed_pending"], d["supplier_total"], ATP_TTL_S)
+            try:
+                pipe.execute()
+                return
+            except NoScriptError:
+                if attempt == 2:
+                    raise
+                client.script_load(_ATP_SCRIPT)
 
     def _deliver(self, decisions: list[dict[str, Any]], changes: list[dict[str, Any]]) -> None:
         for d in decisions:
