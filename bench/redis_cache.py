@@ -4,6 +4,8 @@
 
 Both sides write the same keys, one pipeline per batch, in the same run and alternating
 rounds; the ratio is the price of the version guard (HGET + compare + recompute in Lua).
+Each side's client CPU per key (this process) and Redis's (from INFO's used_cpu) are
+reported too.
 Keys live under a fresh prefix that is deleted afterwards.
 """
 
@@ -28,6 +30,20 @@ def _changes(n: int, version: int, supplier: int) -> list[dict[str, Any]]:
          "event_id": f"{i}-{version}", "observed_at": now, "produced_at": now, "changed_at": now}
         for i in range(n)
     ]
+
+
+async def _server_cpu(cache: RedisCache) -> float:
+    info = await cache.client.info("cpu")
+    return float(info["used_cpu_sys"]) + float(info["used_cpu_user"])
+
+
+async def _metered(cache: RedisCache, n: int, work: Any) -> tuple[float, float, float]:
+    """(keys/s, client CPU µs a key, Redis CPU µs a key) of one round."""
+    server0, cpu0, t0 = await _server_cpu(cache), time.process_time(), time.perf_counter()
+    await work
+    wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0
+    server = await _server_cpu(cache) - server0
+    return n / wall, cpu * 1e6 / n, server * 1e6 / n
 
 
 async def _cas_round(cache: RedisCache, changes: list[dict[str, Any]], batch: int) -> float:
@@ -61,8 +77,8 @@ async def run(url: str, keys: int, batch: int, rounds: int, suppliers: int) -> d
     """Alternate CAS and raw rounds (each round a newer version of every key); medians."""
     prefix = f"bench-{uuid.uuid4().hex[:8]}:"
     cache = RedisCache(url, key_prefix=prefix, ttl_s=3600)
-    cas: list[float] = []
-    raw: list[float] = []
+    cas: list[tuple[float, float, float]] = []
+    raw: list[tuple[float, float, float]] = []
     try:
         # Warm up: every hash holds `suppliers` suppliers, so the recompute has real work.
         for s in range(suppliers):
@@ -72,14 +88,20 @@ async def run(url: str, keys: int, batch: int, rounds: int, suppliers: int) -> d
             await _raw_round(cache, warm, batch, f"{prefix}raw:")
         for r in range(rounds):
             changes = _changes(keys, r + 2, r % suppliers)
-            cas.append(await _cas_round(cache, changes, batch))
-            raw.append(await _raw_round(cache, changes, batch, f"{prefix}raw:"))
+            cas.append(await _metered(cache, keys, _cas_round(cache, changes, batch)))
+            raw.append(await _metered(cache, keys, _raw_round(cache, changes, batch,
+                                                              f"{prefix}raw:")))
     finally:
         async for key in cache.client.scan_iter(match=f"{prefix}*", count=1000):
             await cache.client.unlink(key)
         await cache.close()
-    return {"cas_keys_per_s": statistics.median(cas), "raw_keys_per_s": statistics.median(raw),
-            "ratio": statistics.median(cas) / statistics.median(raw)}
+    def med(runs: list[tuple[float, float, float]], i: int) -> float:
+        return statistics.median(r[i] for r in runs)
+
+    return {"cas_keys_per_s": med(cas, 0), "raw_keys_per_s": med(raw, 0),
+            "ratio": med(cas, 0) / med(raw, 0),
+            "cas_client_us": med(cas, 1), "raw_client_us": med(raw, 1),
+            "cas_redis_us": med(cas, 2), "raw_redis_us": med(raw, 2)}
 
 
 def main() -> None:
@@ -96,6 +118,9 @@ def main() -> None:
     print(f"| keys {args.keys} | batch {args.batch} | apply_batch {result['cas_keys_per_s']:,.0f} "
           f"keys/s | raw HSET pipeline {result['raw_keys_per_s']:,.0f} keys/s | "
           f"ratio {result['ratio']:.2f} |")
+    print(f"| CPU µs a key | apply_batch: client {result['cas_client_us']:.1f}, Redis "
+          f"{result['cas_redis_us']:.1f} | raw HSET pipeline: client "
+          f"{result['raw_client_us']:.1f}, Redis {result['raw_redis_us']:.1f} |")
 
 
 if __name__ == "__main__":

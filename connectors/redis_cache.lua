@@ -1,17 +1,23 @@
--- stockflow: version-guarded write of supplier entries into one platform-SKU availability hash.
+-- stockflow: version-guarded write of supplier entries into platform-SKU availability hashes.
 --
--- KEYS[1]   the hash of one platform SKU (stockflow:avail:<percent-encoded platform sku>)
--- ARGV[1]   TTL in milliseconds; "0" = no expiry
--- ARGV[2]   "1" when the groups are the full supplier set read from Cassandra (cache-aside
---           fill, rebuild): the hash is then marked complete
--- ARGV[3..] groups of 7: supplier_id, version, quantity, status, sku, updated_at (epoch ms),
---           lead_time_days ("" = unknown, "-" = not carried by the record: keep the stored one)
+-- KEYS[1..n] the hashes of n platform SKUs (stockflow:avail:<percent-encoded platform sku>)
+-- ARGV[1]    TTL in milliseconds; "0" = no expiry
+-- ARGV[2]    "1" when the groups are the full supplier set read from Cassandra (cache-aside
+--            fill, rebuild): the hashes are then marked complete
+-- ARGV[3]    JSON array, one element per key: that key's groups, each an array of 7 strings:
+--            supplier_id, version, quantity, status, sku, updated_at (epoch ms),
+--            lead_time_days ("" = unknown, "-" = not carried by the record: keep the stored one)
 --
+-- One call writes many keys: a batch costs one command (one argument per key) instead of one
+-- command of 2 + 7 x suppliers arguments per key, on the client and on the server. Every key
+-- is still written alone, by the same rule:
 -- A supplier's entry is written only when the incoming version is strictly newer than the
 -- stored one, so reordering, redelivery and replay never move the cache back in time.
 -- total/best/updated_at are recomputed here from the per-supplier fields, so they are right
 -- whatever order the entries arrived in.
--- Returns one 0/1 per group: 1 when that entry was newer and written.
+-- Returns one string: per key, one character per group ('1' when that entry was newer and
+-- written, else '0'), keys separated by ','. (One bulk string is cheaper for the client to
+-- read than an array per key.)
 
 -- Versions are compared as canonical decimal strings (Python's str(int)): Lua numbers are
 -- doubles and would round versions above 2^53.
@@ -39,7 +45,7 @@ end
 
 -- One HGETALL, the decisions and the recompute in Lua, then one HSET (+ HDEL) and PEXPIRE:
 -- a handful of redis.call per key whatever the number of suppliers.
-local key = KEYS[1]
+local function apply(key, groups, complete, ttl)
 local flat = redis.call('HGETALL', key)
 local fields = {}
 for j = 1, #flat, 2 do
@@ -57,25 +63,25 @@ local function unset(field)
   end
 end
 
-local written = {}
+local written = ''
 local changed = false
-for i = 3, #ARGV, 7 do
-  local supplier = ARGV[i]
-  local version = ARGV[i + 1]
-  local lead = ARGV[i + 6]
+for _, g in ipairs(groups) do
+  local supplier = g[1]
+  local version = g[2]
+  local lead = g[7]
   local stored = fields['v:' .. supplier]
   if (not stored) or newer(version, stored) then
-    set('q:' .. supplier, ARGV[i + 2])
+    set('q:' .. supplier, g[3])
     set('v:' .. supplier, version)
-    set('s:' .. supplier, ARGV[i + 3])
-    set('k:' .. supplier, ARGV[i + 4])
-    set('t:' .. supplier, ARGV[i + 5])
+    set('s:' .. supplier, g[4])
+    set('k:' .. supplier, g[5])
+    set('t:' .. supplier, g[6])
     if lead == '' then
       unset('l:' .. supplier)
     elseif lead ~= '-' then
       set('l:' .. supplier, lead)
     end
-    written[#written + 1] = 1
+    written = written .. '1'
     changed = true
   else
     -- Same version from Cassandra (a fill) may bring the lead time the change record did not
@@ -84,11 +90,11 @@ for i = 3, #ARGV, 7 do
       set('l:' .. supplier, lead)
       changed = true
     end
-    written[#written + 1] = 0
+    written = written .. '0'
   end
 end
 
-if ARGV[2] == '1' and fields['complete'] ~= '1' then
+if complete and fields['complete'] ~= '1' then
   set('complete', '1')
   changed = true
 end
@@ -147,10 +153,19 @@ if changed then
   end
   if #args > 0 then redis.call('HSET', key, unpack(args)) end
   if #gone > 0 then redis.call('HDEL', key, unpack(gone)) end
-  local ttl = tonumber(ARGV[1])
   if ttl and ttl > 0 then
     redis.call('PEXPIRE', key, ttl)
   end
 end
 
 return written
+end
+
+local groups = cjson.decode(ARGV[3])
+local complete = ARGV[2] == '1'
+local ttl = tonumber(ARGV[1])
+local out = {}
+for k = 1, #KEYS do
+  out[k] = apply(KEYS[k], groups[k], complete, ttl)
+end
+return table.concat(out, ',')

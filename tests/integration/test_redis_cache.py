@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import random
 import shutil
 import subprocess
@@ -179,24 +180,25 @@ async def test_script_never_lets_an_older_or_equal_version_overwrite(cache: Redi
     await r.script_load(SCRIPT)
 
     def args(version: int | str, quantity: int, status: str = "ACTIVE") -> list[str]:
-        return ["0", "0", "s1", str(version), str(quantity), status, "sku-1", "1000", "-"]
+        group = ["s1", str(version), str(quantity), status, "sku-1", "1000", "-"]
+        return ["0", "0", json.dumps([[group]])]
 
     sha = (await r.script_load(SCRIPT))
-    assert await r.evalsha(sha, 1, key, *args(5, 10)) == [1]
-    assert await r.evalsha(sha, 1, key, *args(4, 99)) == [0]  # older: refused
-    assert await r.evalsha(sha, 1, key, *args(5, 77)) == [0]  # equal: a no-op
+    assert await r.evalsha(sha, 1, key, *args(5, 10)) == "1"
+    assert await r.evalsha(sha, 1, key, *args(4, 99)) == "0"  # older: refused
+    assert await r.evalsha(sha, 1, key, *args(5, 77)) == "0"  # equal: a no-op
     got = await cache.get("P-1")
     assert got is not None
     assert got["suppliers"]["s1"]["quantity"] == 10 and got["total"] == 10
-    assert await r.evalsha(sha, 1, key, *args(6, 3)) == [1]
+    assert await r.evalsha(sha, 1, key, *args(6, 3)) == "1"
     assert (await cache.get("P-1"))["total"] == 3  # type: ignore[index]
 
     # Versions beyond 2^53 differ only in the last digit: doubles would call them equal.
     big = 2**60
-    assert await r.evalsha(sha, 1, key, *args(big, 1)) == [1]
-    assert await r.evalsha(sha, 1, key, *args(big + 1, 2)) == [1]
-    assert await r.evalsha(sha, 1, key, *args(big, 9)) == [0]
-    assert await r.evalsha(sha, 1, key, *args(999, 9)) == [0]  # shorter string, smaller number
+    assert await r.evalsha(sha, 1, key, *args(big, 1)) == "1"
+    assert await r.evalsha(sha, 1, key, *args(big + 1, 2)) == "1"
+    assert await r.evalsha(sha, 1, key, *args(big, 9)) == "0"
+    assert await r.evalsha(sha, 1, key, *args(999, 9)) == "0"  # shorter string, smaller number
     assert (await cache.get("P-1"))["suppliers"]["s1"]["quantity"] == 2  # type: ignore[index]
 
 
@@ -277,7 +279,7 @@ async def test_batch_coalesces_counts_keys_and_sets_ttl(cache: RedisCache) -> No
 @requires_redis
 async def test_a_batch_is_one_round_trip_of_evalsha_calls(
         cache: RedisCache, monkeypatch: pytest.MonkeyPatch) -> None:
-    """apply_batch sends one pipeline: one write to the socket, one EVALSHA per platform SKU."""
+    """apply_batch sends one pipeline: one write to the socket, one EVALSHA per 100 keys."""
     from redis.asyncio.connection import AbstractConnection
 
     batch = [change(f"P{i % 300}", f"s{i % 7}", 1 + i // 2100, i) for i in range(3000)]
@@ -293,7 +295,8 @@ async def test_a_batch_is_one_round_trip_of_evalsha_calls(
     monkeypatch.setattr(AbstractConnection, "send_packed_command", counting)
     assert await cache.apply_batch(batch) == 300
     assert len(sent) == 1, f"{len(sent)} round trips for one batch"
-    assert sent[0].count(b"\r\nEVALSHA\r\n") == 300  # one script call per platform SKU
+    # 300 platform SKUs: three script calls of at most KEYS_PER_CALL (100) keys each.
+    assert sent[0].count(b"\r\nEVALSHA\r\n") == 3
     assert b"\r\nEVAL\r\n" not in sent[0]  # the script text is never resent
 
 
