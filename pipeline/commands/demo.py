@@ -166,6 +166,10 @@ def demo(
     except KeyboardInterrupt:
         pass
     finally:
+        # Stopping: a further Ctrl-C, SIGTERM or SIGHUP must not cut the children's shutdown
+        # short or end the demo with a KeyboardInterrupt after it (exit status -2).
+        for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            signal.signal(signum, signal.SIG_IGN)
         for proc in procs.values():
             if proc.poll() is None:
                 os.killpg(proc.pid, signal.SIGTERM)
