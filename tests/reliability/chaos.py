@@ -92,7 +92,8 @@ class Supervisor(threading.Thread):
         self._stop_event.set()
         with self._lock:
             pass  # a restart under way has finished
-        self.join(10)
+        if self.is_alive():
+            self.join(10)
 
 
 class Feeder(threading.Thread):

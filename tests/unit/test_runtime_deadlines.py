@@ -170,3 +170,58 @@ def test_a_changelog_partition_whose_leader_the_client_forgot_is_found_again() -
     rt.restorer = Restorer()
     assert rt._watermarks("app-stock-changelog", 3) == (0, 10)
     assert asked == ["app-stock-changelog"]
+
+
+def test_a_watermark_request_that_timed_out_refreshes_the_metadata_too() -> None:
+    # A request queued for a leader that was just SIGKILLed times out: the leader has moved.
+    from confluent_kafka import KafkaError, KafkaException
+
+    rt, _ = _runtime(margin_s=1.0)
+    asked: list[str] = []
+
+    class Restorer:
+        def get_watermark_offsets(self, tp: Any, timeout: float) -> tuple[int, int]:
+            if not asked:
+                raise KafkaException(KafkaError(KafkaError._TIMED_OUT))
+            return (5, 7)
+
+        def list_topics(self, topic: str, timeout: float) -> Any:
+            asked.append(topic)
+
+    rt.restorer = Restorer()
+    assert rt._watermarks("app-stock-changelog", 0) == (5, 7) and len(asked) == 1
+
+
+def _lost_runtime() -> tuple[BatchRuntime, _Producer]:
+    rt, _ = _runtime(margin_s=1.0)
+    rt.rebalancing, rt.ready = False, True
+    rt.tables_by_topic, rt.processed = {}, {("inventory.deltas", 0): 42}
+    rt.assignment = {("inventory.deltas", 0)}
+    rt.positions, rt.in_txn = {("inventory.deltas", 0): 42}, True
+    old = _Producer()
+    rt.producer = old
+    return rt, old
+
+
+def test_a_worker_that_lost_its_partitions_gets_a_new_producer() -> None:
+    # The old producer may keep the lost coordinator's dropped broker as the group's
+    # coordinator: its next send_offsets_to_transaction would never return.
+    rt, old = _lost_runtime()
+    new = _Producer()
+    rt._new_producer = lambda: new  # type: ignore[method-assign]
+    rt._on_lost_body([SimpleNamespace(topic="inventory.deltas", partition=0)])
+    assert old.calls == ["abort_transaction"] and rt.producer is new
+    assert not rt.in_txn and rt.positions == {} and rt.assignment == set()
+
+
+def test_a_producer_that_cannot_be_replaced_now_is_kept() -> None:
+    from confluent_kafka import KafkaError, KafkaException
+
+    rt, old = _lost_runtime()
+
+    def unavailable() -> Any:
+        raise KafkaException(KafkaError(KafkaError._TIMED_OUT, "init_transactions timed out"))
+
+    rt._new_producer = unavailable  # type: ignore[method-assign]
+    rt._on_lost_body([SimpleNamespace(topic="inventory.deltas", partition=0)])
+    assert rt.producer is old and old.calls == ["abort_transaction"]

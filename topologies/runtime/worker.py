@@ -207,14 +207,16 @@ def _transient_codes() -> frozenset[Any]:
 _TRANSIENT = _transient_codes()
 
 
-def _no_leader_codes() -> frozenset[Any]:
+def _stale_metadata_codes() -> frozenset[Any]:
+    """Errors after which a client's view of a partition's leader may be out of date."""
     from confluent_kafka import KafkaError
 
     return frozenset({KafkaError._UNKNOWN_PARTITION, KafkaError._UNKNOWN_TOPIC,
-                      KafkaError.LEADER_NOT_AVAILABLE})
+                      KafkaError.LEADER_NOT_AVAILABLE, KafkaError._TIMED_OUT,
+                      KafkaError._TRANSPORT})
 
 
-_NO_LEADER = _no_leader_codes()
+_STALE_METADATA = _stale_metadata_codes()
 
 
 class BatchRuntime(Service):
@@ -733,8 +735,28 @@ class BatchRuntime(Service):
         self.ready = False
         lost = {(tp.topic, tp.partition) for tp in partitions}
         self._abort_and_rewind_local()
+        if self.exactly_once:
+            self._replace_producer()
         self._release(lost)
         log.warning("runtime.partitions_lost", partitions=len(lost))
+
+    def _replace_producer(self) -> None:
+        """A new transactional producer (same transactional id) after the group was lost:
+        the old one may still hold the lost group coordinator's broker as its coordinator,
+        and once librdkafka has dropped that broker (it left the metadata while down) its
+        send_offsets_to_transaction waits for ever (librdkafka issue 5511). The new one
+        looks the coordinator up afresh; if it cannot be made now, the old one goes on."""
+        from confluent_kafka import KafkaException
+
+        try:
+            producer = self._new_producer()
+        except KafkaException as exc:
+            log.warning("runtime.producer_not_replaced", error=str(exc.args[0]))
+            return
+        with self.deadlines.call("producer.destroy", REQUEST_TIMEOUT_S):
+            old, self.producer = self.producer, producer
+            del old  # destroyed here (the last reference), inside the deadline
+        log.info("runtime.producer_replaced", reason="partitions lost")
 
     def _abort_and_rewind_local(self) -> None:
         from confluent_kafka import KafkaException
@@ -853,7 +875,8 @@ class BatchRuntime(Service):
                     return self.restorer.get_watermark_offsets(
                         TopicPartition(topic, partition), timeout=WATERMARKS_TIMEOUT_S)
             except KafkaException as exc:
-                if exc.args and getattr(exc.args[0], "code", lambda: None)() in _NO_LEADER:
+                if exc.args and getattr(exc.args[0], "code", lambda: None)() in \
+                        _STALE_METADATA:
                     self._refresh_restorer_metadata(topic)
                 raise
 
