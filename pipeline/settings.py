@@ -219,6 +219,11 @@ class Settings(BaseSettings):
         description="how long an idempotency key's answer and an ended reservation are kept")
     reservation_max_answers: int = Field(default=10_000, ge=100,
                                          description="answers kept per platform SKU at most")
+    reservation_commit_first: bool = Field(
+        default=True,
+        description="a poll's reservation commands are decided and committed before its "
+        "supplier records: a hold's decision does not wait for their Cassandra and Redis "
+        "writes (one more transaction commit per poll that carries commands)")
     api_host: str = "127.0.0.1"
     api_port: int = Field(default=8000, ge=0, le=65535)
     # "name:sha256-hex-of-the-key" entries, comma-separated: only hashes are configured.

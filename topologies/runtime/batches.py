@@ -21,15 +21,18 @@ class InputBatches(Channel):
     """The in-memory channel through which the runtime hands an agent its topic's batches."""
 
     def __init__(self, app: Any, *, topic: str, table: Any | None = None,
-                 enabled: bool = True, **kwargs: Any) -> None:
+                 enabled: bool = True, commit_first: bool = False, **kwargs: Any) -> None:
         super().__init__(app, **kwargs)
         self.topic_name = topic
         self.table = table  # the table keyed like this topic (partition for partition)
         self.enabled = enabled  # False: the runtime does not subscribe to the topic
+        # True: a poll's records of this topic are handled and committed before the others
+        # (their outputs are awaited by someone, e.g. a hold's decision by a shopper).
+        self.commit_first = commit_first
 
     def _clone_args(self) -> dict[str, Any]:
         return {**super()._clone_args(), "topic": self.topic_name, "table": self.table,
-                "enabled": self.enabled}
+                "enabled": self.enabled, "commit_first": self.commit_first}
 
 
 class Send(Protocol):

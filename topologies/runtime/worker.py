@@ -229,6 +229,8 @@ class BatchRuntime(Service):
         self.exactly_once = settings.processing_guarantee == "exactly_once"
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="stockflow-kafka")
         self.routes: dict[str, InputBatches] = {}
+        # Topics whose records are handled and committed ahead of the rest of a poll.
+        self.commit_first: set[str] = set()
         self.tables_by_topic: dict[str, BatchTable] = {}
         self.tables: list[BatchTable] = []
         self.consumer: Any = None
@@ -265,6 +267,8 @@ class BatchRuntime(Service):
             channel = agent.channel
             if isinstance(channel, InputBatches) and channel.enabled:
                 self.routes[channel.topic_name] = channel
+                if channel.commit_first:
+                    self.commit_first.add(channel.topic_name)
                 if channel.table is not None:
                     self.tables_by_topic[channel.topic_name] = channel.table
         self.tables = list(self.tables_by_topic.values())
@@ -463,8 +467,18 @@ class BatchRuntime(Service):
         while not self._stopping:
             try:
                 msgs = await self._blocking(self._poll, s.batch_max_records, s.batch_max_wait_s)
-                if msgs:
-                    await self._process(msgs)
+                rest = msgs
+                if self.commit_first and msgs:
+                    first = [m for m in msgs if m.topic() in self.commit_first]
+                    if first:
+                        # Someone waits for these outputs (a shopper for a hold's decision):
+                        # handled and committed before the poll's other records, so they
+                        # do not wait for the other agents' store writes.
+                        rest = [m for m in msgs if m.topic() not in self.commit_first]
+                        await self._process(first)
+                        await self._blocking(self._commit_or_abort)
+                if rest:
+                    await self._process(rest)
                 if self._commit_due(busy=len(msgs) >= s.batch_max_records):
                     await self._blocking(self._commit_or_abort)
                 failures = 0
