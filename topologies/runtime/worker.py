@@ -509,8 +509,17 @@ class BatchRuntime(Service):
     def _poll(self, max_records: int, max_wait_s: float) -> list[Any]:
         from confluent_kafka import KafkaError
 
+        consumer = self.consumer
         with self.deadlines.call("consume", max_wait_s):
-            msgs = self.consumer.consume(num_messages=max_records, timeout=max_wait_s)
+            # consume(n, t) returns only at n records or after the whole t: at low rates every
+            # record would wait up to batch_max_wait_s in the consumer. So: take what is
+            # fetched already; if nothing is, wait for the first record (not for n of them)
+            # and take what came with it.
+            msgs = consumer.consume(num_messages=max_records, timeout=0)
+            if not msgs:
+                msgs = consumer.consume(num_messages=1, timeout=max_wait_s)
+                if msgs and max_records > 1:
+                    msgs += consumer.consume(num_messages=max_records - 1, timeout=0)
         error, self._callback_error = self._callback_error, None
         if error is not None:
             # A rebalance callback failed (inside consume): the assignment is not usable.
