@@ -415,7 +415,7 @@ def main() -> None:
         env.setup()
         env.start_worker()
         with (tmp / "api.log").open("wb") as log:
-            api = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "api"], env=env.env,
+            api = subprocess.Popen([sys.executable, "-m", "pipeline.shell.cli", "api"], env=env.env,
                                    cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
                                    start_new_session=True)
         import urllib.request

@@ -72,7 +72,7 @@ def produce(env: Any, platform_skus: int, suppliers: int) -> float:
 
 
 def measure_verify(env: Any, args: list[str]) -> dict[str, Any]:
-    proc = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "verify", *args],
+    proc = subprocess.Popen([sys.executable, "-m", "pipeline.shell.cli", "verify", *args],
                             env=env.env, cwd=ROOT, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
     peak = {"rss": 0, **dict.fromkeys(PORTS.values(), 0)}

@@ -91,7 +91,7 @@ class PipelineEnv:
     def cli(self, *args: str, check: bool = True,
             timeout: float = 120) -> subprocess.CompletedProcess[str]:
         """Run `stockflow ARGS` with this pipeline's environment."""
-        proc = subprocess.run([sys.executable, "-m", "pipeline.cli", *args], env=self.env,
+        proc = subprocess.run([sys.executable, "-m", "pipeline.shell.cli", *args], env=self.env,
                               cwd=ROOT, capture_output=True, text=True, timeout=timeout,
                               check=False)
         if check and proc.returncode != 0:
@@ -110,7 +110,7 @@ class PipelineEnv:
         self.worker_logs.append(log)
         with log.open("wb") as fh:
             self.worker = subprocess.Popen(
-                [sys.executable, "-m", "pipeline.cli", "worker"], env=self.env, cwd=ROOT,
+                [sys.executable, "-m", "pipeline.shell.cli", "worker"], env=self.env, cwd=ROOT,
                 stdout=fh, stderr=subprocess.STDOUT, start_new_session=True)
 
     def kill_worker(self, sig: int = signal.SIGKILL) -> None:

@@ -24,7 +24,7 @@ import connectors.cassandra_sink as cassandra_sink
 from connectors.cassandra_cluster import ClusterConfig, connect
 from connectors.cassandra_schema import migrate
 from connectors.cassandra_sink import CassandraSink, stock_bucket
-from pipeline.stack import _probe_cassandra
+from pipeline.shell.stack import _probe_cassandra
 from tests.integration.test_cassandra_sink import LOCAL_REPLICATION, stock_update
 
 pytestmark = pytest.mark.integration
@@ -36,7 +36,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 def stack(action: str) -> None:
     """`stockflow stack <action> cassandra` (up waits until Cassandra answers)."""
-    subprocess.run([sys.executable, "-m", "pipeline.cli", "stack", action, "cassandra"],
+    subprocess.run([sys.executable, "-m", "pipeline.shell.cli", "stack", action, "cassandra"],
                    check=True, timeout=400, capture_output=True, cwd=REPO)
 
 

@@ -226,8 +226,8 @@ def test_inventory_get_prints_availability_across_suppliers(
 
     import typer
 
-    from pipeline.commands import inventory
     from pipeline.settings import get_settings
+    from pipeline.shell.commands import inventory
 
     _session, ks = keyspace
 

@@ -38,7 +38,8 @@ def test_signal_stops_the_demo_and_its_children(tmp_path: Path, sig: signal.Sign
     env = PipelineEnv(tmp_path, extra_env={
         "STOCKFLOW_CONNECTORS_METRICS_PORT": str(free_port()),
         "STOCKFLOW_API_PORT": str(free_port())})
-    demo = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "demo", "--interval", "0.5"],
+    demo = subprocess.Popen([sys.executable, "-m", "pipeline.shell.cli", "demo",
+                             "--interval", "0.5"],
                             env=env.env, cwd=ROOT, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, start_new_session=True)
     output: list[str] = []
@@ -82,7 +83,7 @@ def test_the_demo_terminal_shows_one_short_screen_and_no_client_logs(tmp_path: P
         "STOCKFLOW_API_PORT": str(free_port())})
     try:
         demo = subprocess.run(
-            [sys.executable, "-m", "pipeline.cli", "demo", "--duration", "60",
+            [sys.executable, "-m", "pipeline.shell.cli", "demo", "--duration", "60",
              "--interval", "2"], env=env.env, cwd=ROOT, capture_output=True, text=True,
             timeout=400, start_new_session=True)
     finally:

@@ -42,7 +42,7 @@ class Worker:
         log = self.env.tmp_path / f"{self.name}-{len(self.logs)}.log"
         self.logs.append(log)
         with log.open("wb") as fh:
-            self.proc = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "worker"],
+            self.proc = subprocess.Popen([sys.executable, "-m", "pipeline.shell.cli", "worker"],
                                          env=self.environ, cwd=ROOT, stdout=fh,
                                          stderr=subprocess.STDOUT, start_new_session=True)
 

@@ -282,7 +282,7 @@ def test_interrupted_replay_continues_from_its_checkpoint(state: type[State]) ->
     env = state.env
     wipe(env)
     # Tiny batches at 40 records/s: ~10 s, interrupted well before the end.
-    args = [sys.executable, "-m", "pipeline.cli", "replay", "--from", "beginning",
+    args = [sys.executable, "-m", "pipeline.shell.cli", "replay", "--from", "beginning",
             "--batch-size", "5", "--max-rate", "40"]
     proc = subprocess.Popen(args, env=env.env, cwd=ROOT, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)

@@ -48,7 +48,7 @@ class Stack:
 
     def start_api(self) -> None:
         log = (self.tmp / "api.log").open("ab")
-        self.api = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "api"],
+        self.api = subprocess.Popen([sys.executable, "-m", "pipeline.shell.cli", "api"],
                                     env=self.env.env, cwd=ROOT, stdout=log,
                                     stderr=subprocess.STDOUT, start_new_session=True)
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from pipeline.settings import Settings
-from pipeline.stack import LocalStack
+from pipeline.shell.stack import LocalStack
 from tests.conftest import KAFKA, wait_for
 
 pytestmark = pytest.mark.integration

@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from connectors.sources.webhook import SIGNATURE_HEADER, TIMESTAMP_HEADER, webhook_signature
-from pipeline.commands.pipeline import canonical_delta
+from pipeline.shell.commands.pipeline import canonical_delta
 from schemas.codec import codec_for
 from tests.conftest import wait_for
 from tests.integration.pipeline_harness import ROOT, PipelineEnv, free_port
@@ -69,7 +69,7 @@ suppliers:
            "STOCKFLOW_CONNECTORS_METRICS_PORT": "0",
            "STOCKFLOW_CONNECTORS_STATE_FILE": str(tmp_path / "connectors.sqlite")}
     log = (tmp_path / "connectors.log").open("wb")
-    proc = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "connectors", "run",
+    proc = subprocess.Popen([sys.executable, "-m", "pipeline.shell.cli", "connectors", "run",
                              "--config", str(config)], env=env, cwd=ROOT, stdout=log,
                             stderr=subprocess.STDOUT, start_new_session=True)
     try:

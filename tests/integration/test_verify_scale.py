@@ -25,7 +25,7 @@ pytestmark = pytest.mark.integration
 
 PLATFORM_SKUS = 10_000
 SUPPLIERS = ("s1", "s2")
-# What verify may open at most (connectors/redis_read.py, pipeline/commands/verify.py).
+# What verify may open at most (connectors/redis_read.py, pipeline/shell/commands/verify.py).
 REDIS_POOL_SIZE = 2
 
 
@@ -89,7 +89,7 @@ def run_verify(env: PipelineEnv, *args: str) -> tuple[subprocess.CompletedProces
     watcher = threading.Thread(target=poll, daemon=True)
     watcher.start()
     try:
-        proc = subprocess.run([sys.executable, "-m", "pipeline.cli", "verify", *args],
+        proc = subprocess.run([sys.executable, "-m", "pipeline.shell.cli", "verify", *args],
                               env=env.env, cwd=ROOT, capture_output=True, text=True,
                               timeout=600, check=False)
     finally:
@@ -210,8 +210,8 @@ def test_verify_exits_2_with_the_error_when_a_store_is_unreachable(env: Pipeline
 
     closed = {**env.env, "STOCKFLOW_REDIS_URL": f"redis://127.0.0.1:{free_port()}/0"}
     for args, check in ((["--json"], "json"), ([], "text")):
-        proc = subprocess.run([sys.executable, "-m", "pipeline.cli", "verify", "--settle", "0",
-                               "--no-tables", *args], env=closed, cwd=ROOT,
+        proc = subprocess.run([sys.executable, "-m", "pipeline.shell.cli", "verify",
+                               "--settle", "0", "--no-tables", *args], env=closed, cwd=ROOT,
                               capture_output=True, text=True, timeout=600, check=False)
         assert proc.returncode == 2, proc.stdout[-3000:] + proc.stderr[-3000:]
         if check == "json":

@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 
 from pipeline.settings import Settings
-from pipeline.stack import KafkaCluster
+from pipeline.shell.stack import KafkaCluster
 from tests.integration.pipeline_harness import PipelineEnv
 from tests.reliability.chaos import (
     ChaosWorker,

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import yaml
 
-from pipeline import stack
 from pipeline.settings import Settings
+from pipeline.shell import stack
 
 ROOT = Path(__file__).parents[2]
 

@@ -29,9 +29,9 @@ from connectors.sources.webhook import (
     webhook_signature,
 )
 from connectors.suppliers import SecretRef, parse_suppliers
-from pipeline.commands.inventory import availability_table
 from pipeline.errors import ConfigurationError, ConnectorError
 from pipeline.settings import Settings
+from pipeline.shell.commands.inventory import availability_table
 from tests.unit.test_connectors_fuzz import ScriptedSupplier, http
 
 MAPPING = FieldMapping({"sku": ["sku"], "quantity": ["qty"], "sequence": ["version"],

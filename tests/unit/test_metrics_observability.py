@@ -10,9 +10,9 @@ import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
 from pipeline import metrics
-from pipeline.commands.top import Scrape, bucket_quantile, parse_samples, rate, render
 from pipeline.health import is_ready, table_keys, worker_health
 from pipeline.lag import ConsumerLagCollector, LagLookupError, PartitionLag, partition_lags
+from pipeline.shell.commands.top import Scrape, bucket_quantile, parse_samples, rate, render
 from pipeline.trace import LogRecord, key_partition, replay_key
 from schemas.codec import codec_for
 

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from pipeline import stack as stack_mod
 from pipeline.errors import PrerequisiteMissing
 from pipeline.settings import Settings
-from pipeline.stack import LocalStack
+from pipeline.shell import stack as stack_mod
+from pipeline.shell.stack import LocalStack
 
 
 def test_missing_prerequisites_say_what_to_install(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -16,7 +16,7 @@ ROOT = Path(__file__).parents[2]
 PROBE = """
 import sys
 from pipeline.settings import Settings
-from pipeline.stack import _probe_kafka
+from pipeline.shell.stack import _probe_kafka
 try:
     version = _probe_kafka(Settings(), port=int(sys.argv[1]))
 except Exception:

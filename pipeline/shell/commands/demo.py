@@ -96,10 +96,10 @@ def demo(
     from rich.console import Console, Group
     from rich.live import Live
 
-    from pipeline.commands.top import render, scrape
     from pipeline.log import configure_logging
     from pipeline.settings import get_settings
-    from pipeline.stack import LocalStack
+    from pipeline.shell.commands.top import render, scrape
+    from pipeline.shell.stack import LocalStack
     from topologies.topics import create_topics
 
     console = Console()
@@ -118,7 +118,7 @@ def demo(
     log_dir.mkdir(parents=True, exist_ok=True)
     # The stack answers by now; what the clients still log goes to a file, not the terminal.
     actions = [action for _name, action in create_topics(settings)]
-    migrate = subprocess.run([sys.executable, "-m", "pipeline.cli", "db", "migrate"],
+    migrate = subprocess.run([sys.executable, "-m", "pipeline.shell.cli", "db", "migrate"],
                              capture_output=True, text=True, check=False)
     (log_dir / "setup.log").write_text(migrate.stdout + migrate.stderr)
     if migrate.returncode != 0:
@@ -145,7 +145,7 @@ def demo(
         for name, args in commands.items():
             with (log_dir / f"{name}.log").open("ab") as fh:
                 procs[name] = subprocess.Popen(
-                    [sys.executable, "-m", "pipeline.cli", "--json-logs", *args], env=env,
+                    [sys.executable, "-m", "pipeline.shell.cli", "--json-logs", *args], env=env,
                     stdout=fh, stderr=subprocess.STDOUT, start_new_session=True)
         console.print(_summary(settings, procs, log_dir), highlight=False)
 

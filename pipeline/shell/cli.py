@@ -41,13 +41,13 @@ def _root(
 
 
 def _stack():
-    from pipeline.stack import LocalStack
+    from pipeline.shell.stack import LocalStack
 
     return LocalStack(get_settings())
 
 
 def _cluster(brokers: int):
-    from pipeline.stack import KafkaCluster
+    from pipeline.shell.stack import KafkaCluster
 
     return KafkaCluster(get_settings(), brokers)
 
@@ -67,7 +67,7 @@ def print_status(brokers: int = 1) -> bool:
 
 
 def _services(service: list[str] | None) -> list[str]:
-    from pipeline.stack import SERVICES
+    from pipeline.shell.stack import SERVICES
 
     chosen = service or list(SERVICES)
     unknown = [s for s in chosen if s not in SERVICES]
@@ -154,7 +154,7 @@ def stack_logs(
 
 def _register_commands() -> None:
     """Sub-commands that live next to their area (imported lazily inside their bodies)."""
-    from pipeline import commands
+    from pipeline.shell import commands
 
     commands.register(app)
 

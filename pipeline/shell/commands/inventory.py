@@ -56,7 +56,7 @@ def get(
 
     settings = get_settings()
     if cache:
-        from pipeline.commands.cache import cached_inventory_get
+        from pipeline.shell.commands.cache import cached_inventory_get
 
         cached = cached_inventory_get(settings, platform_sku, keyspace)
         if cached is None:

@@ -710,7 +710,7 @@ def _kafka_properties(data: Path, *, node_id: int = 1, port: int = KAFKA_PORT,
     # replicas > 1 (a cluster): internal topics replicated, and a write acknowledged by all
     # in-sync replicas needs at least two of them.
     min_isr = min(2, replicas)
-    return f"""# written by `stockflow stack up`; edit pipeline/stack.py instead
+    return f"""# written by `stockflow stack up`; edit pipeline/shell/stack.py instead
 process.roles=broker,controller
 node.id={node_id}
 controller.quorum.voters={voters}
@@ -754,7 +754,7 @@ logger.state.level = WARN
 
 
 def _cassandra_yaml(data: Path) -> str:
-    return f"""# written by `stockflow stack up`; edit pipeline/stack.py instead
+    return f"""# written by `stockflow stack up`; edit pipeline/shell/stack.py instead
 cluster_name: stockflow-local
 num_tokens: 1
 initial_token: 0

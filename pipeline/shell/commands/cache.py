@@ -136,8 +136,8 @@ def get(
 ) -> None:
     """Print what Redis holds for a platform SKU (no Cassandra fallback). Exit 1 if nothing."""
     from connectors.redis_cache import RedisCache, availability_key
-    from pipeline.commands.inventory import availability_table
     from pipeline.settings import get_settings
+    from pipeline.shell.commands.inventory import availability_table
 
     settings = get_settings()
 
