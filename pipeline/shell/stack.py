@@ -19,7 +19,9 @@ import time
 import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
+from string import Template
 
 from pipeline.errors import PrerequisiteMissing, StackError
 from pipeline.log import get_logger
@@ -217,7 +219,7 @@ class LocalStack:
         props = conf / "server.properties"
         props.write_text(_kafka_properties(data))
         log4j = conf / "log4j2.properties"
-        log4j.write_text(_KAFKA_LOG4J)
+        log4j.write_text(_stack_file("kafka-log4j2.properties"))
         java = [
             "java", f"-Xms{self.settings.stack_kafka_heap}",
             f"-Xmx{self.settings.stack_kafka_heap}",
@@ -250,7 +252,7 @@ class LocalStack:
         yaml_path = conf / "cassandra.yaml"
         yaml_path.write_text(_cassandra_yaml(data))
         logback = conf / "logback.xml"
-        logback.write_text(_CASSANDRA_LOGBACK)
+        logback.write_text(_stack_file("cassandra-logback.xml"))
         heap = self.settings.stack_cassandra_heap
         jamm = sorted(libs.glob("jamm-*.jar"))
         cmd = [
@@ -481,7 +483,7 @@ class KafkaCluster:
         props.write_text(_kafka_properties(
             data, node_id=node, port=self.port(node), controller_port=self.controller_port(node),
             voters=voters, replicas=min(3, self.brokers)))
-        (conf / "log4j2.properties").write_text(_KAFKA_LOG4J)
+        (conf / "log4j2.properties").write_text(_stack_file("kafka-log4j2.properties"))
         if not (data / "meta.properties").exists():
             cluster_id_file = self.root / "cluster.id"
             if not cluster_id_file.exists():
@@ -703,97 +705,24 @@ def _kafka_cluster_id() -> str:
 
 
 # ------------------------------------------------------------------------- configs
+# The servers' config files are templates in stack_files/ (package data), filled in here.
+def _stack_file(name: str, **values: object) -> str:
+    """The text of a config template of stack_files/, with $names filled in."""
+    text = (resources.files("pipeline.shell") / "stack_files" / name).read_text()
+    return Template(text).substitute({k: str(v) for k, v in values.items()}) if values else text
+
+
 def _kafka_properties(data: Path, *, node_id: int = 1, port: int = KAFKA_PORT,
                       controller_port: int = KAFKA_CONTROLLER_PORT,
                       voters: str = f"1@127.0.0.1:{KAFKA_CONTROLLER_PORT}",
                       replicas: int = 1) -> str:
     # replicas > 1 (a cluster): internal topics replicated, and a write acknowledged by all
     # in-sync replicas needs at least two of them.
-    min_isr = min(2, replicas)
-    return f"""# written by `stockflow stack up`; edit pipeline/shell/stack.py instead
-process.roles=broker,controller
-node.id={node_id}
-controller.quorum.voters={voters}
-listeners=PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{controller_port}
-advertised.listeners=PLAINTEXT://127.0.0.1:{port}
-controller.listener.names=CONTROLLER
-inter.broker.listener.name=PLAINTEXT
-listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT
-log.dirs={data}
-num.partitions=1
-num.network.threads=2
-num.io.threads=4
-default.replication.factor={replicas}
-min.insync.replicas={min_isr}
-offsets.topic.replication.factor={replicas}
-offsets.topic.num.partitions=8
-transaction.state.log.replication.factor={replicas}
-transaction.state.log.min.isr={min_isr}
-transaction.state.log.num.partitions=8
-group.initial.rebalance.delay.ms=0
-auto.create.topics.enable=true
-log.retention.hours=168
-log.segment.bytes=268435456
-"""
-
-
-_KAFKA_LOG4J = """status = warn
-appender.out.type = Console
-appender.out.name = OUT
-appender.out.layout.type = PatternLayout
-appender.out.layout.pattern = [%d] %p %m (%c)%n
-rootLogger.level = INFO
-rootLogger.appenderRef.out.ref = OUT
-logger.request.name = kafka.request.logger
-logger.request.level = WARN
-logger.controller.name = org.apache.kafka.controller
-logger.controller.level = WARN
-logger.state.name = state.change.logger
-logger.state.level = WARN
-"""
+    return _stack_file("kafka-server.properties", data=data, node_id=node_id, port=port,
+                       controller_port=controller_port, voters=voters, replicas=replicas,
+                       min_isr=min(2, replicas))
 
 
 def _cassandra_yaml(data: Path) -> str:
-    return f"""# written by `stockflow stack up`; edit pipeline/shell/stack.py instead
-cluster_name: stockflow-local
-num_tokens: 1
-initial_token: 0
-partitioner: org.apache.cassandra.dht.Murmur3Partitioner
-endpoint_snitch: SimpleSnitch
-seed_provider:
-  - class_name: org.apache.cassandra.locator.SimpleSeedProvider
-    parameters:
-      - seeds: "127.0.0.1:{CASSANDRA_STORAGE_PORT}"
-listen_address: 127.0.0.1
-rpc_address: 127.0.0.1
-storage_port: {CASSANDRA_STORAGE_PORT}
-native_transport_port: {CASSANDRA_PORT}
-start_native_transport: true
-data_file_directories:
-  - {data}/data
-commitlog_directory: {data}/commitlog
-saved_caches_directory: {data}/saved_caches
-hints_directory: {data}/hints
-cdc_raw_directory: {data}/cdc_raw
-commitlog_sync: periodic
-commitlog_sync_period: 10000ms
-concurrent_reads: 8
-concurrent_writes: 16
-concurrent_compactors: 1
-auto_snapshot: false
-snapshot_on_duplicate_row_detection: false
-# The sink sends unlogged batches of rows sharing a replica set (cassandra_batch_scope):
-# expected here, so not warned about per batch.
-batch_size_warn_threshold: 40KiB
-unlogged_batch_across_partitions_warn_threshold: 1000
-"""
-
-
-_CASSANDRA_LOGBACK = """<configuration scan="false">
-  <appender name="OUT" class="ch.qos.logback.core.ConsoleAppender">
-    <encoder><pattern>%-5level [%thread] %date{ISO8601} %F:%L - %msg%n</pattern></encoder>
-  </appender>
-  <root level="INFO"><appender-ref ref="OUT"/></root>
-  <logger name="org.apache.cassandra.service.StartupChecks" level="ERROR"/>
-</configuration>
-"""
+    return _stack_file("cassandra.yaml", data=data, storage_port=CASSANDRA_STORAGE_PORT,
+                       native_port=CASSANDRA_PORT)
