@@ -56,7 +56,7 @@ WORKER_READY = Gauge(
 REBALANCES = Gauge(
     "stockflow_worker_rebalances", "Rebalances this worker went through since start",
 )
-# Exported by pipeline.lag.ConsumerLagCollector at scrape time (committed offsets against
+# Exported by topologies.runtime.lag.ConsumerLagCollector at scrape time (committed offsets against
 # the high watermarks of the worker's input topics): declared here so every metric name of
 # stockflow is found in this module.
 CONSUMER_LAG_NAME = "stockflow_consumer_lag"

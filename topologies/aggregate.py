@@ -21,11 +21,11 @@ from collections.abc import Container
 from typing import Any, Protocol
 
 from pipeline import metrics, tracing
-from pipeline.app import app, avro_table, settings
 from pipeline.errors import SchemaError
 from pipeline.log import get_logger
 from pipeline.step import StepOutputs, fold_updates
 from schemas.codec import codec_for
+from topologies.app import app, avro_table, settings
 from topologies.refresh_cache import ChangeCache, get_cache, write_changes
 from topologies.runtime import InputBatches
 from topologies.topics import CHANGES, STOCK_UPDATES

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from pipeline.app import app
-from pipeline.health import record_worker_metrics, worker_health
 from topologies.aggregate import availability
+from topologies.app import app
 from topologies.process_deltas import stock
+from topologies.runtime.health import record_worker_metrics, worker_health
 
 TABLES: dict[str, Any] = {"stock": stock, "availability": availability}
 METRICS_INTERVAL_S = 5.0

@@ -17,11 +17,11 @@ from itertools import accumulate
 from typing import Any
 
 from pipeline import metrics, tracing
-from pipeline.app import app, avro_table, settings
 from pipeline.catalog import Catalog
 from pipeline.log import get_logger
 from pipeline.step import INVALID, RawRecord, StepContext, StepOutputs, apply_deltas
 from schemas.codec import codec_for
+from topologies.app import app, avro_table, settings
 from topologies.runtime import InputBatches
 from topologies.topics import DEADLETTER, DELTAS, RESYNC, STOCK_UPDATES
 

@@ -12,10 +12,10 @@ import time
 from typing import Any, Protocol
 
 from pipeline import metrics, tracing
-from pipeline.app import app, settings
 from pipeline.errors import SchemaError
 from pipeline.log import get_logger
 from schemas.codec import codec_for
+from topologies.app import app, settings
 from topologies.runtime import InputBatches
 from topologies.topics import CHANGES
 

@@ -23,7 +23,6 @@ from __future__ import annotations
 from typing import Any
 
 from pipeline import metrics
-from pipeline.app import app, avro_table, settings
 from pipeline.errors import SchemaError
 from pipeline.log import get_logger
 from pipeline.reservations import (
@@ -37,6 +36,7 @@ from pipeline.reservations import (
 from pipeline.validate import dead_letter, dead_letter_key
 from schemas.codec import codec_for
 from topologies.aggregate import availability
+from topologies.app import app, avro_table, settings
 from topologies.runtime import InputBatches
 from topologies.topics import DEADLETTER, ORDERS, RESERVATION_COMMANDS, RESERVATION_DECISIONS
 

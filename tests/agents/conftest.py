@@ -9,12 +9,16 @@ from typing import Any
 
 import pytest
 
-# Before pipeline.app is imported anywhere: own app id, no sink/cache I/O from settings.
+# Before topologies.app is imported anywhere: own app id, no sink/cache I/O from settings.
 os.environ["STOCKFLOW_APP_ID"] = "stockflow-agent-tests"
-if "pipeline.app" not in sys.modules:
+if "topologies.app" not in sys.modules:
     from pipeline.settings import get_settings
 
     get_settings.cache_clear()
+
+# The app is built here, before any test module computes its NOW: building it takes seconds on
+# a busy machine, and a record older than tracing_slow_record_s is traced as a slow one.
+import topologies.app  # noqa: F401
 
 
 class _NoCache:

@@ -9,13 +9,13 @@ from typing import Any, ClassVar
 
 import pytest
 
-from pipeline.app import settings
 from pipeline.dedup import entries, event_hash
 from schemas.codec import codec_for
 from tests.agents.records import Msg
 from topologies import aggregate as aggregate_mod
 from topologies import process_deltas as pd
 from topologies import refresh_cache as cache_mod
+from topologies.app import settings
 from topologies.runtime import Batch
 
 NOW = int(time.time() * 1000)

@@ -10,11 +10,11 @@ from typing import Any
 
 import pytest
 
-from pipeline.app import settings
 from schemas.codec import codec_for
 from tests.agents.records import Msg
 from topologies import aggregate as aggregate_mod
 from topologies import reserve
+from topologies.app import settings
 
 NOW = int(time.time() * 1000)
 COMMANDS = settings.topic("reservations.commands")

@@ -11,10 +11,10 @@ from typing import Any
 import pytest
 
 from pipeline import tracing
-from pipeline.app import settings
 from pipeline.settings import Settings
 from tests.agents.test_agents import DELTAS, Msg, Sent, msgs, run, tables  # noqa: F401
 from topologies import process_deltas as pd
+from topologies.app import settings
 
 TRACE_ID = "0af7651916cd43dd8448eb211c80319c"
 

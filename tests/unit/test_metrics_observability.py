@@ -10,11 +10,16 @@ import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
 from pipeline import metrics
-from pipeline.health import is_ready, table_keys, worker_health
-from pipeline.lag import ConsumerLagCollector, LagLookupError, PartitionLag, partition_lags
 from pipeline.shell.commands.top import Scrape, bucket_quantile, parse_samples, rate, render
 from pipeline.trace import LogRecord, key_partition, replay_key
 from schemas.codec import codec_for
+from topologies.runtime.health import is_ready, table_keys, worker_health
+from topologies.runtime.lag import (
+    ConsumerLagCollector,
+    LagLookupError,
+    PartitionLag,
+    partition_lags,
+)
 
 # --- lag ------------------------------------------------------------------------------------
 
@@ -112,7 +117,7 @@ def test_worker_health_reads_the_runtime_flags() -> None:
 
 
 def test_table_keys_sums_the_assigned_partitions(tmp_path: Any) -> None:
-    from pipeline.app import app
+    from topologies.app import app
 
     table = app.tables.get("stock", None)
     if table is None:

@@ -13,7 +13,7 @@ from prometheus_client.metrics import MetricWrapperBase
 
 import connectors.sources.metrics as connector_metrics
 import pipeline.metrics as pipeline_metrics
-from pipeline.lag import ConsumerLagCollector
+from topologies.runtime.lag import ConsumerLagCollector
 
 ROOT = Path(__file__).parents[2]
 DASHBOARD = ROOT / "docker" / "grafana" / "stockflow-dashboard.json"

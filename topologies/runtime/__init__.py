@@ -1,7 +1,7 @@
 """The worker runtime: how stockflow's Faust agents and tables are fed, committed and restored.
 
 Everything stockflow changes about Faust lives in this folder and is installed by
-`install(app, settings)`, called where the app is created (pipeline/app.py), never at import:
+`install(app, settings)`, called where the app is created (topologies/app.py), never at import:
 
 - `conf.Table` = BatchTable (table.py): values decoded in memory, written once per commit.
 - the app's boot strategy (boot.py): Faust starts its sensors, web server and agents; the

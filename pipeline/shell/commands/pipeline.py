@@ -51,13 +51,15 @@ def worker() -> None:
     _limit_malloc_arenas()
     from prometheus_client import REGISTRY, start_http_server
 
-    from pipeline import lag, tracing
-    from pipeline.app import app, settings
+    from pipeline import tracing
     from pipeline.log import get_logger
+    from topologies.app import app, settings
+    from topologies.runtime import lag
     from topologies.runtime.metrics import UncommittedOffsetsCollector
 
-    # Consumer lag per topic-partition, looked up when Prometheus scrapes (pipeline/lag.py),
-    # and how far processing ran past the committed offsets (the runtime's own view).
+    # Consumer lag per topic-partition, looked up when Prometheus scrapes
+    # (topologies/runtime/lag.py), and how far processing ran past the committed offsets
+    # (the runtime's own view).
     lag.install(settings)
     tracing.configure(settings, "stockflow-worker")
     REGISTRY.register(UncommittedOffsetsCollector(app))

@@ -45,7 +45,7 @@ def create_app(settings: Settings) -> faust.App:
         web_port=settings.web_port,
         web_bind=settings.bind_host,
         autodiscover=["topologies"],
-        origin="pipeline",
+        origin="topologies",
     )
     runtime.install(app, settings)
     return app
