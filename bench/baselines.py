@@ -280,7 +280,7 @@ def cassandra_raw(settings: Any, updates: int, concurrency: int = 128) -> dict[s
     round-robin over 20 suppliers, 4 per platform SKU (bench/cassandra_sink.py's defaults).
     """
     from bench.cassandra_sink import make_updates, single_round
-    from connectors.cassandra_sink import CassandraSink
+    from connectors.cassandra.sink import CassandraSink
 
     def updates_of(n: int, round_no: int) -> list[dict[str, Any]]:
         return make_updates(n, round_no, shape="spread", suppliers=20, offers=4)
@@ -306,7 +306,7 @@ def cassandra_raw(settings: Any, updates: int, concurrency: int = 128) -> dict[s
 def redis_raw(settings: Any, keys: int, batch: int = 1000) -> dict[str, Any]:
     """Pipelined HSET + PEXPIRE of the fields the cache writes, no version guard."""
     from bench.redis_cache import _changes, _raw_round
-    from connectors.redis_cache import RedisCache
+    from connectors.redis.cache import RedisCache
 
     async def run() -> dict[str, Any]:
         prefix = f"{settings.redis_cache_key_prefix}raw:"

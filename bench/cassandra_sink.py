@@ -38,9 +38,9 @@ from cassandra.concurrent import execute_concurrent, execute_concurrent_with_arg
 from cassandra.query import BatchStatement, BatchType
 
 from bench.harness import proc_cpu_seconds, stack_pids
-from connectors.cassandra_cluster import ClusterConfig, connect
-from connectors.cassandra_schema import migrate
-from connectors.cassandra_sink import CassandraSink, group_by_partition
+from connectors.cassandra.cluster import ClusterConfig, connect
+from connectors.cassandra.schema import migrate
+from connectors.cassandra.sink import CassandraSink, group_by_partition
 from pipeline.log import configure_logging
 
 MODES = ("single", "batched", "sink_partition", "sink")

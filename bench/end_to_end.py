@@ -194,7 +194,7 @@ def recovery(env: Any, sender: Sender, workload: Workload, timeout_s: float) -> 
     """SIGKILL the worker, restart it, time until a sentinel sent at the kill is in Redis."""
     import redis
 
-    from connectors.redis_cache import availability_key
+    from connectors.redis.cache import availability_key
 
     sku = f"SENTINEL-{uuid.uuid4().hex[:8]}"
     rec = workload.record(0, 0, 1, "SNAPSHOT", 42, int(time.time() * 1000))

@@ -18,7 +18,7 @@ import time
 import uuid
 from typing import Any
 
-from connectors.redis_cache import RedisCache
+from connectors.redis.cache import RedisCache
 
 
 def _changes(n: int, version: int, supplier: int) -> list[dict[str, Any]]:

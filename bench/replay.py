@@ -62,8 +62,8 @@ def fold_only(env: PipelineEnv) -> tuple[int, float]:
 
 
 async def replay(env: PipelineEnv, history: bool) -> tuple[int, float, int]:
-    from connectors.cassandra_sink import CassandraSink
-    from connectors.redis_cache import RedisCache
+    from connectors.cassandra.sink import CassandraSink
+    from connectors.redis.cache import RedisCache
     from connectors.replay.runner import Replay, ReplayWindow, new_fold, new_reader
 
     sink = CassandraSink.from_settings(env.settings)

@@ -307,7 +307,7 @@ async def _latency(base: str, rate: float, seconds: float, skus: str,
 async def _reads(base: str, settings: Any, n: int, cpu: CpuMeter) -> dict[str, Any]:
     import redis.asyncio as aioredis
 
-    from connectors.redis_cache import availability_key
+    from connectors.redis.cache import availability_key
     from pipeline.api.follower import atp_key
 
     http = _Http(base)

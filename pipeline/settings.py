@@ -52,7 +52,7 @@ class Settings(BaseSettings):
         description="CQL replication map used by `stockflow db migrate`",
     )
 
-    # --- Cassandra sink (connectors/cassandra_sink.py) -------------------------------
+    # --- Cassandra sink (connectors/cassandra/sink.py) -------------------------------
     cassandra_max_in_flight: int = Field(
         default=128, ge=1, le=4096, description="async requests in flight per sink"
     )
@@ -92,7 +92,7 @@ class Settings(BaseSettings):
     # --- Redis --------------------------------------------------------------------
     redis_url: SecretStr = SecretStr("redis://127.0.0.1:6379/0")
 
-    # --- Redis cache (connectors/redis_cache.py) ---------------------------------------
+    # --- Redis cache (connectors/redis/cache.py) ---------------------------------------
     # (cache settings go here)
     redis_cache_key_prefix: str = Field(
         default="stockflow:", description="prefix of every cache key (isolates tests and tenants)"

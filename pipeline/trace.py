@@ -283,7 +283,7 @@ def _col(row: Any, name: str) -> Any:
 
 def check_redis(client: Any, prefix: str, occ: Occurrence) -> dict[str, Any]:
     """The Redis version of the delta's supplier in its platform SKU's hash."""
-    from connectors.redis_cache import availability_key
+    from connectors.redis.cache import availability_key
 
     delta = occ.delta or {}
     raw = client.hget(availability_key(prefix, occ.platform_sku or ""),
@@ -344,7 +344,7 @@ def trace_event(settings: Settings, event_id: str, *, supplier: str | None = Non
 def _check_sinks(settings: Settings, report: TraceReport) -> None:
     import redis
 
-    from connectors.cassandra_cluster import ClusterConfig, connect
+    from connectors.cassandra.cluster import ClusterConfig, connect
 
     applied = [o for o in report.occurrences if o.outcome == "applied"]
     try:

@@ -75,7 +75,7 @@ async def _get_sink() -> StockSink:
     global _sink
     if _sink is None:
         if settings.sink_enabled:
-            from connectors.cassandra_sink import CassandraSink
+            from connectors.cassandra.sink import CassandraSink
 
             sink: StockSink = CassandraSink.from_settings(settings)
         else:

@@ -48,7 +48,7 @@ def get_cache() -> ChangeCache | None:
     """The cache writer: the one set by `set_cache`, else Redis from settings (or None)."""
     global _cache
     if _cache is None and settings.cache_enabled:
-        from connectors.redis_cache import RedisCache
+        from connectors.redis.cache import RedisCache
 
         _cache = RedisCache.from_settings(settings)
     return _cache

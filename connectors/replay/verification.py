@@ -23,7 +23,7 @@ from pipeline.aggregate import ACTIVE
 if TYPE_CHECKING:
     from cassandra.cluster import Cluster, Session
 
-    from connectors.redis_read import AvailabilityHashReader
+    from connectors.redis.read import AvailabilityHashReader
     from connectors.replay.log_reader import LogReader
     from pipeline.settings import Settings
 
@@ -318,7 +318,7 @@ class Verification:
     @property
     def session(self) -> Session:
         if self._session is None:
-            from connectors.cassandra_cluster import ClusterConfig, connect
+            from connectors.cassandra.cluster import ClusterConfig, connect
 
             self._cluster, self._session = connect(ClusterConfig.from_settings(self.settings))
         return self._session
@@ -326,7 +326,7 @@ class Verification:
     @property
     def redis(self) -> AvailabilityHashReader:
         if self._redis is None:
-            from connectors.redis_read import AvailabilityHashReader
+            from connectors.redis.read import AvailabilityHashReader
 
             s = self.settings
             self._redis = AvailabilityHashReader(
@@ -409,7 +409,7 @@ class Verification:
         return n
 
     def check_cassandra(self, result: cmp.Comparison, skus: list[str] | None) -> None:
-        from connectors.cassandra_read import read_many_availability, scan_sku_availability
+        from connectors.cassandra.read import read_many_availability, scan_sku_availability
 
         t0 = time.monotonic()
         ks = self.settings.cassandra_keyspace

@@ -108,7 +108,7 @@ class Api:
     async def start(self) -> None:
         from confluent_kafka import Producer
 
-        from connectors.redis_cache import RedisCache
+        from connectors.redis.cache import RedisCache
         from topologies.topics import create_topics
 
         s = self.settings
@@ -256,13 +256,13 @@ class Api:
     def _cassandra_session(self) -> Any:
         with self._cassandra_lock:
             if self._cassandra is None:
-                from connectors.cassandra_cluster import ClusterConfig, connect
+                from connectors.cassandra.cluster import ClusterConfig, connect
 
                 self._cassandra = connect(ClusterConfig.from_settings(self.settings))
             return self._cassandra[1]
 
     def _read_cassandra(self, sku: str) -> dict[str, Any] | None:
-        from connectors.cassandra_read import read_availability
+        from connectors.cassandra.read import read_availability
 
         return read_availability(self._cassandra_session(), sku,
                                  self.settings.cassandra_keyspace)
@@ -291,7 +291,7 @@ class Api:
         return seen[1] if seen else 0
 
     async def availability(self, sku: str, strong: bool) -> dict[str, Any] | None:
-        from connectors.redis_cache import parse_hash, read_availability
+        from connectors.redis.cache import parse_hash, read_availability
 
         avail: dict[str, Any] | None = None
         reserved: int | None = None
@@ -581,7 +581,7 @@ def create_app(settings: Settings) -> Guard:
         limit: Annotated[int, Query(ge=1, le=500)] = 50,
     ) -> dict[str, Any]:
         """A page of platform SKUs with their availability; pass `next_cursor` back for more."""
-        from connectors.redis_cache import parse_hash, platform_sku_of
+        from connectors.redis.cache import parse_hash, platform_sku_of
 
         prefix = settings.redis_cache_key_prefix
         client = api.cache.client

@@ -313,7 +313,7 @@ class PipelineEnv:
     # -------------------------------------------------------------- cassandra
     def cassandra_session(self) -> Any:
         """A driver session (call .cluster.shutdown() when done)."""
-        from connectors.cassandra_cluster import ClusterConfig, connect
+        from connectors.cassandra.cluster import ClusterConfig, connect
 
         _cluster, session = connect(ClusterConfig.from_settings(self.settings))
         return session

@@ -20,10 +20,10 @@ from typing import Any
 
 import pytest
 
-import connectors.cassandra_sink as cassandra_sink
-from connectors.cassandra_cluster import ClusterConfig, connect
-from connectors.cassandra_schema import migrate
-from connectors.cassandra_sink import CassandraSink, stock_bucket
+import connectors.cassandra.sink as cassandra_sink
+from connectors.cassandra.cluster import ClusterConfig, connect
+from connectors.cassandra.schema import migrate
+from connectors.cassandra.sink import CassandraSink, stock_bucket
 from pipeline.shell.stack import _probe_cassandra
 from tests.integration.test_cassandra_sink import LOCAL_REPLICATION, stock_update
 

@@ -12,15 +12,15 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
-from connectors.cassandra_cluster import ClusterConfig, connect
-from connectors.cassandra_read import (
+from connectors.cassandra.cluster import ClusterConfig, connect
+from connectors.cassandra.read import (
     epoch_millis,
     iter_availability,
     iter_sku_availability,
     read_availability,
 )
-from connectors.cassandra_schema import applied_versions, migrate
-from connectors.cassandra_sink import CassandraSink, stock_bucket
+from connectors.cassandra.schema import applied_versions, migrate
+from connectors.cassandra.sink import CassandraSink, stock_bucket
 from pipeline.errors import SinkError
 
 pytestmark = pytest.mark.integration

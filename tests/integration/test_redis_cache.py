@@ -19,7 +19,7 @@ import redis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from connectors.redis_cache import (
+from connectors.redis.cache import (
     SCRIPT,
     RedisCache,
     _from_rows,
@@ -482,8 +482,8 @@ async def test_cache_aside_falls_back_to_cassandra_when_redis_is_unreachable() -
 @pytest.fixture
 def cassandra_keyspace() -> Iterator[tuple[Any, str]]:
     """A keyspace of the test's own, migrated by `stockflow db migrate`'s code."""
-    from connectors.cassandra_cluster import ClusterConfig, connect
-    from connectors.cassandra_schema import migrate
+    from connectors.cassandra.cluster import ClusterConfig, connect
+    from connectors.cassandra.schema import migrate
 
     try:
         cluster, session = connect(ClusterConfig(connect_timeout_s=10))
@@ -505,7 +505,7 @@ async def test_rebuild_after_flushall_gives_identical_values(
 ) -> None:
     from datetime import UTC, datetime
 
-    from connectors.cassandra_read import iter_availability
+    from connectors.cassandra.read import iter_availability
 
     session, keyspace = cassandra_keyspace
     server = private_redis_factory(persistent=False)

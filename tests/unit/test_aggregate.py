@@ -231,7 +231,7 @@ def test_change_written_before_lead_time_days_existed_still_decodes() -> None:
 
 
 def test_cache_ranks_best_supplier_like_the_fold() -> None:
-    from connectors.redis_cache import entry_from_change
+    from connectors.redis.cache import entry_from_change
 
     # Equal stock: the shorter known lead time wins in the fold; the cache entry must carry it.
     avail, changes = fold(update("s1", 5, 1, lead_time_days=9),

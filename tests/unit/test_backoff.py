@@ -9,8 +9,8 @@ import random
 import pytest
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-from connectors.cassandra_sink import backoff_delay as sink_backoff_delay
-from connectors.redis_cache import RedisCache
+from connectors.cassandra.sink import backoff_delay as sink_backoff_delay
+from connectors.redis.cache import RedisCache
 from connectors.sources.retry import Backoff
 from pipeline.backoff import JITTER_MODES, Jitter, backoff_ceiling, backoff_delay
 

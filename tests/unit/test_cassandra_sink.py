@@ -18,9 +18,9 @@ from cassandra.query import BatchStatement, BatchType, BoundStatement, PreparedS
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from connectors.cassandra_cluster import CassandraError, check_keyspace_name
-from connectors.cassandra_schema import check_replication
-from connectors.cassandra_sink import (
+from connectors.cassandra.cluster import CassandraError, check_keyspace_name
+from connectors.cassandra.schema import check_replication
+from connectors.cassandra.sink import (
     _AVAILABILITY_COLUMNS,
     _HISTORY_COLUMNS,
     _STOCK_COLUMNS,
@@ -586,7 +586,7 @@ def test_cassandra_batch_warnings_are_counted_once_logged_and_other_warnings_kep
         caplog: pytest.LogCaptureFixture) -> None:
     import logging
 
-    from connectors.cassandra_cluster import ClusterConfig, build_cluster
+    from connectors.cassandra.cluster import ClusterConfig, build_cluster
     from pipeline.metrics import CASSANDRA_BATCH_WARNINGS
 
     build_cluster(ClusterConfig()).shutdown()  # installs the filter (no connection made)

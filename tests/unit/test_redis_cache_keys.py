@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from connectors.redis_cache import (
+from connectors.redis.cache import (
     CacheError,
     _from_rows,
     availability_key,

@@ -6,7 +6,7 @@ import itertools
 import random
 from typing import Any
 
-from connectors.cassandra_read import MAX_TOKEN, MIN_TOKEN, summarize, token_ranges
+from connectors.cassandra.read import MAX_TOKEN, MIN_TOKEN, summarize, token_ranges
 from connectors.replay import compare as cmp
 from connectors.replay.fold import LogFold, cassandra_row
 from connectors.replay.verification import (

@@ -18,7 +18,7 @@ cache_app = typer.Typer(help="The Redis availability cache.", no_args_is_help=Tr
 
 
 def _rows_of(availability: dict[str, Any] | None) -> list[dict[str, Any]]:
-    """availability_by_sku rows back from connectors.cassandra_read's summary of them."""
+    """availability_by_sku rows back from connectors.cassandra.read's summary of them."""
     if availability is None:
         return []
     return [{"platform_sku": availability["platform_sku"], "supplier_id": sid, **entry}
@@ -33,7 +33,7 @@ def cached_inventory_get(settings: Settings, platform_sku: str,
     "cassandra") and `complete`, or None when no supplier has the SKU. Cassandra is only
     connected on a miss.
     """
-    from connectors.redis_cache import RedisCache, read_availability
+    from connectors.redis.cache import RedisCache, read_availability
 
     async def run() -> dict[str, Any] | None:
         cluster = None
@@ -41,8 +41,8 @@ def cached_inventory_get(settings: Settings, platform_sku: str,
 
         async def read_cassandra(sku: str) -> list[dict[str, Any]]:
             nonlocal cluster, session
-            from connectors.cassandra_cluster import ClusterConfig, connect
-            from connectors.cassandra_read import read_availability as read_rows
+            from connectors.cassandra.cluster import ClusterConfig, connect
+            from connectors.cassandra.read import read_availability as read_rows
 
             if session is None:
                 cluster, session = await asyncio.to_thread(
@@ -94,9 +94,9 @@ def rebuild(
         TimeElapsedColumn,
     )
 
-    from connectors.cassandra_cluster import ClusterConfig, check_keyspace_name, connect
-    from connectors.cassandra_read import iter_availability
-    from connectors.redis_cache import RebuildStats, RedisCache, rebuild_from_rows
+    from connectors.cassandra.cluster import ClusterConfig, check_keyspace_name, connect
+    from connectors.cassandra.read import iter_availability
+    from connectors.redis.cache import RebuildStats, RedisCache, rebuild_from_rows
     from pipeline.settings import get_settings
 
     settings = get_settings()
@@ -135,7 +135,7 @@ def get(
     as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
 ) -> None:
     """Print what Redis holds for a platform SKU (no Cassandra fallback). Exit 1 if nothing."""
-    from connectors.redis_cache import RedisCache, availability_key
+    from connectors.redis.cache import RedisCache, availability_key
     from pipeline.settings import get_settings
     from pipeline.shell.commands.inventory import availability_table
 

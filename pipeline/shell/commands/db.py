@@ -21,8 +21,8 @@ def migrate(
         help="keyspace (default: settings.cassandra_keyspace)")] = None,
 ) -> None:
     """Create the keyspace and tables and apply missing migrations (idempotent)."""
-    from connectors.cassandra_cluster import ClusterConfig, connect
-    from connectors.cassandra_schema import migrate as apply_migrations
+    from connectors.cassandra.cluster import ClusterConfig, connect
+    from connectors.cassandra.schema import migrate as apply_migrations
     from pipeline.settings import get_settings
 
     settings = get_settings()
@@ -49,8 +49,8 @@ def status(
         help="keyspace (default: settings.cassandra_keyspace)")] = None,
 ) -> None:
     """Print the migrations recorded in the keyspace; exit 1 when some are missing."""
-    from connectors.cassandra_cluster import ClusterConfig, check_keyspace_name, connect
-    from connectors.cassandra_schema import MIGRATIONS, applied_versions
+    from connectors.cassandra.cluster import ClusterConfig, check_keyspace_name, connect
+    from connectors.cassandra.schema import MIGRATIONS, applied_versions
     from pipeline.settings import get_settings
 
     settings = get_settings()

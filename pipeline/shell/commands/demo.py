@@ -27,7 +27,7 @@ def _sample_availability(settings: Any, limit: int = 6) -> Any:
     import redis
     from rich.table import Table
 
-    from connectors.redis_cache import parse_hash, platform_sku_of
+    from connectors.redis.cache import parse_hash, platform_sku_of
 
     table = Table(title="a few SKUs (Redis cache)", expand=True)
     for col in ("platform SKU", "total", "best supplier", "suppliers"):

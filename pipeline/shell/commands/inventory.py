@@ -22,7 +22,7 @@ def _millis(value: int | None) -> str:
 
 
 def availability_table(availability: dict[str, Any], source: str) -> Table:
-    """A rich table of one availability dict (as connectors.cassandra_read returns it)."""
+    """A rich table of one availability dict (as connectors.cassandra.read returns it)."""
     # Text, not str: a SKU is supplier data, and `[/oops]` is a valid SKU but broken markup.
     table = Table(title=Text(f"{availability['platform_sku']} ({source})"),
                   caption=Text(f"total available: {availability['total']}   best supplier: "
@@ -50,8 +50,8 @@ def get(
         "--cache", help="read Redis first; Cassandra only on a miss, then fill Redis")] = False,
 ) -> None:
     """Print the availability of a platform SKU across suppliers, read from Cassandra."""
-    from connectors.cassandra_cluster import ClusterConfig, connect
-    from connectors.cassandra_read import read_availability
+    from connectors.cassandra.cluster import ClusterConfig, connect
+    from connectors.cassandra.read import read_availability
     from pipeline.settings import get_settings
 
     settings = get_settings()

@@ -172,8 +172,8 @@ async def _replay(settings: Settings, reader: Any, fold: Any, fold_start: dict[i
                   fold_end: dict[int, int], window: Any, into: Into, history: bool,
                   checkpoint: Any, dry_run: bool, show: int,
                   max_rate: float | None = None) -> int:
-    from connectors.cassandra_sink import CassandraSink
-    from connectors.redis_cache import RedisCache
+    from connectors.cassandra.sink import CassandraSink
+    from connectors.redis.cache import RedisCache
     from connectors.replay.runner import Replay
 
     sink = cache = None
@@ -210,8 +210,8 @@ async def _replay(settings: Settings, reader: Any, fold: Any, fold_start: dict[i
 
 def _print_dry_run(settings: Settings, fold: Any, result: ReplayProgress, show: int) -> int:
     """What the replay would change in availability_by_sku (newer versions or missing rows)."""
-    from connectors.cassandra_cluster import ClusterConfig, connect
-    from connectors.cassandra_read import read_availability
+    from connectors.cassandra.cluster import ClusterConfig, connect
+    from connectors.cassandra.read import read_availability
     from connectors.replay.compare import AHEAD, MISMATCH, OK, compare_entries
     from connectors.replay.fold import cassandra_row
 
@@ -291,8 +291,8 @@ def rebuild(
 
 async def _rebuild(settings: Settings, parts: set[RebuildPart], history: bool,
                    batch_size: int) -> int:
-    from connectors.cassandra_sink import CassandraSink
-    from connectors.redis_cache import RedisCache
+    from connectors.cassandra.sink import CassandraSink
+    from connectors.redis.cache import RedisCache
     from connectors.replay import rebuild as kafka_side
     from connectors.replay.runner import Replay, ReplayWindow, new_fold, new_reader
 

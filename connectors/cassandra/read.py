@@ -11,7 +11,7 @@ import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
-from connectors.cassandra_cluster import CassandraError, check_keyspace_name
+from connectors.cassandra.cluster import CassandraError, check_keyspace_name
 from pipeline.aggregate import best_supplier, total_available
 
 if TYPE_CHECKING:

@@ -8,7 +8,7 @@ from typing import Any
 import redis
 from redis.exceptions import RedisError
 
-from connectors.redis_cache import CacheError, availability_key, parse_hash, platform_sku_of
+from connectors.redis.cache import CacheError, availability_key, parse_hash, platform_sku_of
 
 # One connection does the work (the reads are sequential); the second is slack for a
 # connection being replaced. A blocking pool waits for a free connection instead of raising

@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
-from connectors.cassandra_cluster import ClusterConfig, build_cluster, check_keyspace_name
+from connectors.cassandra.cluster import ClusterConfig, build_cluster, check_keyspace_name
 from pipeline import backoff
 from pipeline.errors import SinkError
 from pipeline.log import get_logger
@@ -667,7 +667,7 @@ class CassandraSink:
     def _connect(self) -> tuple[Cluster, Session]:
         from cassandra import InvalidRequest
 
-        from connectors.cassandra_schema import recorded_stock_buckets
+        from connectors.cassandra.schema import recorded_stock_buckets
 
         cluster = build_cluster(self._config)
         try:

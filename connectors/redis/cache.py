@@ -39,7 +39,7 @@ if TYPE_CHECKING:
 
 log = get_logger(__name__)
 
-SCRIPT: str = resources.files("connectors").joinpath("redis_cache.lua").read_text("utf-8")
+SCRIPT: str = resources.files("connectors.redis").joinpath("cache.lua").read_text("utf-8")
 SCRIPT_SHA: str = hashlib.sha1(SCRIPT.encode("utf-8")).hexdigest()
 # Keys written by one script call: Redis runs a script alone, so this bounds how long a
 # batch holds up a storefront's read (about 10 µs a key) while amortising the command.

@@ -6,7 +6,7 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from connectors.cassandra_cluster import CassandraError, check_keyspace_name
+from connectors.cassandra.cluster import CassandraError, check_keyspace_name
 from pipeline.log import get_logger
 
 if TYPE_CHECKING:
