@@ -40,7 +40,7 @@ def produce(env: PipelineEnv, events: int, keys: int) -> None:
 
 
 def raw_read(env: PipelineEnv) -> tuple[int, float]:
-    from connectors.replay.runner import new_reader
+    from connectors.logtools.runner import new_reader
 
     with new_reader(env.settings, 20000) as reader:
         marks = reader.watermarks()
@@ -51,7 +51,7 @@ def raw_read(env: PipelineEnv) -> tuple[int, float]:
 
 
 def fold_only(env: PipelineEnv) -> tuple[int, float]:
-    from connectors.replay.runner import fold_log, new_fold, new_reader
+    from connectors.logtools.runner import fold_log, new_fold, new_reader
 
     with new_reader(env.settings, 20000) as reader:
         marks = reader.watermarks()
@@ -63,8 +63,8 @@ def fold_only(env: PipelineEnv) -> tuple[int, float]:
 
 async def replay(env: PipelineEnv, history: bool) -> tuple[int, float, int]:
     from connectors.cassandra.sink import CassandraSink
+    from connectors.logtools.runner import Replay, ReplayWindow, new_fold, new_reader
     from connectors.redis.cache import RedisCache
-    from connectors.replay.runner import Replay, ReplayWindow, new_fold, new_reader
 
     sink = CassandraSink.from_settings(env.settings)
     await sink.start()

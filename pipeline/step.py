@@ -7,7 +7,7 @@ outputs)` folds them into the availability and returns it. What they emit (Stock
 resync requests, dead letters, InventoryChanges, outcome counts) is appended to `outputs`, so
 a driver can run a whole batch of keys into one `StepOutputs` and send it once.
 
-The worker's agents (topologies/), the replay fold (connectors/replay/fold.py), `stockflow
+The worker's agents (topologies/), the replay fold (connectors/logtools/fold.py), `stockflow
 trace` and the property test are all drivers of these two functions: the rule exists once.
 Nothing here does I/O or reads a clock: time is the delta's Kafka timestamp (so a replay makes
 the decisions the first run made), or the `wall_clock_ms` the driver passes for a record that

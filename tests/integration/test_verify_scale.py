@@ -179,7 +179,7 @@ def test_verify_names_key_store_expected_and_found_of_injected_drift(env: Pipeli
 def test_verify_finds_drift_in_the_worker_tables(env: PipelineEnv) -> None:
     from confluent_kafka import Producer
 
-    from connectors.replay.rebuild import changelog_topic
+    from connectors.logtools.rebuild import changelog_topic
     from schemas.codec import codec_for
 
     # A changed stock record and a tombstone of an availability record, in the partitions

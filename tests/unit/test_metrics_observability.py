@@ -9,9 +9,9 @@ from typing import Any
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
+from connectors.logtools.trace import LogRecord, key_partition, replay_key
 from pipeline import metrics
 from pipeline.shell.commands.top import Scrape, bucket_quantile, parse_samples, rate, render
-from pipeline.trace import LogRecord, key_partition, replay_key
 from schemas.codec import codec_for
 from topologies.runtime.health import is_ready, table_keys, worker_health
 from topologies.runtime.lag import (

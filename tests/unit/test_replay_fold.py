@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from connectors.replay.fold import LogFold, event_time_ms
-from connectors.replay.log_reader import parse_position
-from connectors.replay.runner import ReplayWindow, coalesce_updates
+from connectors.logtools.fold import LogFold, event_time_ms
+from connectors.logtools.log_reader import parse_position
+from connectors.logtools.runner import ReplayWindow, coalesce_updates
 from schemas.codec import codec_for
 
 TTL = 7 * 24 * 3600 * 1000

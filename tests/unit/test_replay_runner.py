@@ -8,8 +8,8 @@ from collections.abc import Iterator
 from types import SimpleNamespace
 from typing import Any
 
-from connectors.replay.log_reader import LogRecord
-from connectors.replay.runner import Replay, ReplayWindow
+from connectors.logtools.log_reader import LogRecord
+from connectors.logtools.runner import Replay, ReplayWindow
 
 
 class FakeReader:

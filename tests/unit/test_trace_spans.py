@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from pipeline.trace_spans import jaeger_spans, spans_from_file, timeline
+from connectors.logtools.trace_spans import jaeger_spans, spans_from_file, timeline
 
 # The shape of GET /api/traces/<id> from Jaeger's query service (one trace, two services).
 JAEGER_TRACE = {

@@ -7,9 +7,9 @@ import random
 from typing import Any
 
 from connectors.cassandra.read import MAX_TOKEN, MIN_TOKEN, summarize, token_ranges
-from connectors.replay import compare as cmp
-from connectors.replay.fold import LogFold, cassandra_row
-from connectors.replay.verification import (
+from connectors.logtools import compare as cmp
+from connectors.logtools.fold import LogFold, cassandra_row
+from connectors.logtools.verification import (
     VerifyFold,
     compare_cassandra_scan,
     compare_changelog,

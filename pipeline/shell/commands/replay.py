@@ -12,7 +12,7 @@ import typer
 from rich.console import Console
 
 if TYPE_CHECKING:
-    from connectors.replay.runner import Replay, ReplayProgress
+    from connectors.logtools.runner import Replay, ReplayProgress
     from pipeline.settings import Settings
 
 console = Console()
@@ -119,8 +119,8 @@ def replay(
     Redis compare-and-set). Reads in its own consumer group: the live worker is undisturbed.
     Ctrl-C finishes the batch being written and keeps a checkpoint; the same command continues.
     """
-    from connectors.replay.log_reader import parse_position
-    from connectors.replay.runner import (
+    from connectors.logtools.log_reader import parse_position
+    from connectors.logtools.runner import (
         Checkpoint,
         ReplayWindow,
         new_fold,
@@ -173,8 +173,8 @@ async def _replay(settings: Settings, reader: Any, fold: Any, fold_start: dict[i
                   checkpoint: Any, dry_run: bool, show: int,
                   max_rate: float | None = None) -> int:
     from connectors.cassandra.sink import CassandraSink
+    from connectors.logtools.runner import Replay
     from connectors.redis.cache import RedisCache
-    from connectors.replay.runner import Replay
 
     sink = cache = None
     if not dry_run and into in (Into.cassandra, Into.all):
@@ -212,8 +212,8 @@ def _print_dry_run(settings: Settings, fold: Any, result: ReplayProgress, show: 
     """What the replay would change in availability_by_sku (newer versions or missing rows)."""
     from connectors.cassandra.cluster import ClusterConfig, connect
     from connectors.cassandra.read import read_availability
-    from connectors.replay.compare import AHEAD, MISMATCH, OK, compare_entries
-    from connectors.replay.fold import cassandra_row
+    from connectors.logtools.compare import AHEAD, MISMATCH, OK, compare_entries
+    from connectors.logtools.fold import cassandra_row
 
     by_sku: dict[str, list[str]] = {}
     for platform_sku, supplier_id in sorted(result.touched):
@@ -263,7 +263,7 @@ def rebuild(
     recreated from the fold, the local RocksDB stores deleted, and the worker group's offsets
     set to where the fold ended. Then start the worker.
     """
-    from connectors.replay.rebuild import require_no_worker, table_store_dir
+    from connectors.logtools.rebuild import require_no_worker, table_store_dir
     from pipeline.settings import get_settings
 
     settings = get_settings()
@@ -292,9 +292,9 @@ def rebuild(
 async def _rebuild(settings: Settings, parts: set[RebuildPart], history: bool,
                    batch_size: int) -> int:
     from connectors.cassandra.sink import CassandraSink
+    from connectors.logtools import rebuild as kafka_side
+    from connectors.logtools.runner import Replay, ReplayWindow, new_fold, new_reader
     from connectors.redis.cache import RedisCache
-    from connectors.replay import rebuild as kafka_side
-    from connectors.replay.runner import Replay, ReplayWindow, new_fold, new_reader
 
     sink = cache = None
     try:

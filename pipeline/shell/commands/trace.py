@@ -22,10 +22,10 @@ def trace(
 ) -> None:
     """Find EVENT_ID in inventory.deltas and tell what the pipeline did with it; with the
     timings of its recorded OpenTelemetry trace when there is one (Jaeger or the span file)."""
+    from connectors.logtools.trace import summary, trace_event
+    from connectors.logtools.trace_spans import find_spans, timeline
     from pipeline.errors import StockflowError
     from pipeline.settings import get_settings
-    from pipeline.trace import summary, trace_event
-    from pipeline.trace_spans import find_spans, timeline
 
     settings = get_settings()
     lookup = find_spans(settings, event_id)

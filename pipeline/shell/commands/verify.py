@@ -19,8 +19,8 @@ if TYPE_CHECKING:
     from rich.progress import Progress as RichProgressBar
     from rich.progress import TaskID
 
-    from connectors.replay.compare import Comparison
-    from connectors.replay.verification import Progress, Verification
+    from connectors.logtools.compare import Comparison
+    from connectors.logtools.verification import Progress, Verification
 
 console = Console()
 log = get_logger(__name__)
@@ -111,7 +111,7 @@ class LogProgress:
 
 def _report(v: Verification, result: Comparison, *, rechecked: int, settle: float,
             seconds: float) -> dict[str, Any]:
-    from connectors.replay import compare as cmp
+    from connectors.logtools import compare as cmp
 
     stores: dict[str, dict[str, Any]] = {}
     for store, checked in result.checked.items():
@@ -155,7 +155,7 @@ def _print(report: dict[str, Any], show: int) -> None:
     if report["rechecked"]:
         console.print(f"re-checked {report['rechecked']} keys after {report['settle_s']:.0f}s",
                       highlight=False)
-    from connectors.replay.compare import Difference
+    from connectors.logtools.compare import Difference
 
     for d in report["differences"][:show]:
         diff = Difference(d["store"], d["key"], d["entry"], d["kind"], d["expected"], d["found"])
@@ -198,8 +198,8 @@ def verify(
     the same version but other values. A store ahead of the folded log (the worker wrote it
     after the log was read) is not drift. The stores are streamed in fixed-size batches.
     """
-    from connectors.replay.compare import Comparison
-    from connectors.replay.verification import NoProgress, Verification
+    from connectors.logtools.compare import Comparison
+    from connectors.logtools.verification import NoProgress, Verification
     from pipeline.settings import get_settings
 
     progress: Progress

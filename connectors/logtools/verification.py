@@ -16,15 +16,15 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
-from connectors.replay import compare as cmp
-from connectors.replay.fold import LogFold, Step
+from connectors.logtools import compare as cmp
+from connectors.logtools.fold import LogFold, Step
 from pipeline.aggregate import ACTIVE
 
 if TYPE_CHECKING:
     from cassandra.cluster import Cluster, Session
 
+    from connectors.logtools.log_reader import LogReader
     from connectors.redis.read import AvailabilityHashReader
-    from connectors.replay.log_reader import LogReader
     from pipeline.settings import Settings
 
 STORES = ("cassandra", "redis", "table:stock", "table:availability")
@@ -87,7 +87,7 @@ class ExpectedEntry(NamedTuple):
                    update.get("currency"), update["observed_at"])
 
     def cassandra_row(self) -> dict[str, Any]:
-        """As connectors.replay.fold.cassandra_row gives it (cassandra_read shape)."""
+        """As connectors.logtools.fold.cassandra_row gives it (cassandra_read shape)."""
         return {"sku": self.sku, "quantity": self.quantity, "version": self.version,
                 "status": self.status, "lead_time_days": self.lead_time_days,
                 "price": self.price, "currency": self.currency, "updated_at": self.observed_at}
@@ -296,7 +296,7 @@ class Verification:
     _redis: AvailabilityHashReader | None = None
 
     def __post_init__(self) -> None:
-        from connectors.replay.runner import new_reader
+        from connectors.logtools.runner import new_reader
 
         self.fold = new_verify_fold(self.settings)
         self.reader = new_reader(self.settings)
@@ -349,7 +349,7 @@ class Verification:
         """Fold the log from its beginning (or from where the last fold ended) to its end now."""
         from confluent_kafka import KafkaException
 
-        from connectors.replay.log_reader import ReplayError
+        from connectors.logtools.log_reader import ReplayError
 
         try:
             marks = self.reader.watermarks()
@@ -441,7 +441,7 @@ class Verification:
     def check_tables(self, result: cmp.Comparison, stock_keys: set[str] | None,
                      skus: set[str] | None) -> None:
         """The worker's tables, from their changelogs (None: every key)."""
-        from connectors.replay.rebuild import changelog_topic
+        from connectors.logtools.rebuild import changelog_topic
         from schemas.codec import codec_for
 
         fold = self.fold
@@ -502,7 +502,7 @@ class ChangelogStream:
     def __iter__(self) -> Iterator[tuple[bytes, bytes | None]]:
         from confluent_kafka import KafkaError
 
-        from connectors.replay.log_reader import ReplayError
+        from connectors.logtools.log_reader import ReplayError
 
         todo = {tp.partition for tp in self.assignment}
         try:

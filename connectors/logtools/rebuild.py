@@ -16,8 +16,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from connectors.replay.fold import LogFold
-from connectors.replay.log_reader import ReplayError
+from connectors.logtools.fold import LogFold
+from connectors.logtools.log_reader import ReplayError
 from pipeline.settings import Settings
 from schemas.codec import codec_for
 from topologies.topics import CHANGES, DELTAS, STOCK_UPDATES

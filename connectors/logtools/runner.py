@@ -25,8 +25,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from connectors.replay.fold import LogFold
-from connectors.replay.log_reader import LogReader, LogRecord
+from connectors.logtools.fold import LogFold
+from connectors.logtools.log_reader import LogReader, LogRecord
 from pipeline.log import get_logger
 
 log = get_logger(__name__)

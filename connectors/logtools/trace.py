@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from connectors.replay.log_reader import LogRecord
+from connectors.logtools.log_reader import LogRecord
 from pipeline.errors import SchemaError, StockflowError
 from pipeline.log import get_logger
 from pipeline.settings import Settings
