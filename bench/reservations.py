@@ -307,8 +307,8 @@ async def _latency(base: str, rate: float, seconds: float, skus: str,
 async def _reads(base: str, settings: Any, n: int, cpu: CpuMeter) -> dict[str, Any]:
     import redis.asyncio as aioredis
 
+    from connectors.api.follower import atp_key
     from connectors.redis.cache import availability_key
-    from pipeline.api.follower import atp_key
 
     http = _Http(base)
     api_ms: list[float] = []
@@ -398,7 +398,7 @@ def main() -> None:
     args = parser.parse_args()
     extra = dict(item.split("=", 1) for item in args.env)
 
-    from pipeline.api.keys import hash_key
+    from connectors.api.keys import hash_key
     from tests.integration.pipeline_harness import free_port
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-reservations-"))

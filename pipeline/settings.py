@@ -206,7 +206,7 @@ class Settings(BaseSettings):
     # Where `stockflow trace` asks for a trace's spans: Jaeger's query API.
     tracing_query_url: str = "http://127.0.0.1:16686"
 
-    # --- Reservations and the public API (pipeline/reservations.py, pipeline/api/) -----------
+    # --- Reservations and the public API (pipeline/reservations.py, connectors/api/) -----------
     reservation_default_ttl_s: float = Field(default=900.0, gt=0,
                                              description="a hold's TTL when the request has none")
     reservation_max_ttl_s: float = Field(default=24 * 3600.0, gt=0)

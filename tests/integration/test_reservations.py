@@ -21,7 +21,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from pipeline.api.keys import hash_key
+from connectors.api.keys import hash_key
 from tests.integration.pipeline_harness import ROOT, PipelineEnv, free_port
 
 pytestmark = pytest.mark.integration

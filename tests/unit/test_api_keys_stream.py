@@ -6,8 +6,8 @@ import asyncio
 
 import pytest
 
-from pipeline.api.keys import DEMO_KEY, ApiKeyError, ApiKeys, RateLimiter, hash_key
-from pipeline.api.stream import StreamHub
+from connectors.api.keys import DEMO_KEY, ApiKeyError, ApiKeys, RateLimiter, hash_key
+from connectors.api.stream import StreamHub
 
 
 def test_keys_are_matched_by_their_hash_only() -> None:
@@ -53,7 +53,7 @@ def test_stream_resumes_after_an_id_or_says_it_cannot() -> None:
 def test_guard_answers_401_and_429_before_the_app() -> None:
     from types import SimpleNamespace
 
-    from pipeline.api.app import Guard
+    from connectors.api.app import Guard
 
     reached: list[str] = []
 

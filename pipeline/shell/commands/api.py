@@ -14,7 +14,7 @@ def api(
     """Serve /v1 (inventory, reservations, stream), the live page at / and /docs."""
     import uvicorn
 
-    from pipeline.api.app import create_app
+    from connectors.api.app import create_app
     from pipeline.settings import get_settings
 
     settings = get_settings()

@@ -30,10 +30,10 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingRes
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_latest
 from pydantic import BaseModel, Field
 
-from pipeline.api.follower import DecisionFollower, atp_key
-from pipeline.api.keys import ApiKeys, RateLimiter, retry_after_header
-from pipeline.api.page import PAGE
-from pipeline.api.stream import StreamHub
+from connectors.api.follower import DecisionFollower, atp_key
+from connectors.api.keys import ApiKeys, RateLimiter, retry_after_header
+from connectors.api.page import PAGE
+from connectors.api.stream import StreamHub
 from pipeline.log import get_logger
 from pipeline.reservations import (
     ALREADY_CONFIRMED,

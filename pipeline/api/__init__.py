@@ -1,1 +1,0 @@
-"""The public HTTP API (`stockflow api`): inventory reads, reservations and a live stream."""
