@@ -24,11 +24,11 @@ from pipeline import metrics, tracing
 from pipeline.errors import SchemaError
 from pipeline.log import get_logger
 from pipeline.step import StepOutputs, fold_updates
+from pipeline.topics import CHANGES, STOCK_UPDATES
 from schemas.codec import codec_for
 from topologies.app import app, avro_table, settings
 from topologies.refresh_cache import ChangeCache, get_cache, write_changes
 from topologies.runtime import InputBatches
-from topologies.topics import CHANGES, STOCK_UPDATES
 
 log = get_logger(__name__)
 

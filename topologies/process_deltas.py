@@ -20,10 +20,10 @@ from pipeline import metrics, tracing
 from pipeline.catalog import Catalog
 from pipeline.log import get_logger
 from pipeline.step import INVALID, RawRecord, StepContext, StepOutputs, apply_deltas
+from pipeline.topics import DEADLETTER, DELTAS, RESYNC, STOCK_UPDATES
 from schemas.codec import codec_for
 from topologies.app import app, avro_table, settings
 from topologies.runtime import InputBatches
-from topologies.topics import DEADLETTER, DELTAS, RESYNC, STOCK_UPDATES
 
 log = get_logger(__name__)
 

@@ -14,10 +14,10 @@ from typing import Any, Protocol
 from pipeline import metrics, tracing
 from pipeline.errors import SchemaError
 from pipeline.log import get_logger
+from pipeline.topics import CHANGES
 from schemas.codec import codec_for
 from topologies.app import app, settings
 from topologies.runtime import InputBatches
-from topologies.topics import CHANGES
 
 log = get_logger(__name__)
 

@@ -33,12 +33,12 @@ from pipeline.reservations import (
     decide,
     next_deadline,
 )
+from pipeline.topics import DEADLETTER, ORDERS, RESERVATION_COMMANDS, RESERVATION_DECISIONS
 from pipeline.validate import dead_letter, dead_letter_key
 from schemas.codec import codec_for
 from topologies.aggregate import availability
 from topologies.app import app, avro_table, settings
 from topologies.runtime import InputBatches
-from topologies.topics import DEADLETTER, ORDERS, RESERVATION_COMMANDS, RESERVATION_DECISIONS
 
 log = get_logger(__name__)
 

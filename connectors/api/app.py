@@ -109,7 +109,7 @@ class Api:
         from confluent_kafka import Producer
 
         from connectors.redis.cache import RedisCache
-        from topologies.topics import create_topics
+        from pipeline.topics import create_topics
 
         s = self.settings
         await asyncio.to_thread(create_topics, s)

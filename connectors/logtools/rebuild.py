@@ -19,8 +19,8 @@ from typing import Any
 from connectors.logtools.fold import LogFold
 from connectors.logtools.log_reader import ReplayError
 from pipeline.settings import Settings
+from pipeline.topics import CHANGES, DELTAS, STOCK_UPDATES
 from schemas.codec import codec_for
-from topologies.topics import CHANGES, DELTAS, STOCK_UPDATES
 
 TABLES = {"stock": "StockState", "availability": "Availability"}
 

@@ -269,7 +269,7 @@ def new_fold(settings: Any) -> LogFold:
 
 def new_reader(settings: Any, batch_size: int = 5000) -> LogReader:
     """A reader of inventory.deltas in the replay's own group (never the worker's)."""
-    from topologies.topics import DELTAS
+    from pipeline.topics import DELTAS
 
     return LogReader(settings.confluent_config(), settings.topic(DELTAS.name),
                      group_id=f"{settings.app_id}-replay", batch_size=batch_size)

@@ -4,7 +4,7 @@ min.insync.replicas from the settings capped at that factor."""
 from __future__ import annotations
 
 from pipeline.settings import Settings
-from topologies.topics import replication
+from pipeline.topics import replication
 
 
 def test_factor_and_min_insync_are_capped_by_the_cluster() -> None:

@@ -355,7 +355,7 @@ class BatchRuntime(Service):
     def _create_topics(self) -> None:
         from confluent_kafka.admin import AdminClient, NewTopic
 
-        from topologies.topics import create_topics, replication
+        from pipeline.topics import create_topics, replication
 
         create_topics(self.settings)
         admin = AdminClient(self.settings.confluent_config())

@@ -100,7 +100,7 @@ def demo(
     from pipeline.settings import get_settings
     from pipeline.shell.commands.top import render, scrape
     from pipeline.shell.stack import LocalStack
-    from topologies.topics import create_topics
+    from pipeline.topics import create_topics
 
     console = Console()
     settings = get_settings()

@@ -13,7 +13,7 @@ from rich.console import Console
 
 console = Console()
 
-topics_app = typer.Typer(help="Kafka topics of stockflow (declared in topologies/topics.py).",
+topics_app = typer.Typer(help="Kafka topics of stockflow (declared in pipeline/topics.py).",
                          no_args_is_help=True)
 
 DELTA_DEFAULTS: dict[str, Any] = {
@@ -114,7 +114,7 @@ def produce(
 def topics_create() -> None:
     """Create the topics and bring their configs up to date (idempotent)."""
     from pipeline.settings import get_settings
-    from topologies.topics import create_topics
+    from pipeline.topics import create_topics
 
     for name, action in create_topics(get_settings()):
         console.print(f"{action:8} {name}")
@@ -124,7 +124,7 @@ def topics_create() -> None:
 def topics_list() -> None:
     """The declared topics: key, value record, retention."""
     from pipeline.settings import get_settings
-    from topologies.topics import TOPICS
+    from pipeline.topics import TOPICS
 
     settings = get_settings()
     for spec in TOPICS:

@@ -1,4 +1,5 @@
-"""The topic registry: every stockflow topic declared once, with partitions, key, schema, config."""
+"""The topic registry, part of the contract the worker and the connectors share: every stockflow
+topic declared once, with partitions, key, value record and config."""
 
 from __future__ import annotations
 
