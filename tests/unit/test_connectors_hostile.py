@@ -31,7 +31,7 @@ from connectors.sources.webhook import (
 from connectors.suppliers import SecretRef, parse_suppliers
 from pipeline.errors import ConfigurationError, ConnectorError
 from pipeline.settings import Settings
-from pipeline.shell.commands.inventory import availability_table
+from pipeline.shell.views import availability_table
 from tests.unit.test_connectors_fuzz import ScriptedSupplier, http
 
 MAPPING = FieldMapping({"sku": ["sku"], "quantity": ["qty"], "sequence": ["version"],
