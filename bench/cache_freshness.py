@@ -3,7 +3,7 @@
     python -m bench.cache_freshness --rates 1000,5000 --duration 30
 
 Runs the real `stockflow worker` (exactly-once by default) in an isolated namespace through
-`tests/integration/pipeline_harness.PipelineEnv` (own topic prefix, app id, Cassandra keyspace,
+`bench/pipeline_env.PipelineEnv` (own topic prefix, app id, Cassandra keyspace,
 Redis key prefix, ports), produces SupplierDelta SNAPSHOTs at each rate (every one changes a
 quantity, so every one becomes an InventoryChange and a Redis write), waits until the worker
 has caught up, and reports p50/p99 of `stockflow_freshness_seconds{stage="redis"}` over that
@@ -105,7 +105,7 @@ def run(rates: list[int], duration_s: float, skus: int, suppliers: int, guarante
         partitions: int, keep: bool, drain_s: float = 120.0) -> list[dict[str, Any]]:
     """Start a worker, measure each rate, clean up; one result dict per rate."""
     sys.path.insert(0, str(Path(__file__).parents[1]))
-    from tests.integration.pipeline_harness import PipelineEnv
+    from bench.pipeline_env import PipelineEnv
 
     tmp = Path(tempfile.mkdtemp(prefix="stockflow-bench-"))
     env = PipelineEnv(tmp, partitions=partitions, guarantee=guarantee)

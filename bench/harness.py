@@ -22,10 +22,8 @@ CLK_TCK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
 
 def pipeline_env_class() -> Any:
-    """tests/integration/pipeline_harness.PipelineEnv (the one isolated-pipeline launcher)."""
-    if str(ROOT) not in sys.path:
-        sys.path.insert(0, str(ROOT))
-    from tests.integration.pipeline_harness import PipelineEnv
+    """bench/pipeline_env.PipelineEnv (the one isolated-pipeline launcher)."""
+    from bench.pipeline_env import PipelineEnv
 
     return PipelineEnv
 

@@ -18,7 +18,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from tests.integration.pipeline_harness import PipelineEnv
+from bench.pipeline_env import PipelineEnv
 
 
 def produce(env: PipelineEnv, events: int, keys: int) -> None:

@@ -398,8 +398,8 @@ def main() -> None:
     args = parser.parse_args()
     extra = dict(item.split("=", 1) for item in args.env)
 
+    from bench.pipeline_env import free_port
     from connectors.api.keys import hash_key
-    from tests.integration.pipeline_harness import free_port
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-reservations-"))
     port = free_port()

@@ -18,7 +18,6 @@ import json
 import os
 import random
 import signal
-import sys
 import tempfile
 import threading
 import time
@@ -26,14 +25,10 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from bench.harness import ROOT, proc_cpu_seconds
-
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-from tests.integration.pipeline_harness import PipelineEnv
-from tests.integration.test_pipeline_e2e import build_workload, send_all
-from tests.reliability.chaos import RESULTS, ChaosWorker, lag, wait_for
+from bench.harness import proc_cpu_seconds
+from bench.messy_workload import build_workload, send_all
+from bench.pipeline_env import PipelineEnv
+from bench.worker_process import RESULTS, ChaosWorker, lag, wait_for
 
 PARTITIONS = 12
 

@@ -13,8 +13,8 @@ from typing import Any
 import pytest
 import redis
 
+from bench.pipeline_env import PipelineEnv
 from connectors.redis.cache import RedisCache
-from tests.integration.pipeline_harness import PipelineEnv
 from tests.integration.test_redis_cache import PrivateRedis
 from tests.unit.reference_model import reference_run
 

@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 
 from bench.end_to_end import Sender
+from bench.pipeline_env import PipelineEnv
 from bench.workload import Workload, WorkloadSpec, send_open_loop
-from tests.integration.pipeline_harness import PipelineEnv
 
 pytestmark = pytest.mark.integration
 

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from bench.pipeline_env import ROOT, PipelineEnv, free_port
 from tests.conftest import wait_for
-from tests.integration.pipeline_harness import ROOT, PipelineEnv, free_port
 
 pytestmark = pytest.mark.integration
 

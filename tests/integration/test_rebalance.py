@@ -6,13 +6,8 @@ once."""
 
 from __future__ import annotations
 
-import contextlib
-import json
-import os
 import random
 import signal
-import subprocess
-import sys
 import threading
 from collections import Counter
 from pathlib import Path
@@ -20,57 +15,11 @@ from typing import Any
 
 import pytest
 
-from tests.integration.pipeline_harness import ROOT, PipelineEnv, free_port
+from bench.pipeline_env import PipelineEnv
+from bench.worker_process import Worker
 from tests.integration.test_pipeline_e2e import assert_end_state, build_workload, send_all
 
 pytestmark = pytest.mark.integration
-
-
-class Worker:
-    """One `stockflow worker` process of the env's app with its own data dir and ports."""
-
-    def __init__(self, env: PipelineEnv, name: str) -> None:
-        self.env = env
-        self.name = name
-        self.logs: list[Path] = []
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.environ = {**env.env, "STOCKFLOW_DATA_DIR": str(env.tmp_path / name),
-                        "STOCKFLOW_METRICS_PORT": str(free_port()),
-                        "STOCKFLOW_WEB_PORT": str(free_port())}
-
-    def start(self) -> None:
-        log = self.env.tmp_path / f"{self.name}-{len(self.logs)}.log"
-        self.logs.append(log)
-        with log.open("wb") as fh:
-            self.proc = subprocess.Popen([sys.executable, "-m", "pipeline.shell.cli", "worker"],
-                                         env=self.environ, cwd=ROOT, stdout=fh,
-                                         stderr=subprocess.STDOUT, start_new_session=True)
-
-    def stop(self, sig: int) -> int | None:
-        if self.proc is None:
-            return None
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.proc.pid, sig)
-        try:
-            code = self.proc.wait(timeout=90)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait()
-            code = None  # did not stop in time
-        self.proc = None
-        return code
-
-    def events(self, name: str) -> list[dict[str, Any]]:
-        out = []
-        for log in self.logs:
-            for line in log.read_text(errors="replace").splitlines():
-                if f'"{name}"' in line and line.startswith("{"):
-                    with contextlib.suppress(json.JSONDecodeError):
-                        out.append(json.loads(line))
-        return out
-
-    def text(self) -> str:
-        return "\n".join(p.read_text(errors="replace")[-3000:] for p in self.logs)
 
 
 def assert_change_chain(env: PipelineEnv) -> None:

@@ -19,6 +19,7 @@ import redis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from bench.pipeline_env import free_port
 from connectors.redis.cache import (
     SCRIPT,
     RedisCache,
@@ -28,7 +29,6 @@ from connectors.redis.cache import (
 )
 from pipeline.aggregate import best_supplier, total_available
 from pipeline.metrics import SINK_RETRIES
-from tests.integration.pipeline_harness import free_port
 
 pytestmark = pytest.mark.integration
 

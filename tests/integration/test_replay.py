@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from tests.integration.pipeline_harness import PipelineEnv
+from bench.pipeline_env import PipelineEnv
 
 pytestmark = pytest.mark.integration
 
@@ -277,7 +277,7 @@ def test_interrupted_replay_continues_from_its_checkpoint(state: type[State]) ->
     import subprocess
     import sys
 
-    from tests.integration.pipeline_harness import ROOT
+    from bench.pipeline_env import ROOT
 
     env = state.env
     wipe(env)

@@ -21,8 +21,8 @@ from typing import Any
 import aiohttp
 import pytest
 
+from bench.pipeline_env import ROOT, PipelineEnv, free_port
 from connectors.api.keys import hash_key
-from tests.integration.pipeline_harness import ROOT, PipelineEnv, free_port
 
 pytestmark = pytest.mark.integration
 

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from tests.integration.pipeline_harness import PipelineEnv
+from bench.pipeline_env import PipelineEnv
 
 pytestmark = pytest.mark.integration
 

@@ -18,11 +18,11 @@ from typing import Any
 
 import pytest
 
+from bench.pipeline_env import ROOT, PipelineEnv, free_port
 from connectors.sources.webhook import SIGNATURE_HEADER, TIMESTAMP_HEADER, webhook_signature
 from pipeline.shell.commands.pipeline import canonical_delta
 from schemas.codec import codec_for
 from tests.conftest import wait_for
-from tests.integration.pipeline_harness import ROOT, PipelineEnv, free_port
 
 pytestmark = pytest.mark.integration
 

@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from tests.integration.pipeline_harness import ROOT, PipelineEnv
+from bench.pipeline_env import ROOT, PipelineEnv
 
 pytestmark = pytest.mark.integration
 
@@ -206,7 +206,7 @@ def test_verify_finds_drift_in_the_worker_tables(env: PipelineEnv) -> None:
 
 
 def test_verify_exits_2_with_the_error_when_a_store_is_unreachable(env: PipelineEnv) -> None:
-    from tests.integration.pipeline_harness import free_port
+    from bench.pipeline_env import free_port
 
     closed = {**env.env, "STOCKFLOW_REDIS_URL": f"redis://127.0.0.1:{free_port()}/0"}
     for args, check in ((["--json"], "json"), ([], "text")):

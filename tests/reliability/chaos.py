@@ -14,16 +14,14 @@ import socket
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable
 from typing import Any
 
-from tests.integration.pipeline_harness import ROOT, PipelineEnv, free_port
-from tests.integration.test_pipeline_e2e import assert_end_state, build_workload, send_all
-from tests.integration.test_rebalance import Worker, assert_change_chain
+from bench.messy_workload import build_workload, send_all
+from bench.pipeline_env import PipelineEnv, free_port
+from bench.worker_process import RESULTS, ChaosWorker, lag, wait_for
+from tests.integration.test_pipeline_e2e import assert_end_state
+from tests.integration.test_rebalance import assert_change_chain
 from tests.unit.reference_model import reference_run
-
-# Where each case appends its numbers (the table in docs/reliability.md is made from them).
-RESULTS = ROOT / ".stockflow" / "reliability" / "results.jsonl"
 
 
 def full() -> bool:
@@ -40,31 +38,6 @@ def workload(seed: int, full_events: int) -> tuple[list[dict[str, Any]],
         return valid, malformed
     kept = [d for d in valid if int(d["sku"].rsplit("-", 1)[1]) % 3 == 0]
     return kept, malformed[: len(malformed) // 3]
-
-
-class ChaosWorker(Worker):
-    """A worker process that can also be paused and resumed (SIGSTOP/SIGCONT)."""
-
-    def __init__(self, env: PipelineEnv, name: str, **extra_env: str) -> None:
-        super().__init__(env, name)
-        self.environ.update(extra_env)
-
-    @property
-    def running(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-    def signal(self, sig: int) -> None:
-        assert self.proc is not None
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.proc.pid, sig)
-
-    def full_text(self) -> str:
-        return "\n".join(p.read_text(errors="replace") for p in self.logs)
-
-    def assigned(self) -> int:
-        """How many partitions the worker holds after its latest assignment."""
-        events = self.events("runtime.partitions_assigned")
-        return events[-1]["partitions"] if events else -1
 
 
 class Supervisor(threading.Thread):
@@ -215,24 +188,6 @@ class TcpProxy:
             for s in (a, b):
                 with contextlib.suppress(OSError):
                     s.close()
-
-
-def wait_for(predicate: Callable[[], Any], timeout: float, message: str,
-             workers: list[ChaosWorker] | None = None) -> Any:
-    """Poll until true or the deadline; the workers' log tails in the failure message."""
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = predicate()
-        if last:
-            return last
-        time.sleep(0.3)
-    tails = "\n".join(f"--- {w.name}\n{w.text()[-2000:]}" for w in workers or [])
-    raise AssertionError(f"timed out after {timeout}s: {message}; last={last!r}\n{tails}")
-
-
-def lag(env: PipelineEnv) -> int:
-    return sum(env.lag(t) for t in ("inventory.deltas", "inventory.stock-updates"))
 
 
 def wait_converged(env: PipelineEnv, workers: list[ChaosWorker], timeout: float = 300,

@@ -22,9 +22,9 @@ from typing import Any
 
 import pytest
 
+from bench.pipeline_env import PipelineEnv
 from pipeline.settings import Settings
 from pipeline.shell.stack import KafkaCluster
-from tests.integration.pipeline_harness import PipelineEnv
 from tests.reliability.chaos import (
     ChaosWorker,
     Feeder,

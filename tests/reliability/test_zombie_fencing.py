@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from tests.integration.pipeline_harness import PipelineEnv
+from bench.pipeline_env import PipelineEnv
 from tests.reliability.chaos import (
     ChaosWorker,
     Feeder,

@@ -21,7 +21,7 @@ from typing import Any
 
 from pipeline.settings import Settings
 
-ROOT = Path(__file__).parents[2]
+ROOT = Path(__file__).resolve().parents[1]  # the checkout (or, installed, site-packages)
 
 
 def free_port() -> int:
