@@ -56,7 +56,7 @@ def test_seen_event_within_ttl_is_a_duplicate() -> None:
     assert is_duplicate(1_000, 1_000 + TTL - 1, TTL)
 
 
-def test_entry_older_than_ttl_counts_as_absent_before_any_sweep() -> None:
+def test_entry_older_than_ttl_counts_as_absent_before_it_is_pruned() -> None:
     assert not is_duplicate(1_000, 1_000 + TTL, TTL)
     assert not is_duplicate(1_000, 1_000 + 10 * TTL, TTL)
 
@@ -66,7 +66,7 @@ def test_entry_from_the_future_is_still_a_duplicate() -> None:
     assert is_duplicate(5_000, 1_000, TTL)
 
 
-def test_sweeper_and_lookup_agree_on_the_boundary() -> None:
+def test_pruning_and_lookup_agree_on_the_boundary() -> None:
     for now in range(1_000 + TTL - 2, 1_000 + TTL + 3):
         assert expired(1_000, now, TTL) is (not is_duplicate(1_000, now, TTL))
     assert not expired(1_000, 1_000 + TTL - 1, TTL)
