@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from pipeline.errors import StockflowError
+from pipeline.kafka import admin_client, has_code
 from pipeline.log import get_logger
 from pipeline.settings import Settings
 
@@ -105,15 +106,15 @@ def create_topics(settings: Settings, specs: tuple[TopicSpec, ...] = TOPICS,
     Partitions are never changed on an existing topic: that would move keys between
     partitions and break the per (supplier, sku) order; a mismatch is reported instead.
     """
+    from confluent_kafka import KafkaError
     from confluent_kafka.admin import (
-        AdminClient,
         AlterConfigOpType,
         ConfigEntry,
         ConfigResource,
         NewTopic,
     )
 
-    admin = AdminClient(settings.confluent_config())
+    admin = admin_client(settings)
     metadata = admin.list_topics(timeout=timeout)
     existing = metadata.topics
     factor, replica_config = replication(settings, len(metadata.brokers))
@@ -131,7 +132,7 @@ def create_topics(settings: Settings, specs: tuple[TopicSpec, ...] = TOPICS,
             try:
                 fut.result()
             except Exception as exc:
-                if "TOPIC_ALREADY_EXISTS" not in str(exc):
+                if not has_code(exc, KafkaError.TOPIC_ALREADY_EXISTS):
                     raise StockflowError(f"cannot create topic {name}: {exc}") from exc
             results.append((name, "created"))
     created = {n for n, _ in results}

@@ -21,6 +21,7 @@ from urllib.parse import quote
 from pipeline.errors import SchemaError
 from pipeline.log import get_logger
 from pipeline.settings import Settings
+from pipeline.topics import CHANGES
 from schemas.codec import codec_for
 
 log = get_logger(__name__)
@@ -53,7 +54,7 @@ class DecisionFollower:
         self.on_decision = on_decision
         self.on_change = on_change
         self.decisions_topic = settings.topic("reservations.decisions")
-        self.changes_topic = settings.topic("inventory.changes")
+        self.changes_topic = settings.topic(CHANGES.name)
         self.ready = threading.Event()
         self.error: str | None = None
         self._stop = threading.Event()

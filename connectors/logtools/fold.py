@@ -25,6 +25,7 @@ from pipeline.step import (
     event_time_ms,
     fold_updates,
 )
+from pipeline.topics import DELTAS
 from pipeline.validate import delta_key
 
 
@@ -84,7 +85,7 @@ class LogFold:
         out = StepOutputs()
         state_key = key
         state = self.stock.get(key) if key is not None else None
-        new = apply_deltas(state, [RawRecord(key, value, timestamp_ms, "inventory.deltas",
+        new = apply_deltas(state, [RawRecord(key, value, timestamp_ms, DELTAS.name,
                                              partition, -1)], ctx, out)
         outcomes = out.outcomes
         if outcomes.get(INVALID):

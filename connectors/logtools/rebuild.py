@@ -18,6 +18,7 @@ from typing import Any
 
 from connectors.logtools.fold import LogFold
 from connectors.logtools.log_reader import ReplayError
+from pipeline.kafka import admin_client, has_code, nonempty_partitions, read_to_end
 from pipeline.settings import Settings
 from pipeline.topics import CHANGES, DELTAS, STOCK_UPDATES
 from schemas.codec import codec_for
@@ -39,14 +40,14 @@ def table_store_dir(settings: Settings) -> Path:
 
 def worker_group_members(settings: Settings, timeout_s: float = 30.0) -> list[str]:
     """Members of the worker's consumer group (`app_id`); empty when no worker runs."""
-    from confluent_kafka.admin import AdminClient
+    from confluent_kafka import KafkaError
 
-    admin = AdminClient(settings.confluent_config())
+    admin = admin_client(settings)
     futures = admin.describe_consumer_groups([settings.app_id], request_timeout=timeout_s)
     try:
         description = futures[settings.app_id].result()
     except Exception as exc:
-        if "GROUP_ID_NOT_FOUND" in str(exc):
+        if has_code(exc, KafkaError.GROUP_ID_NOT_FOUND):
             return []
         raise ReplayError(f"cannot describe consumer group {settings.app_id}: {exc}") from exc
     return [f"{m.client_id}@{m.host}" for m in description.members]
@@ -66,7 +67,7 @@ def require_no_worker(settings: Settings) -> None:
 def read_changelog(settings: Settings, topic: str, record: str,
                    timeout_s: float = 60.0) -> dict[bytes, dict[str, Any]]:
     """The latest value per key of a table changelog (tombstones remove the key)."""
-    from confluent_kafka import Consumer, KafkaError, TopicPartition
+    from confluent_kafka import Consumer
 
     codec = codec_for(record)
     consumer = Consumer({**settings.confluent_config(), "group.id": f"{settings.app_id}-verify",
@@ -74,50 +75,25 @@ def read_changelog(settings: Settings, topic: str, record: str,
                          "isolation.level": "read_committed"})
     out: dict[bytes, dict[str, Any]] = {}
     try:
-        meta = consumer.list_topics(topic, timeout=timeout_s).topics.get(topic)
-        if meta is None or meta.error is not None:
-            return out
-        todo = set()
-        assign = []
-        for p in meta.partitions:
-            lo, hi = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=timeout_s)
-            if hi > lo:
-                todo.add(p)
-                assign.append(TopicPartition(topic, p, lo))
-        consumer.assign(assign)
-        deadline = time.monotonic() + timeout_s
-        while todo:
-            if time.monotonic() > deadline:
-                raise ReplayError(f"reading {topic} took longer than {timeout_s}s")
-            for msg in consumer.consume(5000, 1.0):
-                err = msg.error()
-                if err is not None:
-                    if err.code() == KafkaError._PARTITION_EOF:
-                        todo.discard(msg.partition())
-                        continue
-                    raise ReplayError(f"reading {topic}: {err}")
-                deadline = time.monotonic() + timeout_s
-                key, value = msg.key() or b"", msg.value()
-                if value is None:
-                    out.pop(key, None)
-                else:
-                    out[key] = codec.decode(value)
+        assignment = nonempty_partitions(consumer, topic, timeout_s)
+        for msg in read_to_end(consumer, assignment or [], batch=5000, timeout_s=timeout_s,
+                               error=ReplayError):
+            key, value = msg.key() or b"", msg.value()
+            if value is None:
+                out.pop(key, None)
+            else:
+                out[key] = codec.decode(value)
     finally:
         consumer.close()
     return out
 
 
-def _admin(settings: Settings) -> Any:
-    from confluent_kafka.admin import AdminClient
-
-    return AdminClient(settings.confluent_config())
-
-
 def recreate_changelogs(settings: Settings, timeout_s: float = 60.0) -> list[str]:
     """Delete the tables' changelog topics and create them empty (compacted, same partitions)."""
+    from confluent_kafka import KafkaError
     from confluent_kafka.admin import NewTopic
 
-    admin = _admin(settings)
+    admin = admin_client(settings)
     names = [changelog_topic(settings, t) for t in TABLES]
     existing = set(admin.list_topics(timeout=timeout_s).topics)
     doomed = [n for n in names if n in existing]
@@ -126,7 +102,7 @@ def recreate_changelogs(settings: Settings, timeout_s: float = 60.0) -> list[str
             try:
                 fut.result()
             except Exception as exc:
-                if "UNKNOWN_TOPIC" not in str(exc):
+                if not has_code(exc, KafkaError.UNKNOWN_TOPIC_OR_PART, KafkaError._UNKNOWN_TOPIC):
                     raise ReplayError(f"cannot delete {name}: {exc}") from exc
     deadline = time.monotonic() + timeout_s
     pending = list(names)
@@ -140,7 +116,7 @@ def recreate_changelogs(settings: Settings, timeout_s: float = 60.0) -> list[str
             try:
                 fut.result()
             except Exception as exc:
-                if "TOPIC_ALREADY_EXISTS" in str(exc) and name not in doomed:
+                if has_code(exc, KafkaError.TOPIC_ALREADY_EXISTS) and name not in doomed:
                     continue
                 errors.append((name, exc))
         if errors and time.monotonic() > deadline:
@@ -155,7 +131,7 @@ def recreate_changelogs(settings: Settings, timeout_s: float = 60.0) -> list[str
 def _wait_visible(settings: Settings, names: list[str], deadline: float) -> None:
     """Wait until every partition of the new topics has a leader in the brokers' metadata:
     a worker started earlier would find them missing and stop."""
-    admin = _admin(settings)
+    admin = admin_client(settings)
     while True:
         topics = admin.list_topics(timeout=10).topics
         ready = all(
@@ -230,7 +206,7 @@ def set_worker_offsets(settings: Settings, deltas_end: dict[int, int],
     """
     from confluent_kafka import Consumer, ConsumerGroupTopicPartitions, TopicPartition
 
-    admin = _admin(settings)
+    admin = admin_client(settings)
     probe = Consumer({**settings.confluent_config(), "group.id": f"{settings.app_id}-replay"})
     try:
         offsets = [TopicPartition(settings.topic(DELTAS.name), p, o)

@@ -19,9 +19,11 @@ from typing import Any
 
 from connectors.logtools.log_reader import LogRecord
 from pipeline.errors import SchemaError, StockflowError
+from pipeline.kafka import nonempty_partitions, read_to_end
 from pipeline.log import get_logger
 from pipeline.settings import Settings
 from pipeline.step import RawRecord, StepContext, StepOutputs, apply_deltas, event_time_ms
+from pipeline.topics import DEADLETTER, DELTAS
 from pipeline.validate import KEY_SEPARATOR, validate_delta
 
 log = get_logger(__name__)
@@ -72,7 +74,7 @@ def key_partition(key: bytes, partitions: int) -> int:
 # --------------------------------------------------------------------------- replay (pure)
 
 def replay_key(records: Iterable[LogRecord], *, targets: set[int], dedup_ttl_ms: int,
-               platform_sku_of: PlatformSkuOf, codec: Any, topic: str = "inventory.deltas",
+               platform_sku_of: PlatformSkuOf, codec: Any, topic: str = DELTAS.name,
                ) -> dict[int, tuple[str, str, dict[str, Any] | None, str | None]]:
     """Replay one key's records in partition order through the worker's own step
     (pipeline.step.apply_deltas), one record at a time.
@@ -141,38 +143,20 @@ def _consumer(settings: Settings) -> Any:
 def scan(settings: Settings, topic: str, partitions: Iterable[int] | None = None, *,
          timeout_s: float = 120.0) -> Iterator[LogRecord]:
     """Every committed record of `topic` (or of some partitions), from the start to the end."""
-    from confluent_kafka import OFFSET_BEGINNING, KafkaError, KafkaException, TopicPartition
+    from confluent_kafka import KafkaException
 
     consumer = _consumer(settings)
     try:
-        meta = consumer.list_topics(topic, timeout=10).topics.get(topic)
-        if meta is None or meta.error is not None:
+        assignment = nonempty_partitions(consumer, topic, timeout_s=10)
+        if assignment is None:
             raise TraceError(f"topic {topic} not found")
-        parts = sorted(meta.partitions) if partitions is None else sorted(set(partitions))
-        # Empty partitions raise no EOF with some brokers: skip them up front.
-        pending = set()
-        for p in parts:
-            low, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)
-            if high > low:
-                pending.add(p)
-        if not pending:
-            return
-        consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in sorted(pending)])
-        deadline = time.monotonic() + timeout_s
-        while pending:
-            if time.monotonic() > deadline:
-                raise TraceError(f"reading {topic} took longer than {timeout_s}s")
-            for msg in consumer.consume(500, timeout=1.0):
-                err = msg.error()
-                if err is not None:
-                    if err.code() == KafkaError._PARTITION_EOF:
-                        pending.discard(msg.partition())
-                        continue
-                    raise TraceError(f"reading {topic}: {err}")
-                if msg.partition() not in pending:
-                    continue
-                _kind, ts = msg.timestamp()
-                yield LogRecord(msg.partition(), msg.offset(), ts, msg.key(), msg.value() or b"")
+        if partitions is not None:
+            wanted = set(partitions)
+            assignment = [tp for tp in assignment if tp.partition in wanted]
+        for msg in read_to_end(consumer, assignment, batch=500, timeout_s=timeout_s,
+                               error=TraceError):
+            _kind, ts = msg.timestamp()
+            yield LogRecord(msg.partition(), msg.offset(), ts, msg.key(), msg.value() or b"")
     except KafkaException as exc:
         raise TraceError(f"cannot read {topic}: {exc}") from exc
     finally:
@@ -207,7 +191,7 @@ def find_occurrences(settings: Settings, event_id: str, *, supplier: str | None,
                      sku: str | None, codec: Any,
                      report: TraceReport) -> dict[tuple[int, bytes | None], list[LogRecord]]:
     """Records of inventory.deltas that carry event_id, grouped by (partition, key)."""
-    topic = settings.topic("inventory.deltas")
+    topic = settings.topic(DELTAS.name)
     partitions: list[int] | None = None
     if supplier and sku:
         partitions = [key_partition(f"{supplier}{KEY_SEPARATOR}{sku}".encode(),
@@ -237,10 +221,10 @@ def find_occurrences(settings: Settings, event_id: str, *, supplier: str | None,
 def dead_letters_for(settings: Settings, event_id: str,
                      codec: Any) -> dict[tuple[int, int], dict[str, Any]]:
     """DeadLetter records of inventory.deltas records carrying event_id, by (partition, offset)."""
-    deltas_topic = settings.topic("inventory.deltas")
+    deltas_topic = settings.topic(DELTAS.name)
     needle = event_id.encode()
     out: dict[tuple[int, int], dict[str, Any]] = {}
-    for rec in scan(settings, settings.topic("inventory.deadletter")):
+    for rec in scan(settings, settings.topic(DEADLETTER.name)):
         if not _mentions(rec.value, needle):
             continue
         try:
@@ -304,7 +288,7 @@ def trace_event(settings: Settings, event_id: str, *, supplier: str | None = Non
 
     delta_codec = codec_for("SupplierDelta")
     report = TraceReport(event_id)
-    topic = settings.topic("inventory.deltas")
+    topic = settings.topic(DELTAS.name)
     found = find_occurrences(settings, event_id, supplier=supplier, sku=sku, codec=delta_codec,
                              report=report)
     if not found:

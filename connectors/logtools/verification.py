@@ -477,6 +477,8 @@ class ChangelogStream:
                  timeout_s: float = 60.0) -> None:
         from confluent_kafka import Consumer, TopicPartition
 
+        from pipeline.kafka import nonempty_partitions
+
         self.topic = topic
         self.batch = batch
         self.timeout_s = timeout_s
@@ -489,38 +491,18 @@ class ChangelogStream:
         })
         self.assignment: list[TopicPartition] = []
         self.total = 0
-        meta = self._consumer.list_topics(topic, timeout=timeout_s).topics.get(topic)
-        if meta is None or meta.error is not None:
-            return
-        for p in meta.partitions:
-            lo, hi = self._consumer.get_watermark_offsets(TopicPartition(topic, p),
-                                                          timeout=timeout_s)
-            if hi > lo:
-                self.assignment.append(TopicPartition(topic, p, lo))
-                self.total += hi - lo
+        for tp in nonempty_partitions(self._consumer, topic, timeout_s) or []:
+            _lo, hi = self._consumer.get_watermark_offsets(tp, timeout=timeout_s)
+            self.assignment.append(tp)
+            self.total += hi - tp.offset
 
     def __iter__(self) -> Iterator[tuple[bytes, bytes | None]]:
-        from confluent_kafka import KafkaError
-
         from connectors.logtools.log_reader import ReplayError
+        from pipeline.kafka import read_to_end
 
-        todo = {tp.partition for tp in self.assignment}
         try:
-            if not todo:
-                return
-            self._consumer.assign(self.assignment)
-            deadline = time.monotonic() + self.timeout_s
-            while todo:
-                if time.monotonic() > deadline:
-                    raise ReplayError(f"reading {self.topic}: no progress in {self.timeout_s}s")
-                for msg in self._consumer.consume(self.batch, 1.0):
-                    err = msg.error()
-                    if err is not None:
-                        if err.code() == KafkaError._PARTITION_EOF:
-                            todo.discard(msg.partition())
-                            continue
-                        raise ReplayError(f"reading {self.topic}: {err}")
-                    deadline = time.monotonic() + self.timeout_s
-                    yield msg.key() or b"", msg.value()
+            for msg in read_to_end(self._consumer, self.assignment, batch=self.batch,
+                                   timeout_s=self.timeout_s, error=ReplayError):
+                yield msg.key() or b"", msg.value()
         finally:
             self._consumer.close()

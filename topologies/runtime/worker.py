@@ -353,12 +353,14 @@ class BatchRuntime(Service):
                  transactional_id=self._transactional_id if self.exactly_once else None)
 
     def _create_topics(self) -> None:
-        from confluent_kafka.admin import AdminClient, NewTopic
+        from confluent_kafka import KafkaError
+        from confluent_kafka.admin import NewTopic
 
+        from pipeline.kafka import admin_client, has_code
         from pipeline.topics import create_topics, replication
 
         create_topics(self.settings)
-        admin = AdminClient(self.settings.confluent_config())
+        admin = admin_client(self.settings)
         metadata = admin.list_topics(timeout=30)
         existing = metadata.topics
         factor, replica_config = replication(self.settings, len(metadata.brokers))
@@ -371,14 +373,15 @@ class BatchRuntime(Service):
                 try:
                     fut.result()
                 except Exception as exc:
-                    if "TOPIC_ALREADY_EXISTS" not in str(exc):
+                    if not has_code(exc, KafkaError.TOPIC_ALREADY_EXISTS):
                         raise WorkerRuntimeError(f"cannot create changelog {name}: {exc}") from exc
 
     def _changelog_topic_ids(self) -> dict[str, str]:
         from confluent_kafka import TopicCollection
-        from confluent_kafka.admin import AdminClient
 
-        admin = AdminClient(self.settings.confluent_config())
+        from pipeline.kafka import admin_client
+
+        admin = admin_client(self.settings)
         names = [t.changelog_name for t in self.tables]
         ids: dict[str, str] = {}
         for name, fut in admin.describe_topics(TopicCollection(names)).items():

@@ -13,6 +13,8 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from pipeline.topics import DEADLETTER, DELTAS
+
 console = Console()
 
 connectors_app = typer.Typer(help="Supplier connectors: REST, webhook, FTP/SFTP CSV, GraphQL.",
@@ -69,8 +71,8 @@ def run(
     parsed = load_suppliers(config or settings.suppliers_config)
     store = CursorStore(settings.connectors_state_path)
     emitter = KafkaEmitter.create(settings.confluent_config(),
-                                  deltas_topic=settings.topic("inventory.deltas"),
-                                  dead_letter_topic=settings.topic("inventory.deadletter"))
+                                  deltas_topic=settings.topic(DELTAS.name),
+                                  dead_letter_topic=settings.topic(DEADLETTER.name))
     # The entry point resolves the secrets the file names by environment variable; the
     # connectors themselves only ever receive the values.
     service = ConnectorService(parsed, emitter=emitter, store=store, environ=dict(os.environ),

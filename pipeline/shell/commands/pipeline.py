@@ -11,6 +11,8 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 
+from pipeline.topics import DELTAS
+
 console = Console()
 
 topics_app = typer.Typer(help="Kafka topics of stockflow (declared in pipeline/topics.py).",
@@ -77,7 +79,7 @@ def worker() -> None:
 
 def produce(
     file: Annotated[Path, typer.Argument(help="JSON lines, one SupplierDelta each ('-' = stdin)")],
-    topic: Annotated[str, typer.Option(help="logical topic")] = "inventory.deltas",
+    topic: Annotated[str, typer.Option(help="logical topic")] = DELTAS.name,
 ) -> None:
     """Send canonical events from JSON lines to inventory.deltas (for demos and tests)."""
     from rich.progress import Progress

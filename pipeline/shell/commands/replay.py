@@ -11,6 +11,8 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 from rich.console import Console
 
+from pipeline.topics import DELTAS
+
 if TYPE_CHECKING:
     from connectors.logtools.runner import Replay, ReplayProgress
     from pipeline.settings import Settings
@@ -281,7 +283,7 @@ def rebuild(
         plan.append(f"recreate topics {settings.app_id}-stock-changelog and "
                     f"{settings.app_id}-availability-changelog from the log, delete "
                     f"{table_store_dir(settings)}, set group {settings.app_id}'s offsets")
-    console.print("rebuild from " + settings.topic("inventory.deltas") + ":\n  - "
+    console.print("rebuild from " + settings.topic(DELTAS.name) + ":\n  - "
                   + "\n  - ".join(plan), highlight=False)
     if not yes and not typer.confirm("proceed?"):
         raise typer.Exit(1)
