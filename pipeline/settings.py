@@ -123,6 +123,11 @@ class Settings(BaseSettings):
         """Where the connectors keep their cursors and snapshots."""
         return self.connectors_state_file or self.data_dir / "connectors.sqlite"
 
+    @property
+    def tables_dir(self) -> Path:
+        """Where the worker keeps its tables' RocksDB stores (one folder per table)."""
+        return self.data_dir / "tables"
+
     # --- Pipeline semantics ---------------------------------------------------------
     catalog_path: Path | None = Field(
         default=None, description="CSV/YAML mapping (supplier_id, sku) -> platform_sku")

@@ -32,10 +32,8 @@ def changelog_topic(settings: Settings, table: str) -> str:
 
 
 def table_store_dir(settings: Settings) -> Path:
-    """Where the worker keeps its RocksDB tables (Faust's tabledir under data_dir)."""
-    from faust.types.settings import Settings as FaustSettings
-
-    return Path(FaustSettings(settings.app_id, datadir=str(settings.data_dir)).tabledir)
+    """Where the worker keeps its RocksDB tables (the batch runtime's, not Faust's tabledir)."""
+    return settings.tables_dir
 
 
 def worker_group_members(settings: Settings, timeout_s: float = 30.0) -> list[str]:

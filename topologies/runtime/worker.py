@@ -273,7 +273,7 @@ class BatchRuntime(Service):
                     self.tables_by_topic[channel.topic_name] = channel.table
         self.tables = list(self.tables_by_topic.values())
         for table in self.tables:
-            table.tabledir = self.settings.data_dir / "tables"
+            table.tabledir = self.settings.tables_dir
         if not self.routes:
             raise WorkerRuntimeError("no agent reads an InputBatches channel")
 
