@@ -11,9 +11,11 @@ from typing import Any
 import faust
 import pytest
 
+from connectors.logtools.rebuild import changelog_topic
+from pipeline.settings import Settings
 from topologies.runtime.batches import Batch, InputBatches
 from topologies.runtime.boot import PINNED, BatchBootStrategy, VersionError, check_versions
-from topologies.runtime.table import BatchTable
+from topologies.runtime.table import BatchTable, table_factory
 from topologies.runtime.worker import BatchRuntime, CallDeadlines
 
 
@@ -130,6 +132,18 @@ def _table(tmp_path: Path, cache_keys: int = 1000) -> BatchTable:
                        record="ResyncRequest", cache_keys=cache_keys)
     table.tabledir = tmp_path
     return table
+
+
+def test_app_table_is_a_batch_table_whose_changelog_faust_names() -> None:
+    # install() sets conf.Table; Faust's app.Table must build that class, and name the
+    # changelog `<app id>-<table>-changelog`, the topic the rebuild writes (logtools/rebuild).
+    app = faust.App("conf-table-test", broker="kafka://127.0.0.1:1", web_enabled=False)
+    app.conf.Table = table_factory(7)
+    table = app.Table("stock", default=None, key_type=bytes, partitions=2,
+                      record="ResyncRequest")
+    assert isinstance(table, BatchTable) and table.cache_keys == 7
+    assert table.changelog_name == "conf-table-test-stock-changelog"
+    assert table.changelog_name == changelog_topic(Settings(app_id="conf-table-test"), "stock")
 
 
 def _value(n: int) -> dict[str, Any]:
