@@ -174,26 +174,13 @@ async def _replay(settings: Settings, reader: Any, fold: Any, fold_start: dict[i
                   fold_end: dict[int, int], window: Any, into: Into, history: bool,
                   checkpoint: Any, dry_run: bool, show: int,
                   max_rate: float | None = None) -> int:
-    from connectors.cassandra.sink import CassandraSink
-    from connectors.logtools.runner import Replay
-    from connectors.redis.cache import RedisCache
+    from connectors.logtools.stores import replay_into
 
-    sink = cache = None
-    if not dry_run and into in (Into.cassandra, Into.all):
-        sink = CassandraSink.from_settings(settings)
-        await sink.start()
-    if not dry_run and into in (Into.cache, Into.all):
-        cache = RedisCache.from_settings(settings)
-    try:
-        run = Replay(reader, fold, fold_start=fold_start, fold_end=fold_end, window=window,
-                     sink=sink, cache=cache, history=history, checkpoint=checkpoint,
-                     dry_run=dry_run, max_rate=max_rate)
-        result = await _run_with_progress(run, "replay")
-    finally:
-        if sink is not None:
-            await sink.close()
-        if cache is not None:
-            await cache.close()
+    result = await replay_into(
+        settings, reader, fold, fold_start=fold_start, fold_end=fold_end, window=window,
+        cassandra=into in (Into.cassandra, Into.all), cache=into in (Into.cache, Into.all),
+        history=history, checkpoint=checkpoint, dry_run=dry_run, max_rate=max_rate,
+        run=_run_with_progress)
     stats = fold.stats
     console.print(f"read {result.read} records ({stats.invalid} invalid, {stats.duplicate} "
                   f"duplicate, {stats.stale} stale, {stats.noop} no-op); {result.selected} "
@@ -287,84 +274,13 @@ def rebuild(
                   + "\n  - ".join(plan), highlight=False)
     if not yes and not typer.confirm("proceed?"):
         raise typer.Exit(1)
-    code = asyncio.run(_rebuild(settings, parts, history, batch_size))
+    from connectors.logtools.stores import rebuild_stores
+
+    code = asyncio.run(rebuild_stores(
+        settings, cassandra=RebuildPart.cassandra in parts, cache=RebuildPart.cache in parts,
+        tables=RebuildPart.tables in parts, history=history, batch_size=batch_size,
+        run=_run_with_progress, say=lambda line: console.print(line, highlight=False)))
     raise typer.Exit(code)
-
-
-async def _rebuild(settings: Settings, parts: set[RebuildPart], history: bool,
-                   batch_size: int) -> int:
-    from connectors.cassandra.sink import CassandraSink
-    from connectors.logtools import rebuild as kafka_side
-    from connectors.logtools.runner import Replay, ReplayWindow, new_fold, new_reader
-    from connectors.redis.cache import RedisCache
-
-    sink = cache = None
-    try:
-        if RebuildPart.cassandra in parts:
-            sink = CassandraSink.from_settings(settings)
-            await sink.start()
-            tables = ["availability_by_sku", "stock_by_supplier"] + \
-                (["change_history"] if history else [])
-            for table in tables:
-                # TRUNCATE drops every cell whatever its write timestamp: the one way to
-                # remove cells written above their version (see docs/runbook.md).
-                await asyncio.to_thread(sink.session.execute,
-                                        f"TRUNCATE {sink.keyspace}.{table}", timeout=120)
-            console.print(f"truncated {', '.join(tables)}")
-        if RebuildPart.cache in parts:
-            cache = RedisCache.from_settings(settings)
-            deleted = await delete_cache_keys(cache)
-            console.print(f"deleted {deleted} Redis keys")
-        fold = new_fold(settings)
-        with new_reader(settings, batch_size) as reader:
-            marks = reader.watermarks()
-            start = {p: lo for p, (lo, _hi) in marks.items()}
-            end = {p: hi for p, (_lo, hi) in marks.items()}
-            run = Replay(reader, fold, fold_start=start, fold_end=end,
-                         window=ReplayWindow(start, end), sink=sink, cache=cache,
-                         history=history or sink is None)
-            result = await _run_with_progress(run, "rebuild")
-        if result.interrupted:
-            console.print("[yellow]interrupted[/]: the stores are partly rebuilt; run the same "
-                          "rebuild again (it starts over)")
-            return 130
-        console.print(f"folded {result.read} records: {len(fold.stock)} supplier SKUs, "
-                      f"{len(fold.availability)} platform SKUs; wrote {result.updates_written} "
-                      f"updates and {result.changes_written} changes")
-        if RebuildPart.tables in parts:
-            kafka_side.require_no_worker(settings)
-            await asyncio.to_thread(kafka_side.recreate_changelogs, settings)
-            counts = await asyncio.to_thread(kafka_side.write_changelogs, settings, fold)
-            removed = kafka_side.remove_table_store(settings)
-            await asyncio.to_thread(kafka_side.set_worker_offsets, settings, end)
-            console.print(f"changelogs rewritten ({counts}); local store "
-                          f"{removed or kafka_side.table_store_dir(settings)} removed; group "
-                          f"{settings.app_id} set to deltas offsets {end}")
-            console.print("now start the worker (`stockflow worker`): it restores its tables "
-                          "from the new changelogs. If it runs on another host, delete "
-                          "the table store there first (path above).")
-    finally:
-        if sink is not None:
-            await sink.close()
-        if cache is not None:
-            await cache.close()
-    return 0
-
-
-async def delete_cache_keys(cache: Any) -> int:
-    """Delete every availability hash under the cache's prefix (SCAN + UNLINK, in chunks)."""
-    client = cache.client
-    pattern = f"{cache.key_prefix}avail:*"
-    deleted = 0
-    chunk: list[str] = []
-    async for key in client.scan_iter(match=pattern, count=1000):
-        chunk.append(key)
-        if len(chunk) >= 1000:
-            deleted += await client.unlink(*chunk)
-            chunk = []
-    if chunk:
-        deleted += await client.unlink(*chunk)
-    return deleted
 
 
 def register(app: typer.Typer) -> None:
