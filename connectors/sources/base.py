@@ -17,6 +17,7 @@ from decimal import Decimal, InvalidOperation
 from typing import Any, Protocol
 
 from pipeline.errors import ValidationError
+from pipeline.validate import dead_letter as build_dead_letter
 
 SKU_MAX = 128
 EVENT_ID_MAX = 128
@@ -362,15 +363,11 @@ def is_valid_sku(sku: object) -> bool:
             and sku.isprintable())
 
 
-DEAD_LETTER_ORIGINAL_MAX = 65_536
-DEAD_LETTER_MESSAGE_MAX = 1000
-DEAD_LETTER_CONTEXT_MAX = 512
-
-
 def dead_letter(*, reason: str, message: str, original: bytes, supplier_id: str,
                 connector: str, context: Mapping[str, object] | None = None,
                 sku: str | None = None, event_id: str | None = None) -> dict[str, Any]:
-    """A DeadLetter record for input a connector could not turn into a delta.
+    """A DeadLetter record for input a connector could not turn into a delta, built by the
+    worker's builder (pipeline/validate.py), so both are bounded the same way.
 
     There is no source Kafka record yet, so the source is named `supplier:<connector>` with
     partition and offset -1; the file, row or request is in `context`. Whatever the input,
@@ -379,25 +376,13 @@ def dead_letter(*, reason: str, message: str, original: bytes, supplier_id: str,
     and the key carries the SKU only when it is a valid one.
     """
     ctx = {"connector": connector, **(context or {})}
-    if len(original) > DEAD_LETTER_ORIGINAL_MAX:
-        ctx["original_size"] = len(original)
-        ctx["original_truncated"] = "true"
     key_sku = sku if is_valid_sku(sku) else None
-    return {
-        "reason": safe_text(reason, 64),
-        "message": safe_text(message, DEAD_LETTER_MESSAGE_MAX),
-        "original": bytes(original[:DEAD_LETTER_ORIGINAL_MAX]),
-        "original_key": f"{supplier_id}|{key_sku}".encode() if key_sku else None,
-        "source_topic": f"supplier:{connector}",
-        "source_partition": -1,
-        "source_offset": -1,
-        "source_timestamp": None,
-        "supplier_id": supplier_id,
-        "event_id": safe_text(event_id, EVENT_ID_MAX) if event_id is not None else None,
-        "context": {safe_text(k, 64): safe_text(v, DEAD_LETTER_CONTEXT_MAX)
-                    for k, v in list(ctx.items())[:32]},
-        "failed_at": now_ms(),
-    }
+    return build_dead_letter(
+        reason=reason, message=message, original=original,
+        original_key=f"{supplier_id}|{key_sku}".encode() if key_sku else None,
+        source_topic=f"supplier:{connector}", source_partition=-1, source_offset=-1,
+        source_timestamp=None, now_ms=now_ms(), supplier_id=supplier_id, event_id=event_id,
+        context={str(k): str(v) for k, v in ctx.items()})
 
 
 def raw_bytes(record: Any) -> bytes:
