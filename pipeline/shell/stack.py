@@ -30,7 +30,7 @@ from pipeline.settings import Settings
 log = get_logger(__name__)
 
 # The versions of the local stack, pinned here and nowhere else (docker/compose.yml is
-# checked against them by tests/unit/test_compose.py).
+# checked against them by tests/unit/pipeline/shell/test_compose.py).
 KAFKA_VERSION = "4.1.1"
 KAFKA_SCALA = "2.13"
 LOG4J_VERSION = "2.24.3"

@@ -10,7 +10,7 @@ import yaml
 from pipeline.settings import Settings
 from pipeline.shell import stack
 
-ROOT = Path(__file__).parents[2]
+ROOT = Path(__file__).parents[4]
 
 
 def _compose() -> dict:

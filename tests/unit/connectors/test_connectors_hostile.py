@@ -32,7 +32,7 @@ from connectors.suppliers import SecretRef, parse_suppliers
 from pipeline.errors import ConfigurationError, ConnectorError
 from pipeline.settings import Settings
 from pipeline.shell.views import availability_table
-from tests.unit.test_connectors_fuzz import ScriptedSupplier, http
+from tests.unit.connectors.test_connectors_fuzz import ScriptedSupplier, http
 
 MAPPING = FieldMapping({"sku": ["sku"], "quantity": ["qty"], "sequence": ["version"],
                         "observed_at": ["updated_at"]})

@@ -10,7 +10,7 @@ from connectors.simulator.config import load_simulator_config
 from connectors.suppliers import SecretRef, load_suppliers, parse_suppliers
 from pipeline.errors import ConfigurationError
 
-EXAMPLE = Path(__file__).parents[2] / "examples" / "suppliers.yaml"
+EXAMPLE = Path(__file__).parents[3] / "examples" / "suppliers.yaml"
 
 GOOD = """\
 suppliers:

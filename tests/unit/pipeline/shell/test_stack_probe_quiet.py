@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).parents[2]
+ROOT = Path(__file__).parents[4]
 # As LocalStack.probe calls it: an exception means "not ready yet".
 PROBE = """
 import sys

@@ -15,7 +15,7 @@ import connectors.sources.metrics as connector_metrics
 import pipeline.metrics as pipeline_metrics
 from topologies.runtime.lag import ConsumerLagCollector
 
-ROOT = Path(__file__).parents[2]
+ROOT = Path(__file__).parents[3]
 DASHBOARD = ROOT / "docker" / "grafana" / "stockflow-dashboard.json"
 ALERTS = ROOT / "docker" / "alerts.yml"
 

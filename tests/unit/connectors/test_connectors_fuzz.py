@@ -44,7 +44,13 @@ from connectors.sources.webhook import (
     webhook_signature,
 )
 from pipeline.errors import ConnectorError
-from tests.unit.connector_fuzz_kinds import Kind, bad_record, good_record, kinds, shuffled
+from tests.unit.connectors.connector_fuzz_kinds import (
+    Kind,
+    bad_record,
+    good_record,
+    kinds,
+    shuffled,
+)
 
 SEED = 15
 NAMES = {"sku": "item_code", "quantity": "qty", "sequence": "version",
