@@ -252,9 +252,9 @@ def quix_streams(settings: Any, topic: str, count: int, workdir: Path, python: P
     """
     if python is None:
         return {"skipped": why_not or "no Quix Streams venv"}
-    from confluent_kafka.admin import AdminClient
+    from pipeline.kafka import admin_client
 
-    admin = AdminClient(settings.confluent_config())
+    admin = admin_client(settings)
     partitions = len(admin.list_topics(topic, timeout=10).topics[topic].partitions)
     prefix = f"{settings.topic_prefix}peer-quix-{uuid.uuid4().hex[:6]}."
     result = workdir / f"peer-quix-{uuid.uuid4().hex[:6]}.json"

@@ -20,6 +20,7 @@ from typing import Any
 
 from bench.harness import pipeline_env_class, proc_rss_bytes
 from bench.workload import Workload, WorkloadSpec
+from pipeline.topics import DELTAS, STOCK_UPDATES
 
 
 def _produce_keys(env: Any, workload: Workload) -> float:
@@ -27,7 +28,7 @@ def _produce_keys(env: Any, workload: Workload) -> float:
 
     producer = Producer({**env.settings.confluent_config(), "linger.ms": 50,
                          "batch.size": 1_000_000, "partitioner": "murmur2_random"})
-    topic = env.topic("inventory.deltas")
+    topic = env.topic(DELTAS.name)
     t0 = time.monotonic()
     for event in workload.one_per_key(int(time.time() * 1000)):
         while True:
@@ -42,7 +43,7 @@ def _produce_keys(env: Any, workload: Workload) -> float:
 
 
 def _drained(env: Any) -> bool:
-    return all(env.lag(t) == 0 for t in ("inventory.deltas", "inventory.stock-updates"))
+    return all(env.lag(t) == 0 for t in (DELTAS.name, STOCK_UPDATES.name))
 
 
 def run(keys: int, suppliers: int, out: Path) -> dict[str, Any]:

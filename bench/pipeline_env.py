@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.settings import Settings
+from pipeline.topics import DELTAS
 
 ROOT = Path(__file__).resolve().parents[1]  # the checkout (or, installed, site-packages)
 
@@ -143,7 +144,7 @@ class PipelineEnv:
     def producer(self) -> Any:
         from connectors.delta_producer import DeltaProducer
 
-        return DeltaProducer(self.settings.confluent_config(), self.topic("inventory.deltas"))
+        return DeltaProducer(self.settings.confluent_config(), self.topic(DELTAS.name))
 
     def produce_raw(self, items: Iterable[tuple[bytes | None, bytes]]) -> None:
         """Send raw (key, value) pairs to inventory.deltas (e.g. malformed bytes)."""
@@ -152,7 +153,7 @@ class PipelineEnv:
         p = Producer({**self.settings.confluent_config(), "partitioner": "murmur2_random",
                       "enable.idempotence": True})
         for key, value in items:
-            p.produce(self.topic("inventory.deltas"), value, key)
+            p.produce(self.topic(DELTAS.name), value, key)
         assert p.flush(60) == 0
 
     def read_topic(self, logical: str, record: str | None, *, expect: int | None = None,
@@ -245,7 +246,7 @@ class PipelineEnv:
         finally:
             consumer.close()
 
-    def lag(self, logical: str = "inventory.deltas") -> int:
+    def lag(self, logical: str = DELTAS.name) -> int:
         """Data records of a topic the worker's consumer group has not committed yet.
 
         Offsets alone over-count: a transaction's commit marker takes an offset that no
@@ -334,9 +335,9 @@ class PipelineEnv:
     # ---------------------------------------------------------------- cleanup
     def cleanup(self) -> None:
         self.kill_worker()
-        from confluent_kafka.admin import AdminClient
+        from pipeline.kafka import admin_client
 
-        admin = AdminClient(self.settings.confluent_config())
+        admin = admin_client(self.settings)
         names = [t for t in admin.list_topics(timeout=10).topics if t.startswith(self.name)]
         if names:
             for fut in admin.delete_topics(names, operation_timeout=30).values():

@@ -29,6 +29,7 @@ from bench.harness import proc_cpu_seconds
 from bench.messy_workload import build_workload, send_all
 from bench.pipeline_env import PipelineEnv
 from bench.worker_process import RESULTS, ChaosWorker, lag, wait_for
+from pipeline.topics import CHANGES
 
 PARTITIONS = 12
 
@@ -48,7 +49,7 @@ def settle_seconds(workers: list[ChaosWorker], since: float) -> float:
     return max(assigns) - (min(revokes) if revokes else min(assigns))
 
 
-def last_output_at(env: PipelineEnv, logical: str = "inventory.changes") -> float:
+def last_output_at(env: PipelineEnv, logical: str = CHANGES.name) -> float:
     """The newest record timestamp (set by the worker's producer) of a topic, in seconds:
     when the last stage finished, without the lag probe's polling delay."""
     from confluent_kafka import Consumer, TopicPartition

@@ -39,6 +39,7 @@ from bench.harness import (
     window_rate,
 )
 from bench.workload import Workload, WorkloadSpec
+from pipeline.topics import DELTAS
 
 TOPOLOGY_OFF = {"STOCKFLOW_SINK_ENABLED": "false", "STOCKFLOW_CACHE_ENABLED": "false"}
 
@@ -104,7 +105,7 @@ def run_guarantee(guarantee: str, spec: WorkloadSpec, events: int, workdir: Path
     try:
         env.cli("topics", "create")
         conf = env.settings.confluent_config()
-        topic = env.topic("inventory.deltas")
+        topic = env.topic(DELTAS.name)
         items = _items(spec, events, int(time.time() * 1000))
         out["produce"] = baselines.confluent_produce(conf, topic, items)
         if with_baselines:

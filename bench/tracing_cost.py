@@ -41,6 +41,7 @@ from bench.harness import (
     scrape,
 )
 from bench.workload import Workload, WorkloadSpec
+from pipeline.topics import DELTAS
 
 VARIANTS: dict[str, float | None] = {"off": None, "1%": 0.01, "100%": 1.0}
 
@@ -92,7 +93,7 @@ def preload(env: Any, events: int, ratio: float | None, seed: int) -> None:
     rng = random.Random(seed)
     producer = Producer({**PRODUCER_DEFAULTS, **env.settings.confluent_config(),
                          "linger.ms": 20})
-    topic = env.topic("inventory.deltas")
+    topic = env.topic(DELTAS.name)
     for event in workload.events(events, int(time.time() * 1000)):
         kwargs: dict[str, Any] = {"timestamp": event.timestamp_ms}
         if ratio is not None:

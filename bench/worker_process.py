@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.pipeline_env import ROOT, PipelineEnv, free_port
+from pipeline.topics import DELTAS, STOCK_UPDATES
 
 # Where the reliability suite records each case's outcome (read by bench/scaling.py).
 RESULTS = ROOT / ".stockflow" / "reliability" / "results.jsonl"
@@ -107,4 +108,4 @@ def wait_for(predicate: Callable[[], Any], timeout: float, message: str,
 
 
 def lag(env: PipelineEnv) -> int:
-    return sum(env.lag(t) for t in ("inventory.deltas", "inventory.stock-updates"))
+    return sum(env.lag(t) for t in (DELTAS.name, STOCK_UPDATES.name))
