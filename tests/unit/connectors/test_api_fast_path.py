@@ -12,8 +12,8 @@ import json
 from types import SimpleNamespace
 from typing import Any
 
-from pipeline.api.app import Guard
-from pipeline.api.keys import ApiKeys, RateLimiter, hash_key
+from connectors.api.app import Guard
+from connectors.api.keys import ApiKeys, RateLimiter, hash_key
 
 KEY = "k"
 
