@@ -350,12 +350,12 @@ def test_inventory_get_cache_reads_redis_and_falls_back_to_cassandra(
     assert expected[sku]["best_supplier"] == "sup1"
 
     # The write path's hash is not `complete`: the first read goes to Cassandra and fills.
-    first = pipeline.shell.cli("inventory", "get", sku, "--cache").stdout
+    first = pipeline.cli("inventory", "get", sku, "--cache").stdout
     assert f"{sku} (cassandra)" in first and "total available: 8" in first
     assert "best supplier: sup1" in first
-    second = pipeline.shell.cli("inventory", "get", sku, "--cache").stdout
+    second = pipeline.cli("inventory", "get", sku, "--cache").stdout
     assert f"{sku} (redis)" in second and "total available: 8" in second
     assert cached(pipeline, [sku])[sku]["complete"]
 
-    missing = pipeline.shell.cli("inventory", "get", "NOPE", "--cache", check=False)
+    missing = pipeline.cli("inventory", "get", "NOPE", "--cache", check=False)
     assert missing.returncode == 1 and "no supplier has reported" in missing.stdout
