@@ -209,40 +209,21 @@ class PipelineEnv:
                 out[key] = codec.decode(value)
         return out
 
-    def read_topic_physical(self, topic: str, idle_s: float = 5.0,
+    def read_topic_physical(self, topic: str,
                             timeout: float = 120.0) -> list[tuple[bytes | None, bytes | None]]:
         """Every (key, raw value) of a topic by its physical name, read committed."""
-        from confluent_kafka import Consumer, TopicPartition
+        from confluent_kafka import Consumer
+
+        from pipeline.kafka import nonempty_partitions, read_to_end
 
         consumer = Consumer({**self.settings.confluent_config(),
                              "group.id": f"reader-{uuid.uuid4().hex[:8]}",
-                             "enable.auto.commit": False, "isolation.level": "read_committed"})
+                             "enable.auto.commit": False, "isolation.level": "read_committed",
+                             "enable.partition.eof": True})
         try:
-            parts = consumer.list_topics(topic, timeout=10).topics[topic].partitions
-            tps, ends = [], {}
-            for p in parts:
-                _lo, hi = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)
-                ends[p] = hi
-                tps.append(TopicPartition(topic, p, 0))
-            consumer.assign(tps)
-            out: list[tuple[bytes | None, bytes | None]] = []
-            done = {p for p, hi in ends.items() if hi == 0}
-            deadline = time.monotonic() + timeout
-            while len(done) < len(ends) and time.monotonic() < deadline:
-                msg = consumer.poll(0.5)
-                if msg is None:
-                    # Past the last record, only transaction markers may remain.
-                    for tp in consumer.position(tps):
-                        if tp.offset >= ends[tp.partition]:
-                            done.add(tp.partition)
-                    continue
-                if msg.error():
-                    continue
-                out.append((msg.key(), msg.value()))
-                offset = msg.offset()  # set on every record (only error events lack one)
-                if offset is not None and offset + 1 >= ends[msg.partition()]:
-                    done.add(msg.partition())
-            return out
+            assignment = nonempty_partitions(consumer, topic, timeout_s=10) or []
+            return [(msg.key(), msg.value())
+                    for msg in read_to_end(consumer, assignment, timeout_s=timeout)]
         finally:
             consumer.close()
 
