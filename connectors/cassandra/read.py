@@ -255,3 +255,16 @@ def read_many_availability(session: Session, keyspace: str, platform_skus: Itera
             raise
         except Exception as exc:
             raise CassandraError(f"reading availability failed: {exc}") from exc
+
+
+def estimated_platform_skus(session: Any, keyspace: str) -> int | None:
+    """Cassandra's own estimate of the platform SKUs in availability_by_sku (None when it has
+    none yet): a progress bar's total, never a count to rely on."""
+    try:
+        rows = session.execute(
+            "SELECT partitions_count FROM system.size_estimates "
+            "WHERE keyspace_name = %s AND table_name = 'availability_by_sku'", (keyspace,))
+        total = sum(int(r.partitions_count or 0) for r in rows)
+    except Exception:  # an estimate is optional: the bar then just counts
+        return None
+    return total or None

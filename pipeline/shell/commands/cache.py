@@ -17,18 +17,6 @@ console = Console()
 cache_app = typer.Typer(help="The Redis availability cache.", no_args_is_help=True)
 
 
-def _estimated_partitions(session: Any, keyspace: str) -> int | None:
-    """Cassandra's own estimate of the platform SKUs (None when it has none yet)."""
-    try:
-        rows = session.execute(
-            "SELECT partitions_count FROM system.size_estimates "
-            "WHERE keyspace_name = %s AND table_name = 'availability_by_sku'", (keyspace,))
-        total = sum(int(r.partitions_count or 0) for r in rows)
-    except Exception:  # an estimate is optional: the bar then just counts
-        return None
-    return total or None
-
-
 @cache_app.command("rebuild")
 def rebuild(
     keyspace: Annotated[str | None, typer.Option(
@@ -50,7 +38,7 @@ def rebuild(
     )
 
     from connectors.cassandra.cluster import ClusterConfig, check_keyspace_name, connect
-    from connectors.cassandra.read import iter_availability
+    from connectors.cassandra.read import estimated_platform_skus, iter_availability
     from connectors.redis.cache import RebuildStats, RedisCache, rebuild_from_rows
     from pipeline.settings import get_settings
 
@@ -58,7 +46,7 @@ def rebuild(
     ks = check_keyspace_name(keyspace or settings.cassandra_keyspace)
     cluster, session = connect(ClusterConfig.from_settings(settings))
     try:
-        estimate = _estimated_partitions(session, ks)
+        estimate = estimated_platform_skus(session, ks)
         with Progress(SpinnerColumn(), TextColumn("[bold]{task.description}"), BarColumn(),
                       MofNCompleteColumn(), TextColumn("{task.fields[rows]} rows"),
                       TimeElapsedColumn(), console=console) as progress:
