@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import random
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
@@ -506,3 +507,57 @@ class ChangelogStream:
                 yield msg.key() or b"", msg.value()
         finally:
             self._consumer.close()
+
+
+def verify_stores(settings: Settings, progress: Progress, *, sample: int | None,
+                  seed: int | None, settle: float, max_listed: int, cache: bool, tables: bool,
+                  require_cache: bool) -> dict[str, Any]:
+    """`stockflow verify`: fold the log to its end, compare Cassandra (and Redis, the worker's
+    tables) with it, re-check after `settle` seconds what the worker may still be writing,
+    and return the report."""
+    t0 = time.monotonic()
+    with Verification(settings, progress=progress) as v:
+        v.fold_to_end()
+        skus = None if sample is None else v.sample(sample, seed)
+        result = cmp.Comparison(keep=max_listed, defer=settle > 0)
+        v.check(result, skus, cache=cache, tables=tables, require_cache=require_cache)
+        rechecked = 0
+        if result.suspects:
+            # The worker may not have written what the log already holds: give it time,
+            # extend the fold to the new log end, and look at those keys again.
+            time.sleep(settle)
+            v.fold_to_end()
+            rechecked = v.recheck(result, require_cache=require_cache)
+        return verify_report(v, result, rechecked=rechecked, settle=settle,
+                             seconds=time.monotonic() - t0)
+
+
+def verify_report(v: Verification, result: cmp.Comparison, *, rechecked: int, settle: float,
+           seconds: float) -> dict[str, Any]:
+    """The verify report (`stockflow verify --json` prints it): counts per store and kind,
+    the differences listed, the phases' times and the connections opened."""
+    stores: dict[str, dict[str, Any]] = {}
+    for store, checked in result.checked.items():
+        kinds = {k: n for (s, k), n in sorted(result.kinds.items()) if s == store}
+        stores[store] = {"checked": checked, "drift": result.drift_count(store),
+                         "ahead": kinds.get(cmp.AHEAD, 0), "absent": kinds.get(cmp.ABSENT, 0),
+                         "by_kind": kinds}
+    drift = result.drift_count()
+    by_kind = Counter({k: n for (_s, k), n in result.kinds.items() if k in cmp.DRIFT_KINDS})
+    return {
+        "status": "drift" if drift else "clean",
+        "log_records": v.records,
+        "platform_skus": len(v.fold.availability),
+        "supplier_skus": len(v.fold.stock),
+        "stores": stores,
+        "drift": drift,
+        "drift_by_kind": dict(sorted(by_kind.items())),
+        "differences": [d.as_json() for d in sorted(
+            result.differences, key=lambda d: (d.store, d.key, d.entry))],
+        "differences_not_listed": result.not_kept,
+        "rechecked": rechecked,
+        "settle_s": settle,
+        "seconds": round(seconds, 2),
+        "phases_s": {k: round(t, 2) for k, t in v.phases.items()},
+        "connections": v.connections(),
+    }

@@ -25,7 +25,7 @@ pytestmark = pytest.mark.integration
 
 PLATFORM_SKUS = 10_000
 SUPPLIERS = ("s1", "s2")
-# What verify may open at most (connectors/redis/read.py, pipeline/shell/commands/verify.py).
+# What verify may open at most (connectors/redis/read.py, connectors/logtools/verification.py).
 REDIS_POOL_SIZE = 2
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import sys
 import time
-from collections import Counter
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
@@ -19,8 +18,7 @@ if TYPE_CHECKING:
     from rich.progress import Progress as RichProgressBar
     from rich.progress import TaskID
 
-    from connectors.logtools.compare import Comparison
-    from connectors.logtools.verification import Progress, Verification
+    from connectors.logtools.verification import Progress
 
 console = Console()
 log = get_logger(__name__)
@@ -109,37 +107,6 @@ class LogProgress:
         pass
 
 
-def _report(v: Verification, result: Comparison, *, rechecked: int, settle: float,
-            seconds: float) -> dict[str, Any]:
-    from connectors.logtools import compare as cmp
-
-    stores: dict[str, dict[str, Any]] = {}
-    for store, checked in result.checked.items():
-        kinds = {k: n for (s, k), n in sorted(result.kinds.items()) if s == store}
-        stores[store] = {"checked": checked, "drift": result.drift_count(store),
-                         "ahead": kinds.get(cmp.AHEAD, 0), "absent": kinds.get(cmp.ABSENT, 0),
-                         "by_kind": kinds}
-    drift = result.drift_count()
-    by_kind = Counter({k: n for (_s, k), n in result.kinds.items() if k in cmp.DRIFT_KINDS})
-    return {
-        "status": "drift" if drift else "clean",
-        "log_records": v.records,
-        "platform_skus": len(v.fold.availability),
-        "supplier_skus": len(v.fold.stock),
-        "stores": stores,
-        "drift": drift,
-        "drift_by_kind": dict(sorted(by_kind.items())),
-        "differences": [d.as_json() for d in sorted(
-            result.differences, key=lambda d: (d.store, d.key, d.entry))],
-        "differences_not_listed": result.not_kept,
-        "rechecked": rechecked,
-        "settle_s": settle,
-        "seconds": round(seconds, 2),
-        "phases_s": {k: round(t, 2) for k, t in v.phases.items()},
-        "connections": v.connections(),
-    }
-
-
 def _print(report: dict[str, Any], show: int) -> None:
     table = Table(title=f"stockflow verify: {report['log_records']} log records, "
                         f"{report['platform_skus']} platform SKUs, "
@@ -198,29 +165,16 @@ def verify(
     the same version but other values. A store ahead of the folded log (the worker wrote it
     after the log was read) is not drift. The stores are streamed in fixed-size batches.
     """
-    from connectors.logtools.compare import Comparison
-    from connectors.logtools.verification import NoProgress, Verification
+    from connectors.logtools.verification import NoProgress, verify_stores
     from pipeline.settings import get_settings
 
     progress: Progress
     progress = NoProgress() if as_json else (
         BarProgress() if sys.stderr.isatty() else LogProgress())
-    t0 = time.monotonic()
     try:
-        with Verification(get_settings(), progress=progress) as v:
-            v.fold_to_end()
-            skus = None if sample is None else v.sample(sample, seed)
-            result = Comparison(keep=max_listed, defer=settle > 0)
-            v.check(result, skus, cache=cache, tables=tables, require_cache=require_cache)
-            rechecked = 0
-            if result.suspects:
-                # The worker may not have written what the log already holds: give it time,
-                # extend the fold to the new log end, and look at those keys again.
-                time.sleep(settle)
-                v.fold_to_end()
-                rechecked = v.recheck(result, require_cache=require_cache)
-            report = _report(v, result, rechecked=rechecked, settle=settle,
-                             seconds=time.monotonic() - t0)
+        report = verify_stores(get_settings(), progress, sample=sample, seed=seed,
+                               settle=settle, max_listed=max_listed, cache=cache,
+                               tables=tables, require_cache=require_cache)
     except StockflowError as exc:
         if not as_json:
             raise  # the CLI prints "error: ..." and exits 2
