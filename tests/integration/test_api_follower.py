@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 import redis
 
-from pipeline.api.follower import _ATP_SCRIPT, DecisionFollower, atp_key
+from connectors.api.follower import _ATP_SCRIPT, DecisionFollower, atp_key
 from pipeline.settings import Settings
 from schemas.codec import codec_for
 
