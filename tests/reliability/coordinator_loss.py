@@ -20,7 +20,7 @@ import uuid
 from typing import Any
 
 from pipeline.settings import Settings
-from pipeline.stack import KafkaCluster
+from pipeline.shell.stack import KafkaCluster
 
 PARTITIONS = 6
 
