@@ -139,6 +139,29 @@ def group_by_partition(rows: Iterable[tuple[Any, ...]], key_columns: int,
 Serializer = Callable[[Any, int], bytes]
 
 
+_INT64 = struct.Struct(">q")
+
+
+def _serializer(cqltype: Any) -> Serializer:
+    """The column type's serializer, with a fast path where the driver's is slow for the
+    values the sink writes (same bytes; anything else goes to the driver's)."""
+    from cassandra.cqltypes import DateType
+
+    generic: Serializer = cqltype.serialize
+    if isinstance(cqltype, type) and issubclass(cqltype, DateType):
+        pack = _INT64.pack
+
+        def timestamp(value: Any, protocol_version: int) -> bytes:
+            # DateType.serialize tries a datetime, then a date, before an int (two caught
+            # AttributeErrors: 2.3 µs, against 0.1 µs here); the sink's are epoch-ms ints.
+            if type(value) is int:
+                return pack(value)
+            return generic(value, protocol_version)
+
+        return timestamp
+    return generic
+
+
 class PreparedInsert:
     """A prepared INSERT that binds rows straight to bytes and packs them into unlogged batches.
 
@@ -183,7 +206,7 @@ class PreparedInsert:
                             "migrate` or fix the sink's column order")
         return cls(statement, partition_columns, keyspace=meta[0].keyspace_name,
                    query_id=statement.query_id,
-                   serializers=[column.type.serialize for column in meta],
+                   serializers=[_serializer(column.type) for column in meta],
                    protocol_version=statement.protocol_version,
                    names=[column.name for column in meta])
 

@@ -601,3 +601,18 @@ def test_cassandra_batch_warnings_are_counted_once_logged_and_other_warnings_kep
     assert CASSANDRA_BATCH_WARNINGS._value.get() - before == 3
     assert [r.getMessage() for r in caplog.records if r.name == "cassandra.protocol"] == [
         "Server warning: Aggregation query used without partition key"]
+
+
+def test_timestamps_bind_like_the_driver_as_ints_datetimes_and_dates() -> None:
+    import datetime as dt
+
+    insert = real_inserts()["change_history"]
+    base = list(next(iter(_sink_with_real_inserts(batch_scope="partition").rows_for(
+        _many_updates(1))[2])))
+    observed = _HISTORY_COLUMNS.index("observed_at")
+    for value in (1_760_000_000_123, dt.datetime(2026, 12, 1, 8, 0, 1, 250_000),
+                  dt.date(2026, 12, 1), 1_760_000_000_123.0):
+        params = (*base[:observed], value, *base[observed + 1:])
+        assert insert.bind(params) == insert.statement.bind(params).values, value
+    with pytest.raises(TypeError, match="observed_at"):
+        insert.bind((*base[:observed], "yesterday", *base[observed + 1:]))
