@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+# Defined with the codec, which sits below pipeline/ and imports nothing of it.
+from schemas.errors import SchemaError, StockflowError
 
-class StockflowError(Exception):
-    """Root of every error stockflow raises on purpose."""
+__all__ = ["ConfigurationError", "ConnectorError", "PrerequisiteMissing", "SchemaError",
+           "SinkError", "StackError", "StockflowError", "ValidationError"]
 
 
 class ConfigurationError(StockflowError):
@@ -17,10 +19,6 @@ class StackError(StockflowError):
 
 class PrerequisiteMissing(StackError):
     """A program the local stack needs is not installed; the message says what to install."""
-
-
-class SchemaError(StockflowError):
-    """A record could not be encoded or decoded with its Avro schema."""
 
 
 class ValidationError(StockflowError):

@@ -27,8 +27,8 @@ from typing import Any
 import fastavro
 from fastavro.schema import to_parsing_canonical_form
 
-from pipeline.errors import SchemaError
 from schemas import fastcode
+from schemas.errors import SchemaError
 
 MARKER = b"\xc3\x01"
 HEADER_SIZE = 10
