@@ -163,7 +163,7 @@ def _serializer(cqltype: Any) -> Serializer:
 
 
 class PreparedInsert:
-    """A prepared INSERT that binds rows straight to bytes and packs them into unlogged batches.
+    """A prepared INSERT that binds rows straight to bytes (RowBatch sends them).
 
     `PreparedStatement.bind` costs ~16-23 µs a row here (a ColDesc tuple and an encryption
     policy lookup per value, routing-key checks); serializing with the column types the
@@ -174,12 +174,6 @@ class PreparedInsert:
     def __init__(self, statement: Any, partition_columns: int, *, keyspace: str, query_id: bytes,
                  serializers: Sequence[Serializer], protocol_version: int,
                  names: Sequence[str] = ()) -> None:
-        from cassandra.query import BatchStatement, BatchType, BoundStatement
-
-        # Imported once, not per request.
-        self._batch_class = BatchStatement
-        self._bound_class = BoundStatement
-        self._unlogged = BatchType.UNLOGGED
         self.statement = statement
         self.partition_columns = partition_columns
         self.keyspace = keyspace
@@ -232,35 +226,6 @@ class PreparedInsert:
                         f"{value!r:.80} ({error})")
         return str(exc)
 
-    def request(self, rows: Sequence[tuple[Any, ...]]) -> BoundStatement | BatchStatement:
-        """The request writing `rows` (all of one partition): the row itself when alone."""
-        if len(rows) == 1:
-            bound = self._bound_class(self.statement)
-            bound.values = self.bind(rows[0])  # routing key and idempotence come with it
-            return bound
-        return self.batch(rows)
-
-    def batch(self, rows: Sequence[tuple[Any, ...]]) -> BatchStatement:
-        """One UNLOGGED batch of `rows`, which must all belong to one partition."""
-        batch = self._batch_class(self._unlogged)
-        batch.is_idempotent = True
-        # BatchStatement.add(prepared, params) would run PreparedStatement.bind again.
-        add = batch._add_statement_and_params
-        first: list[bytes | None] | None = None
-        for params in rows:
-            values = self.bind(params)
-            if first is None:
-                first = values
-            add(True, self.query_id, values)
-        if first is not None:
-            # Token-aware routing sends the batch to a replica of its one partition.
-            batch.routing_key = first[:self.partition_columns]
-            batch.keyspace = self.keyspace
-        return batch
-
-
-# Rows of one partition of one table: sent as one request, retried whole.
-PartitionBatch = tuple[PreparedInsert, list[tuple[Any, ...]]]
 
 # Cassandra refuses a batch above batch_size_fail_threshold (50 KiB by default); a replica
 # batch stops well below it. Values bytes plus a per-row allowance for the mutation framing.
@@ -268,15 +233,10 @@ REPLICA_BATCH_MAX_BYTES = 32 * 1024
 _ROW_OVERHEAD_BYTES = 64
 
 
-class ReplicaBatch:
-    """Rows of any of the sink's tables whose partitions have the same replicas: one request.
-
-    An unlogged batch of one partition is one mutation, but at ~1.3 rows per partition per
-    batch (every change_history row is its own partition) the driver's per-request CPU is
-    what limits the sink. Rows grouped by replica set instead make a batch the coordinator
-    (token-aware: one of those replicas) applies locally, partition by partition, with no
-    fan-out to other replica sets; 50-100 rows then cost one request. Retried whole.
-    """
+class RowBatch:
+    """Bound rows sent as one request and retried whole: rows of one partition of one table
+    (`batch_scope` partition), or of any of the sink's tables whose partitions have the same
+    replicas (`batch_scope` replica, see `group_by_replica`)."""
 
     __slots__ = ("nbytes", "rows")
 
@@ -292,13 +252,16 @@ class ReplicaBatch:
         self.nbytes += nbytes
 
     def statement(self) -> BoundStatement | BatchStatement:
-        """The request: the row itself when alone, else one UNLOGGED batch."""
+        """The request: the row itself when alone, else one UNLOGGED batch (bound values
+        added as they are: BatchStatement.add would run PreparedStatement.bind again)."""
+        from cassandra.query import BatchStatement, BatchType, BoundStatement
+
         insert, values = self.rows[0]
         if len(self.rows) == 1:
-            bound = insert._bound_class(insert.statement)
-            bound.values = values
+            bound = BoundStatement(insert.statement)
+            bound.values = values  # routing key and idempotence come with the statement
             return bound
-        batch = insert._batch_class(insert._unlogged)
+        batch = BatchStatement(BatchType.UNLOGGED)
         batch.is_idempotent = True
         add = batch._add_statement_and_params
         for row_insert, row_values in self.rows:
@@ -320,14 +283,20 @@ def routing_key(values: Sequence[bytes | None], columns: int) -> bytes:
 def group_by_replica(rows: Iterable[tuple[PreparedInsert, tuple[Any, ...]]],
                      replicas_of: Callable[[PreparedInsert, list[bytes | None]], Any] | None,
                      max_rows: int, max_bytes: int = REPLICA_BATCH_MAX_BYTES,
-                     ) -> list[ReplicaBatch]:
+                     ) -> list[RowBatch]:
     """Rows bound and packed into batches of one replica set each, at most `max_rows` rows
     and about `max_bytes` of values per batch. `replicas_of` None: one replica set (a
-    single-node cluster)."""
+    single-node cluster).
+
+    An unlogged batch of one partition is one mutation, but at ~1.3 rows per partition per
+    batch (every change_history row is its own partition) the driver's per-request CPU is
+    what limits the sink. Rows grouped by replica set make a batch the coordinator
+    (token-aware: one of those replicas) applies locally, partition by partition, with no
+    fan-out to other replica sets; 50-100 rows then cost one request."""
     if max_rows < 1:
         raise ValueError("max_rows must be >= 1")
-    open_batches: dict[Any, ReplicaBatch] = {}
-    done: list[ReplicaBatch] = []
+    open_batches: dict[Any, RowBatch] = {}
+    done: list[RowBatch] = []
     for insert, params in rows:
         values = insert.bind(params)
         nbytes = _ROW_OVERHEAD_BYTES + sum(len(v) for v in values if v is not None)
@@ -337,7 +306,7 @@ def group_by_replica(rows: Iterable[tuple[PreparedInsert, tuple[Any, ...]]],
             done.append(batch)
             batch = None
         if batch is None:
-            batch = open_batches[group] = ReplicaBatch()
+            batch = open_batches[group] = RowBatch()
         batch.add(insert, values, nbytes)
     done.extend(open_batches.values())
     return done
@@ -568,14 +537,6 @@ class _OutageLog:
         return True
 
 
-# What one request writes: a replica batch, or rows of one partition of one table.
-Request = ReplicaBatch | PartitionBatch
-
-
-def _rows_in(request: Request) -> int:
-    return len(request) if isinstance(request, ReplicaBatch) else len(request[1])
-
-
 class CassandraSink:
     """Writes StockUpdate batches to availability_by_sku, stock_by_supplier and change_history.
 
@@ -759,7 +720,7 @@ class CassandraSink:
                 for insert, rows in zip(inserts, self.rows_for(updates), strict=True)
                 for params in rows]
 
-    def requests_for(self, updates: Sequence[Mapping[str, Any]]) -> list[Request]:
+    def requests_for(self, updates: Sequence[Mapping[str, Any]]) -> list[RowBatch]:
         """The requests of a batch: rows of all three tables grouped by replica set
         (`batch_scope` replica, the default), or per table by partition; `batch_rows` each."""
         inserts = self._inserts()
@@ -768,10 +729,14 @@ class CassandraSink:
             return list(group_by_replica(
                 ((insert, params) for insert, rows in zip(inserts, tables, strict=True)
                  for params in rows), self._replicas_of(), self.batch_rows))
-        return [(insert, chunk)
-                for insert, rows in zip(inserts, tables, strict=True)
-                for chunk in group_by_partition(rows, insert.partition_columns,
-                                                self.batch_rows)]
+        requests = []
+        for insert, rows in zip(inserts, tables, strict=True):
+            for chunk in group_by_partition(rows, insert.partition_columns, self.batch_rows):
+                batch = RowBatch()
+                for params in chunk:
+                    batch.add(insert, insert.bind(params), 0)
+                requests.append(batch)
+        return requests
 
     def _replicas_of(self) -> Callable[[PreparedInsert, list[bytes | None]], Any] | None:
         """How to find a row's replica set; None when every partition has the same one."""
@@ -807,23 +772,20 @@ class CassandraSink:
         requests = self.requests_for(updates)
         async with self._write_lock:  # one batch at a time keeps in-flight <= max_in_flight
             await self._write(requests)
-        rows = sum(_rows_in(request) for request in requests)
+        rows = sum(map(len, requests))
         self.stats.batches += 1
         self.stats.updates += len(updates)
         self.stats.rows_written += rows
         self.stats.requests += len(requests)
         return rows
 
-    def _execute(self, request: Request) -> ResponseFuture:
+    def _execute(self, request: RowBatch) -> ResponseFuture:
         # No driver timeout: the window's watchdog times the requests out (see _InFlightWindow).
-        if isinstance(request, ReplicaBatch):
-            return self.session.execute_async(request.statement(), timeout=None)
-        insert, rows = request
-        return self.session.execute_async(insert.request(rows), timeout=None)
+        return self.session.execute_async(request.statement(), timeout=None)
 
-    async def _write(self, requests: Sequence[Request]) -> None:
+    async def _write(self, requests: Sequence[RowBatch]) -> None:
         loop = asyncio.get_running_loop()
-        pending: Sequence[Request] = requests
+        pending: Sequence[RowBatch] = requests
         attempt = 0
         while True:
             window = _InFlightWindow(self._execute, pending, self.max_in_flight,
@@ -850,7 +812,7 @@ class CassandraSink:
             SINK_RETRIES.labels("cassandra").inc()
             for _request, exc in failures:
                 SINK_ERRORS.labels("cassandra", type(exc).__name__).inc()
-            self._outage_log.failed(failures[0][1], pending=sum(map(_rows_in, pending)),
+            self._outage_log.failed(failures[0][1], pending=sum(map(len, pending)),
                                     attempt=attempt, delay_s=delay)
             await asyncio.sleep(delay)
 

@@ -26,7 +26,7 @@ from connectors.cassandra.sink import (
     _STOCK_COLUMNS,
     CassandraSink,
     PreparedInsert,
-    ReplicaBatch,
+    RowBatch,
     _OutageLog,
     backoff_delay,
     check_update,
@@ -216,35 +216,42 @@ def test_batches_bind_the_same_bytes_and_routing_key_as_the_driver() -> None:
                       lead_time_days=i % 4 or None, suspect=bool(i % 5))
                for i in range(40)]
     requests = sink.requests_for(updates)
-    assert sum(len(rows) for _insert, rows in requests) == 6 + 40 + 40  # 6 availability keys
-    for insert, rows in requests:
-        request = insert.request(rows)
+    assert sum(map(len, requests)) == 6 + 40 + 40  # 6 availability keys
+    for request in requests:
+        (insert,) = {row_insert for row_insert, _values in request.rows}  # one table
+        rows = [values for _insert, values in request.rows]
+        statement = request.statement()
         if len(rows) == 1:  # a row alone goes as itself
-            assert isinstance(request, BoundStatement)
-            expected = insert.statement.bind(rows[0])
-            assert (request.values, request.routing_key, request.keyspace) == (
-                expected.values, expected.routing_key, "ks")
-            assert request.is_idempotent
-        batch = insert.batch(rows)
-        assert batch.batch_type == BatchType.UNLOGGED and batch.is_idempotent
-        assert len(batch) == len(rows) <= 3
-        bound = [insert.statement.bind(params) for params in rows]
-        assert [values for _prepared, _id, values in batch._statements_and_parameters] == [
-            b.values for b in bound]
-        assert {_id for _prepared, _id, _values in batch._statements_and_parameters} == {
+            assert isinstance(statement, BoundStatement)
+            assert statement.values == rows[0] and statement.keyspace == "ks"
+            assert statement.is_idempotent
+            continue
+        assert statement.batch_type == BatchType.UNLOGGED and statement.is_idempotent
+        assert len(statement) == len(rows) <= 3
+        sent = [values for _prepared, _id, values in statement._statements_and_parameters]
+        assert {_id for _prepared, _id, _values in statement._statements_and_parameters} == {
             insert.query_id}
         # One partition per batch: every row has the batch's routing key.
-        assert {b.routing_key for b in bound} == {batch.routing_key}
-        assert batch.keyspace == "ks"
+        keys = {routing_key(values, insert.partition_columns) for values in sent}
+        assert keys == {statement.routing_key}
+        assert statement.keyspace == "ks"
+    # The bytes are the driver's own bind of the same rows, in the same order.
+    expected = [insert.statement.bind(params) for insert, table in zip(
+        sink._inserts(), sink.rows_for(updates), strict=True) for params in table]
+    got = [values for request in requests for _insert, values in request.rows]
+    assert sorted(map(repr, got)) == sorted(repr(b.values) for b in expected)
+    alone = [r.statement() for r in requests if len(r) == 1]
+    assert alone and all(s.routing_key == next(
+        b.routing_key for b in expected if b.values == s.values) for s in alone)
 
 
 def test_a_value_the_column_type_cannot_take_is_a_type_error_naming_the_column() -> None:
     insert = real_inserts()["availability_by_sku"]
     params = ("P", "s", "k", "many", 1, "ACTIVE", None, None, None, 0, 1)
     with pytest.raises(TypeError, match="quantity"):
-        insert.batch([params])
+        insert.bind(params)
     with pytest.raises(TypeError):
-        insert.batch([params[:-1]])  # a missing value never shifts the others
+        insert.bind(params[:-1])  # a missing value never shifts the others
 
 
 def test_a_statement_whose_partition_key_is_not_leading_is_refused() -> None:
@@ -515,7 +522,7 @@ def test_a_single_node_sends_rows_of_every_table_in_few_batches_binding_the_driv
     sink = _sink_with_real_inserts(batch_rows=50)
     updates = _many_updates(120)
     requests = sink.requests_for(updates)
-    assert all(isinstance(r, ReplicaBatch) for r in requests)
+    assert all(isinstance(r, RowBatch) for r in requests)
     # 21 (platform SKU, supplier) keys + 120 stock + 120 history rows: 261 rows in 6
     # requests, where partition batches took one request per partition (~260).
     assert [len(r) for r in requests] == [50, 50, 50, 50, 50, 11]
