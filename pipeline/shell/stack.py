@@ -361,16 +361,7 @@ class LocalStack:
             if pid is None:
                 self.pid_file(service).unlink(missing_ok=True)
                 continue
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGTERM)
-            deadline = time.monotonic() + timeout
-            while _alive(pid) and time.monotonic() < deadline:
-                time.sleep(0.2)
-            if _alive(pid):
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGKILL)
-                while _alive(pid):
-                    time.sleep(0.1)
+            _stop_process(pid, signal.SIGTERM, timeout)
             self.pid_file(service).unlink(missing_ok=True)
             stopped.append(service)
             log.info("stack.stopped", service=service, pid=pid)
@@ -525,16 +516,7 @@ class KafkaCluster:
         if pid is None:
             self.pid_file(node).unlink(missing_ok=True)
             return False
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, sig)
-        deadline = time.monotonic() + timeout
-        while _alive(pid) and time.monotonic() < deadline:
-            time.sleep(0.1)
-        if _alive(pid):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-            while _alive(pid):
-                time.sleep(0.1)
+        _stop_process(pid, sig, timeout)
         self.pid_file(node).unlink(missing_ok=True)
         log.info("stack.broker_stopped", node=node, pid=pid, signal=signal.Signals(sig).name)
         return True
@@ -665,6 +647,20 @@ def _probe_redis() -> str | None:
 
 
 # ----------------------------------------------------------------------- process utils
+def _stop_process(pid: int, sig: int, timeout: float) -> None:
+    """Send `sig`, wait up to `timeout` for the process to end, then SIGKILL it and wait."""
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, sig)
+    deadline = time.monotonic() + timeout
+    while _alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    if _alive(pid):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+        while _alive(pid):
+            time.sleep(0.1)
+
+
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
