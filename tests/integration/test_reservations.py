@@ -98,9 +98,17 @@ class Stack:
             return exc.code, json.loads(exc.read() or b"{}")
 
     def wait_available(self, sku: str, total: int) -> None:
+        """Until the API reads `total` and its change is committed on inventory.changes: the
+        aggregate writes Redis before its transaction commits (cache_writer inline), so a
+        stream opened in between would get the change again after its reset."""
         self.env.wait_until(
             lambda: self.get(f"/v1/inventory/{sku}")[1].get("supplier_total") == total,
             60, f"{sku} supplier total {total}")
+        self.env.wait_until(
+            lambda: any(k == sku.encode() and v["total_available"] == total
+                        for k, v in self.env.read_topic("inventory.changes", "InventoryChange",
+                                                        idle_s=0.5)),
+            60, f"{sku}'s change to {total} committed on inventory.changes")
 
     def decisions(self, sku: str) -> list[dict[str, Any]]:
         return [v for k, v in self.env.read_topic("reservations.decisions",
