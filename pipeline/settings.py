@@ -224,11 +224,13 @@ class Settings(BaseSettings):
         description="how long an idempotency key's answer and an ended reservation are kept")
     reservation_max_answers: int = Field(default=10_000, ge=100,
                                          description="answers kept per platform SKU at most")
-    reservation_commit_first: bool = Field(
-        default=True,
-        description="a poll's reservation commands are decided and committed before its "
-        "supplier records: a hold's decision does not wait for their Cassandra and Redis "
-        "writes (one more transaction commit per poll that carries commands)")
+    reservation_lane: Literal["own", "first", "shared"] = Field(
+        default="own",
+        description="how the worker consumes reservation commands: `own`, a lane of their own "
+        "(own consumer, transactional producer and thread; a decision waits for no supplier "
+        "record; exactly-once only, else `first`); `first`, in the main loop, each poll's "
+        "commands decided and committed before its supplier records; `shared`, in the main "
+        "loop with everything else")
     api_host: str = "127.0.0.1"
     api_port: int = Field(default=8000, ge=0, le=65535)
     # "name:sha256-hex-of-the-key" entries, comma-separated: only hashes are configured.

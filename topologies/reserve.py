@@ -6,10 +6,10 @@ gives this worker partition p of both: the SKU's supplier total is read straight
 `availability` table of the aggregate agent (same process, same partition, values that
 include the current, not yet committed batch) and no second copy of it is kept. Commands
 are decided one record at a time in log order by the pure step `pipeline.reservations.decide`;
-the decisions, orders, table writes and input offsets commit in one Kafka transaction. A
-poll's commands are decided and committed before its supplier records are handled
-(`reservation_commit_first`): a shopper's hold does not wait for the aggregate's Cassandra
-write of the same poll.
+the decisions, orders, table writes and input offsets commit in one Kafka transaction. Under
+exactly-once the commands are consumed and committed by a lane of their own
+(`reservation_lane`, topologies/runtime/lane.py): a shopper's hold waits for no supplier
+record, neither for a poll's processing nor for the aggregate's Cassandra write.
 
 Ticks (records without a key, sent by the API to every partition) move a partition's clock
 on: the SKUs whose next expiry or reflection bound has passed are found in the partition's
@@ -45,7 +45,8 @@ log = get_logger(__name__)
 reservations = avro_table("reservations", "ReservationState",
                           help="holds, confirmed sales and answers per platform_sku")
 commands = InputBatches(app, topic=settings.topic(RESERVATION_COMMANDS.name),
-                        table=reservations, commit_first=settings.reservation_commit_first)
+                        table=reservations, own_lane=settings.reservation_lane == "own",
+                        commit_first=settings.reservation_lane == "first")
 
 DECISIONS_TOPIC = settings.topic(RESERVATION_DECISIONS.name)
 ORDERS_TOPIC = settings.topic(ORDERS.name)

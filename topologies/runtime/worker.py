@@ -36,49 +36,40 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import math
 import os
 import sys
-import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from mode import Service
 
-from pipeline.errors import StockflowError
 from pipeline.log import get_logger
 from topologies.runtime.batches import Batch, InputBatches
+from topologies.runtime.lane import Lane
 from topologies.runtime.table import BatchTable
+from topologies.runtime.txn import (
+    ABORT_TIMEOUT_S,
+    COMMIT_TIMEOUT_S,
+    EXIT_STUCK,
+    INIT_TIMEOUT_S,
+    OFFSETS_TIMEOUT_S,
+    REQUEST_TIMEOUT_S,
+    WATERMARKS_TIMEOUT_S,
+    CallDeadlines,
+    FatalRuntimeError,
+    WorkerRuntimeError,
+    is_fatal,
+    persist_committed,
+    send_table_changes,
+)
 
 log = get_logger("stockflow.runtime")
 
 TOPIC_ID_KEY = b"\x00changelog-topic-id"
 
-# The timeouts given to librdkafka's blocking calls. Each call also runs under a deadline of
-# its timeout plus kafka_call_margin_s (CallDeadlines). A legitimate send_offsets_to_transaction
-# took up to 11 s while its group coordinator moved to another broker; the one that never
-# returns is ended after 20 + margin seconds (librdkafka 2.16: the coordinator request's
-# timeout is never checked and a decommissioned coordinator is never looked up again,
-# confluentinc/librdkafka issues 5456 and 5511).
-OFFSETS_TIMEOUT_S = 20.0
-COMMIT_TIMEOUT_S = 120.0
-ABORT_TIMEOUT_S = 60.0
-INIT_TIMEOUT_S = 60.0
-REQUEST_TIMEOUT_S = 30.0  # committed offsets, metadata, closing the consumer
-# Retried (_retrying): a request to a leader that just died should not wait out 30 s.
-WATERMARKS_TIMEOUT_S = 10.0
-EXIT_STUCK = 70  # EX_SOFTWARE: the exit code of a worker whose Kafka call never returned
-
-
-class WorkerRuntimeError(StockflowError):
-    """The batch runtime cannot go on (a fatal Kafka error, an agent that keeps failing)."""
-
-
-class FatalRuntimeError(WorkerRuntimeError):
-    """State the runtime cannot repair in place: the worker stops (a restart restores it)."""
 
 
 def _retrying(fn: Callable[[], Any], what: str, attempts: int = 40) -> Any:
@@ -100,79 +91,6 @@ def _retrying(fn: Callable[[], Any], what: str, attempts: int = 40) -> Any:
     raise AssertionError("unreachable")
 
 
-class CallDeadlines:
-    """Deadlines for the blocking librdkafka calls of the Kafka thread: each may run for its
-    own timeout plus `margin_s`; a watchdog thread calls `on_overdue(call, seconds)` once when
-    the innermost call under way has passed its deadline (librdkafka is stuck in it). Time the
-    process did not run (SIGSTOP, a frozen VM) does not count: a resumed worker whose call was
-    waiting is not stuck."""
-
-    def __init__(self, margin_s: float, on_overdue: Callable[[str, float], None],
-                 tick_s: float = 0.5) -> None:
-        self.margin_s = margin_s
-        self.tick_s = tick_s
-        self._on_overdue = on_overdue
-        self._frames: list[list[Any]] = []  # [call, started, deadline], innermost last
-        self._lock = threading.Lock()
-        self._stopped = threading.Event()
-        self._thread: threading.Thread | None = None
-
-    @contextlib.contextmanager
-    def call(self, name: str, timeout_s: float | None) -> Iterator[None]:
-        """Mark a blocking call; timeout_s None: no deadline of its own (a rebalance callback,
-        whose Kafka calls have theirs)."""
-        started = time.monotonic()
-        deadline = math.inf if timeout_s is None else started + timeout_s + self.margin_s
-        frame = [name, started, deadline]
-        with self._lock:
-            self._frames.append(frame)
-        try:
-            yield
-        finally:
-            with self._lock:
-                for i in range(len(self._frames) - 1, -1, -1):
-                    if self._frames[i] is frame:
-                        del self._frames[i]
-                        break
-
-    def overdue(self, now: float | None = None) -> tuple[str, float] | None:
-        """The innermost call under way and how long it has run, if past its deadline."""
-        with self._lock:
-            if not self._frames:
-                return None
-            name, started, deadline = self._frames[-1]
-        now = time.monotonic() if now is None else now
-        return (name, now - started) if now > deadline else None
-
-    def resumed_after(self, gap_s: float) -> None:
-        """The watchdog woke gap_s late: the process was suspended that long (SIGSTOP, a
-        frozen VM); the calls under way get that time back."""
-        if gap_s < 1.0:  # scheduling noise on a busy machine
-            return
-        with self._lock:
-            for frame in self._frames:
-                frame[2] += gap_s
-
-    def start(self) -> None:
-        self._thread = threading.Thread(target=self._watch, name="stockflow-kafka-deadlines",
-                                        daemon=True)
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stopped.set()
-
-    def _watch(self) -> None:
-        last = time.monotonic()
-        while not self._stopped.wait(self.tick_s):
-            now = time.monotonic()
-            self.resumed_after(now - last - self.tick_s)
-            last = now
-            stuck = self.overdue(now)
-            if stuck is not None:
-                self._on_overdue(*stuck)
-                return
-
-
 def _release_free_memory() -> None:
     """Give the C heap's free pages back to the system (glibc's malloc_trim): decoded values
     evicted from the tables' caches leave free space that RSS would otherwise keep."""
@@ -183,16 +101,6 @@ def _release_free_memory() -> None:
     if name is not None:
         with contextlib.suppress(OSError, AttributeError):  # not glibc
             ctypes.CDLL(name).malloc_trim(0)
-
-
-def _is_fatal(exc: BaseException) -> bool:
-    """A Kafka error the client cannot recover from (a fenced static member or producer)."""
-    from confluent_kafka import KafkaException
-
-    if not isinstance(exc, KafkaException) or not exc.args:
-        return False
-    fatal = getattr(exc.args[0], "fatal", None)
-    return bool(fatal()) if callable(fatal) else False
 
 
 def _transient_codes() -> frozenset[Any]:
@@ -222,6 +130,8 @@ _STALE_METADATA = _stale_metadata_codes()
 class BatchRuntime(Service):
     """Consume, hand batches to the agents, commit exactly once; see the module docstring."""
 
+    lane: Lane | None = None  # the topics consumed and committed apart (lane.py), if any
+
     def __init__(self, app: Any, settings: Any, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.app = app
@@ -231,8 +141,9 @@ class BatchRuntime(Service):
         self.routes: dict[str, InputBatches] = {}
         # Topics whose records are handled and committed ahead of the rest of a poll.
         self.commit_first: set[str] = set()
-        self.tables_by_topic: dict[str, BatchTable] = {}
-        self.tables: list[BatchTable] = []
+        self.tables_by_topic: dict[str, BatchTable] = {}  # every routed table, lanes' too
+        self.tables: list[BatchTable] = []  # the tables the main loop commits
+        self.all_tables: list[BatchTable] = []
         self.consumer: Any = None
         self.producer: Any = None
         self.restorer: Any = None
@@ -263,16 +174,24 @@ class BatchRuntime(Service):
     # -- set-up ------------------------------------------------------------------------------
     def discover_routes(self) -> None:
         """The agents fed by this runtime: every agent whose channel is an InputBatches."""
+        lane_routes: dict[str, InputBatches] = {}
         for agent in self.app.agents.values():
             channel = agent.channel
             if isinstance(channel, InputBatches) and channel.enabled:
                 self.routes[channel.topic_name] = channel
-                if channel.commit_first:
+                if channel.own_lane and self.exactly_once:
+                    lane_routes[channel.topic_name] = channel
+                elif channel.commit_first or channel.own_lane:
                     self.commit_first.add(channel.topic_name)
                 if channel.table is not None:
                     self.tables_by_topic[channel.topic_name] = channel.table
-        self.tables = list(self.tables_by_topic.values())
-        for table in self.tables:
+        if lane_routes:
+            self.lane = Lane(self, lane_routes)
+        self.all_tables = list(self.tables_by_topic.values())
+        # By identity: a table is a Mapping, whose == compares contents.
+        lane_tables = {id(t) for t in self.lane.tables} if self.lane is not None else set()
+        self.tables = [t for t in self.all_tables if id(t) not in lane_tables]
+        for table in self.all_tables:
             table.tabledir = self.settings.tables_dir
         if not self.routes:
             raise WorkerRuntimeError("no agent reads an InputBatches channel")
@@ -299,7 +218,7 @@ class BatchRuntime(Service):
             conf["group.instance.id"] = instance
         return conf
 
-    def _producer_config(self) -> dict[str, Any]:
+    def _producer_config(self, lane: str = "") -> dict[str, Any]:
         s = self.settings
         conf = {
             **s.confluent_config(),
@@ -311,14 +230,16 @@ class BatchRuntime(Service):
             "log_level": 3,
         }
         if self.exactly_once:
-            conf["transactional.id"] = self._transactional_id
+            # A lane's producer has a transactional id of its own, as stable as the worker's.
+            conf["transactional.id"] = (f"{self._transactional_id}-{lane}" if lane
+                                        else self._transactional_id)
             conf["transaction.timeout.ms"] = int(s.transaction_timeout_s * 1000)
         return conf
 
-    def _new_producer(self) -> Any:
+    def _new_producer(self, lane: str = "") -> Any:
         from confluent_kafka import Producer
 
-        producer = Producer(self._producer_config())
+        producer = Producer(self._producer_config(lane))
         if self.exactly_once:
             # Also aborts what an earlier incarnation with this transactional id left open.
             with self.deadlines.call("init_transactions", INIT_TIMEOUT_S):
@@ -347,9 +268,12 @@ class BatchRuntime(Service):
         # Faust's queues start suspended until its own consumer is assigned: this runtime
         # is the consumer.
         self.app.flow_control.resume()
+        if self.lane is not None:
+            await self.lane.start()
         self._loop_task = asyncio.ensure_future(self._run())
         log.info("runtime.started", topics=sorted(self.routes),
-                 tables=[t.name for t in self.tables], exactly_once=self.exactly_once,
+                 tables=[t.name for t in self.all_tables], exactly_once=self.exactly_once,
+                 lane=sorted(self.lane.routes) if self.lane is not None else [],
                  transactional_id=self._transactional_id if self.exactly_once else None)
 
     def _create_topics(self) -> None:
@@ -367,7 +291,7 @@ class BatchRuntime(Service):
         wanted = [NewTopic(t.changelog_name, num_partitions=self.settings.partitions,
                            replication_factor=factor,
                            config={"cleanup.policy": "compact", **replica_config})
-                  for t in self.tables if t.changelog_name not in existing]
+                  for t in self.all_tables if t.changelog_name not in existing]
         if wanted:
             for name, fut in admin.create_topics(wanted, operation_timeout=30).items():
                 try:
@@ -382,7 +306,7 @@ class BatchRuntime(Service):
         from pipeline.kafka import admin_client
 
         admin = admin_client(self.settings)
-        names = [t.changelog_name for t in self.tables]
+        names = [t.changelog_name for t in self.all_tables]
         ids: dict[str, str] = {}
         for name, fut in admin.describe_topics(TopicCollection(names)).items():
             ids[name] = str(fut.result(timeout=30).topic_id)
@@ -394,6 +318,8 @@ class BatchRuntime(Service):
             self._loop_task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._loop_task
+        if self.lane is not None:  # before the main consumer leaves the group
+            await self.lane.stop(commit=self._fatal is None)
         await self._blocking(self._close)
         self.deadlines.stop()
         self._executor.shutdown(wait=True)
@@ -418,9 +344,10 @@ class BatchRuntime(Service):
             if self.producer is not None:
                 with deadlines.call("producer.flush", 10):
                     self.producer.flush(10)
-            for table in self.tables:
+            for table in self.all_tables:
                 table.close_all()
-        log.info("runtime.stopped", commits=self.commits, aborts=self.aborts)
+        log.info("runtime.stopped", commits=self.commits, aborts=self.aborts,
+                 lane_commits=self.lane.commits if self.lane is not None else 0)
 
     def _abort_on_fatal(self) -> None:
         from confluent_kafka import KafkaException
@@ -493,7 +420,7 @@ class BatchRuntime(Service):
                 await self.crash(exc)
                 return
             except Exception as exc:
-                if _is_fatal(exc):
+                if is_fatal(exc):
                     log.critical("runtime.fatal", error=str(exc), exc_info=True)
                     self._fatal = exc
                     await self.crash(exc)
@@ -627,19 +554,7 @@ class BatchRuntime(Service):
         from confluent_kafka import TopicPartition
 
         producer = self.producer
-        written: list[tuple[BatchTable, int, list[tuple[bytes, bytes]]]] = []
-        for table in self.tables:
-            topic = table.changelog_name
-            for partition, rows in table.changed():
-                for key, raw in rows:
-                    while True:
-                        try:
-                            producer.produce(topic, raw, key, partition=partition,
-                                             on_delivery=self._on_changelog_delivery)
-                            break
-                        except BufferError:
-                            producer.poll(0.05)
-                written.append((table, partition, rows))
+        written = send_table_changes(producer, self.tables, self._on_changelog_delivery)
         offsets = [TopicPartition(t, p, o) for (t, p), o in self.positions.items()]
         deadlines = self.deadlines
         if self.exactly_once:
@@ -662,15 +577,7 @@ class BatchRuntime(Service):
                 with deadlines.call("consumer.commit", COMMIT_TIMEOUT_S):
                     self.consumer.commit(offsets=offsets, asynchronous=False)
         producer.poll(0)  # serve the changelog delivery reports
-        try:
-            for table, partition, rows in written:
-                table.persist(partition, rows,
-                              self._changelog_next.get((table.changelog_name, partition), 0))
-        except Exception as exc:
-            # The transaction committed: these values are in the changelog, and a store that
-            # missed them must be restored from it, which a restart does.
-            raise FatalRuntimeError(f"writing committed table values to RocksDB: {exc}") \
-                from exc
+        persist_committed(written, self._changelog_next)
         self.committed.update(self.positions)
         self.positions.clear()
         self.commits += 1
@@ -740,6 +647,8 @@ class BatchRuntime(Service):
         self.rebalancing = True
         self.ready = False
         revoked = {(tp.topic, tp.partition) for tp in partitions}
+        if self.lane is not None:  # its commit, with this generation's group metadata
+            self.lane.release(revoked, commit=True)
         if self.in_txn or self.positions or any(t.has_changes() for t in self.tables):
             self._commit_or_abort()
         self._release(revoked)
@@ -760,6 +669,8 @@ class BatchRuntime(Service):
         self.rebalancing = True
         self.ready = False
         lost = {(tp.topic, tp.partition) for tp in partitions}
+        if self.lane is not None:
+            self.lane.release(lost, commit=False)
         self._abort_and_rewind_local()
         if self.exactly_once:
             self._replace_producer()
@@ -823,13 +734,23 @@ class BatchRuntime(Service):
         started = time.monotonic()
         self.rebalances += 1
         try:
-            self._topic_ids = self._changelog_topic_ids() if self.tables else {}
+            self._topic_ids = self._changelog_topic_ids() if self.all_tables else {}
         except Exception as exc:  # the ids only guard against a recreated changelog
             log.warning("runtime.topic_ids_unavailable", error=str(exc))
             self._topic_ids = {}
         restored = self._restore([(self.tables_by_topic[tp.topic], tp.partition)
                                   for tp in partitions if tp.topic in self.tables_by_topic])
-        self.assignment |= {(tp.topic, tp.partition) for tp in partitions}
+        lane = self.lane
+        mine = [tp for tp in partitions if lane is None or tp.topic not in lane.routes]
+        if lane is not None and len(mine) < len(partitions):
+            # The lane's partitions stay assigned to this member (the group's range
+            # assignment keeps them with the partitions whose tables they read) but are
+            # paused here: the lane's own consumer reads them.
+            theirs = [tp for tp in partitions if tp.topic in lane.routes]
+            self.consumer.assign(partitions)  # what librdkafka does after this callback
+            self.consumer.pause(theirs)
+            lane.assign({(tp.topic, tp.partition) for tp in theirs})
+        self.assignment |= {(tp.topic, tp.partition) for tp in mine}
         self.rebalancing = False
         if not self.ready and self.rebalances == 1:
             log.info("worker.ready", partitions=len(self.assignment))

@@ -13,7 +13,8 @@ from typing import Any
 import pytest
 
 from topologies.runtime import worker
-from topologies.runtime.worker import BatchRuntime, CallDeadlines
+from topologies.runtime.txn import CallDeadlines
+from topologies.runtime.worker import BatchRuntime
 
 
 def test_only_a_call_past_its_timeout_plus_the_margin_is_overdue() -> None:
@@ -140,6 +141,7 @@ def test_a_worker_stopped_by_a_fatal_error_aborts_instead_of_committing() -> Non
                                  changelog_name="app-stock-changelog", changed=lambda: [],
                                  discard_uncommitted=lambda: discarded.append(1) or 1,
                                  close_all=lambda: closed.append("tables"))]
+    rt.all_tables, rt.lane = rt.tables, None
     rt.positions, rt.in_txn = {("inventory.deltas", 0): 42}, True
     rt._fatal = worker.FatalRuntimeError("fatal consumer error: FENCED_INSTANCE_ID")
     rt._close()

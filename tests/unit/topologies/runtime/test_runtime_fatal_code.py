@@ -9,7 +9,8 @@ from typing import Any
 import pytest
 from confluent_kafka import KafkaError
 
-from topologies.runtime.worker import BatchRuntime, CallDeadlines, FatalRuntimeError
+from topologies.runtime.txn import CallDeadlines, FatalRuntimeError
+from topologies.runtime.worker import BatchRuntime
 
 
 def test_a_fatal_code_message_error_stops_the_worker() -> None:

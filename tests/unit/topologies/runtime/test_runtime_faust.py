@@ -16,7 +16,8 @@ from pipeline.settings import Settings
 from topologies.runtime.batches import Batch, InputBatches
 from topologies.runtime.boot import PINNED, BatchBootStrategy, VersionError, check_versions
 from topologies.runtime.table import BatchTable, table_factory
-from topologies.runtime.worker import BatchRuntime, CallDeadlines
+from topologies.runtime.txn import CallDeadlines
+from topologies.runtime.worker import BatchRuntime
 
 
 def test_installed_versions_are_the_pinned_ones() -> None:
@@ -236,7 +237,7 @@ def test_a_failing_rebalance_callback_stops_the_worker_instead_of_hanging_it() -
 def test_a_fatal_consumer_error_stops_the_worker() -> None:
     from confluent_kafka import KafkaError, KafkaException
 
-    from topologies.runtime.worker import FatalRuntimeError, _is_fatal
+    from topologies.runtime.txn import FatalRuntimeError, is_fatal
 
     rt = BatchRuntime.__new__(BatchRuntime)
     rt._callback_error = None
@@ -251,9 +252,9 @@ def test_a_fatal_consumer_error_stops_the_worker() -> None:
     rt.consumer = Consumer()
     with pytest.raises(FatalRuntimeError, match="fatal consumer error"):
         rt._poll(10, 0.01)
-    assert _is_fatal(KafkaException(fenced))
-    assert not _is_fatal(KafkaException(KafkaError(KafkaError._TRANSPORT)))
-    assert not _is_fatal(RuntimeError("x"))
+    assert is_fatal(KafkaException(fenced))
+    assert not is_fatal(KafkaException(KafkaError(KafkaError._TRANSPORT)))
+    assert not is_fatal(RuntimeError("x"))
 
 
 def test_values_of_new_keys_are_evicted_once_committed(tmp_path: Path) -> None:

@@ -1,0 +1,167 @@
+"""The pieces of a worker's Kafka transactions that the main loop and its lanes share.
+
+The timeouts of librdkafka's blocking calls and the deadlines they run under, the runtime's
+errors, and commit steps 1 and 4 of the protocol in topologies/runtime/worker.py (a table's
+changes to its changelog inside the transaction; after it committed, to RocksDB).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from pipeline.errors import StockflowError
+from topologies.runtime.table import BatchTable
+
+# The timeouts given to librdkafka's blocking calls. Each call also runs under a deadline of
+# its timeout plus kafka_call_margin_s (CallDeadlines). A legitimate send_offsets_to_transaction
+# took up to 11 s while its group coordinator moved to another broker; the one that never
+# returns is ended after 20 + margin seconds (librdkafka 2.16: the coordinator request's
+# timeout is never checked and a decommissioned coordinator is never looked up again,
+# confluentinc/librdkafka issues 5456 and 5511).
+OFFSETS_TIMEOUT_S = 20.0
+COMMIT_TIMEOUT_S = 120.0
+ABORT_TIMEOUT_S = 60.0
+INIT_TIMEOUT_S = 60.0
+REQUEST_TIMEOUT_S = 30.0  # committed offsets, metadata, closing the consumer
+# Retried (_retrying): a request to a leader that just died should not wait out 30 s.
+WATERMARKS_TIMEOUT_S = 10.0
+EXIT_STUCK = 70  # EX_SOFTWARE: the exit code of a worker whose Kafka call never returned
+
+
+class WorkerRuntimeError(StockflowError):
+    """The batch runtime cannot go on (a fatal Kafka error, an agent that keeps failing)."""
+
+
+class FatalRuntimeError(WorkerRuntimeError):
+    """State the runtime cannot repair in place: the worker stops (a restart restores it)."""
+
+
+class CallDeadlines:
+    """Deadlines for the blocking librdkafka calls of the Kafka threads: each may run for its
+    own timeout plus `margin_s`; a watchdog thread calls `on_overdue(call, seconds)` once when
+    the innermost call under way on any thread (the main loop's, a lane's) has passed its
+    deadline (librdkafka is stuck in it). Time the process did not run (SIGSTOP, a frozen VM)
+    does not count: a resumed worker whose call was waiting is not stuck."""
+
+    def __init__(self, margin_s: float, on_overdue: Callable[[str, float], None],
+                 tick_s: float = 0.5) -> None:
+        self.margin_s = margin_s
+        self.tick_s = tick_s
+        self._on_overdue = on_overdue
+        # Per thread: [call, started, deadline] frames, innermost last (a rebalance callback
+        # without a deadline runs inside consume() and holds calls with deadlines).
+        self._frames: dict[int, list[list[Any]]] = {}
+        self._lock = threading.Lock()
+        self._stopped = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    @contextlib.contextmanager
+    def call(self, name: str, timeout_s: float | None) -> Iterator[None]:
+        """Mark a blocking call; timeout_s None: no deadline of its own (a rebalance callback,
+        whose Kafka calls have theirs)."""
+        started = time.monotonic()
+        deadline = math.inf if timeout_s is None else started + timeout_s + self.margin_s
+        frame = [name, started, deadline]
+        thread = threading.get_ident()
+        with self._lock:
+            self._frames.setdefault(thread, []).append(frame)
+        try:
+            yield
+        finally:
+            with self._lock:
+                frames = self._frames[thread]
+                for i in range(len(frames) - 1, -1, -1):
+                    if frames[i] is frame:
+                        del frames[i]
+                        break
+                if not frames:
+                    del self._frames[thread]
+
+    def overdue(self, now: float | None = None) -> tuple[str, float] | None:
+        """An innermost call under way (of any thread) and how long it has run, if past its
+        deadline."""
+        with self._lock:
+            innermost = [frames[-1][:] for frames in self._frames.values()]
+        now = time.monotonic() if now is None else now
+        for name, started, deadline in innermost:
+            if now > deadline:
+                return name, now - started
+        return None
+
+    def resumed_after(self, gap_s: float) -> None:
+        """The watchdog woke gap_s late: the process was suspended that long (SIGSTOP, a
+        frozen VM); the calls under way get that time back."""
+        if gap_s < 1.0:  # scheduling noise on a busy machine
+            return
+        with self._lock:
+            for frames in self._frames.values():
+                for frame in frames:
+                    frame[2] += gap_s
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._watch, name="stockflow-kafka-deadlines",
+                                        daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stopped.set()
+
+    def _watch(self) -> None:
+        last = time.monotonic()
+        while not self._stopped.wait(self.tick_s):
+            now = time.monotonic()
+            self.resumed_after(now - last - self.tick_s)
+            last = now
+            stuck = self.overdue(now)
+            if stuck is not None:
+                self._on_overdue(*stuck)
+                return
+
+
+def is_fatal(exc: BaseException) -> bool:
+    """A Kafka error the client cannot recover from (a fenced static member or producer)."""
+    from confluent_kafka import KafkaException
+
+    if not isinstance(exc, KafkaException) or not exc.args:
+        return False
+    fatal = getattr(exc.args[0], "fatal", None)
+    return bool(fatal()) if callable(fatal) else False
+
+
+Written = list[tuple[BatchTable, int, list[tuple[bytes, bytes]]]]
+
+
+def send_table_changes(producer: Any, tables: list[BatchTable],
+                       on_delivery: Callable[[Any, Any], None]) -> Written:
+    """Commit step 1: every key the tables changed, encoded once, to its changelog."""
+    written: Written = []
+    for table in tables:
+        topic = table.changelog_name
+        for partition, rows in table.changed():
+            for key, raw in rows:
+                while True:
+                    try:
+                        producer.produce(topic, raw, key, partition=partition,
+                                         on_delivery=on_delivery)
+                        break
+                    except BufferError:
+                        producer.poll(0.05)
+            written.append((table, partition, rows))
+    return written
+
+
+def persist_committed(written: Written, changelog_next: dict[tuple[str, int], int]) -> None:
+    """Commit step 4, after the transaction committed: the values to RocksDB."""
+    try:
+        for table, partition, rows in written:
+            table.persist(partition, rows,
+                          changelog_next.get((table.changelog_name, partition), 0))
+    except Exception as exc:
+        # The transaction committed: these values are in the changelog, and a store that
+        # missed them must be restored from it, which a restart does.
+        raise FatalRuntimeError(f"writing committed table values to RocksDB: {exc}") from exc
