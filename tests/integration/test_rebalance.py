@@ -2,13 +2,16 @@
 is SIGKILLed and restarted, one leaves with SIGTERM) and the end state is still exactly the
 reference model's: every table value, one change per effective change, each change's
 quantity_before and total_available consistent with the changes before it, every dead letter
-once."""
+once; and every reservation command sent meanwhile (consumed by the workers' reservation
+lanes) has exactly one committed decision, no hold granted twice."""
 
 from __future__ import annotations
 
 import random
 import signal
 import threading
+import time
+import uuid
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -17,6 +20,7 @@ import pytest
 
 from bench.pipeline_env import PipelineEnv
 from bench.worker_process import Worker
+from schemas.codec import codec_for
 from tests.integration.test_pipeline_e2e import assert_end_state, build_workload, send_all
 
 pytestmark = pytest.mark.integration
@@ -35,6 +39,26 @@ def assert_change_chain(env: PipelineEnv) -> None:
         assert c["total_available"] == total, c
 
 
+def send_holds(env: PipelineEnv, run: str, first: int, count: int) -> list[str]:
+    """HOLD commands of one unit on SKUs the workload supplies; their command ids."""
+    from confluent_kafka import Producer
+
+    command = codec_for("ReservationCommand")
+    producer = Producer({**env.settings.confluent_config(), "partitioner": "murmur2_random",
+                         "enable.idempotence": True})
+    ids = []
+    for i in range(first, first + count):
+        sku = f"SKU-{i % 40:05d}"
+        cid = f"{run}-{i}"
+        producer.produce(env.topic("reservations.commands"), command.encode({
+            "command_id": cid, "kind": "HOLD", "platform_sku": sku, "reservation_id": cid,
+            "quantity": 1, "ttl_ms": 600_000, "idempotency_key": f"key-{cid}",
+            "requested_at": int(time.time() * 1000)}), sku.encode())
+        ids.append(cid)
+    assert producer.flush(60) == 0
+    return ids
+
+
 @pytest.fixture
 def env(tmp_path: Path) -> Any:
     e = PipelineEnv(tmp_path, extra_env={"STOCKFLOW_SINK_ENABLED": "false",
@@ -50,10 +74,13 @@ def test_partitions_move_between_live_workers_under_load(env: PipelineEnv) -> No
     size = len(valid) // chunks + 1
     bad = len(malformed) // chunks + 1
     feeding = threading.Event()
+    run = uuid.uuid4().hex[:8]
+    holds: list[str] = []
 
     def send(i: int) -> None:
         send_all(env, valid[i * size:(i + 1) * size], malformed[i * bad:(i + 1) * bad],
                  random.Random(i))
+        holds.extend(send_holds(env, run, i * 40, 40))
 
     def feed() -> None:  # keep records coming while the group changes
         for i in range(1, chunks):
@@ -82,7 +109,8 @@ def test_partitions_move_between_live_workers_under_load(env: PipelineEnv) -> No
         env.wait_until(lambda: a.events("runtime.partitions_assigned")[-1]["partitions"]
                        == total, 120, "A to take B's partitions")
         env.wait_until(lambda: all(env.lag(t) == 0 for t in
-                                   ("inventory.deltas", "inventory.stock-updates")),
+                                   ("inventory.deltas", "inventory.stock-updates",
+                                    "reservations.commands")),
                        300, "A to consume everything")
         assert a.proc is not None and a.proc.poll() is None, a.text()
         assert_end_state(env, valid, malformed)
@@ -90,6 +118,16 @@ def test_partitions_move_between_live_workers_under_load(env: PipelineEnv) -> No
         dead = env.read_topic("inventory.deadletter", "DeadLetter", idle_s=2.0)
         sources = Counter((d["source_partition"], d["source_offset"]) for _, d in dead)
         assert max(sources.values()) == 1  # no dead letter written twice
+        decisions = [d for _, d in env.read_topic("reservations.decisions",
+                                                  "ReservationDecision", idle_s=2.0)
+                     if (d["command_id"] or "").startswith(run)]
+        per_command = Counter(d["command_id"] for d in decisions)
+        assert set(per_command) == set(holds)  # none lost ...
+        assert max(per_command.values()) == 1  # ... none decided twice
+        granted = [d["reservation_id"] for d in decisions if d["outcome"] == "GRANTED"]
+        assert granted and len(granted) == len(set(granted))
+        lane = [e for w in (a, b) for e in w.events("lane.partitions_assigned")]
+        assert lane, "the commands were not read by the reservation lane"
     finally:
         feeding.set()
         a.stop(signal.SIGKILL)
