@@ -31,6 +31,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_
 from pydantic import BaseModel, Field
 
 from connectors.api.follower import DecisionFollower, atp_key
+from connectors.api.hash_reads import HashReader
 from connectors.api.keys import ApiKeys, RateLimiter, retry_after_header
 from connectors.api.page import PAGE
 from connectors.api.stream import StreamHub
@@ -98,6 +99,7 @@ class Api:
         self.producer: Any = None
         self.follower: DecisionFollower | None = None
         self.cache: Any = None
+        self.hashes: HashReader | None = None  # the availability read's two HGETALLs
         self._cassandra: Any = None
         self._cassandra_lock = threading.Lock()
         self._tasks: list[asyncio.Task[Any]] = []
@@ -119,6 +121,9 @@ class Api:
         threading.Thread(target=self._poll_producer, name="stockflow-api-producer",
                          daemon=True).start()
         self.cache = RedisCache.from_settings(s)
+        url = s.redis_url.get_secret_value()
+        if HashReader.supports(url):  # else (TLS, a socket) the reads go through redis-py
+            self.hashes = HashReader(url, timeout_s=s.redis_cache_socket_timeout_s)
         loop = asyncio.get_running_loop()
         self.follower = DecisionFollower(s, loop, on_decision=self._on_decision,
                                          on_change=self._on_change)
@@ -137,6 +142,8 @@ class Api:
             await asyncio.to_thread(self.follower.stop)
         if self.producer is not None:
             await asyncio.to_thread(self.producer.flush, 10)
+        if self.hashes is not None:
+            await self.hashes.close()
         if self.cache is not None:
             await self.cache.close()
         if self._cassandra is not None:
@@ -301,12 +308,15 @@ class Api:
         else:
             # The availability hash and the reserved units in one round trip; a miss (or a
             # hash that is not complete) goes the cache-aside way through Cassandra.
-            prefix = self.settings.redis_cache_key_prefix
+            keys = (self.cache.key(sku), atp_key(self.settings.redis_cache_key_prefix, sku))
             try:
-                pipe = self.cache.client.pipeline(transaction=False)
-                pipe.hgetall(self.cache.key(sku))
-                pipe.hgetall(atp_key(prefix, sku))
-                fields, atp = await pipe.execute()
+                if self.hashes is not None:
+                    fields, atp = await self.hashes.hgetall(*keys)
+                else:
+                    pipe = self.cache.client.pipeline(transaction=False)
+                    for key in keys:
+                        pipe.hgetall(key)
+                    fields, atp = await pipe.execute()
             except Exception:  # Redis down: read_availability falls back to Cassandra
                 fields, atp = None, None
             if fields and fields.get("complete") == "1":
