@@ -18,6 +18,8 @@ import struct
 RECENT_EVENTS_MAX = 8
 _ENTRY = struct.Struct("<QQ")
 ENTRY_SIZE = _ENTRY.size
+# A whole memory of n entries in one unpack, (digest, ms, digest, ms, ...), for n <= the max.
+_MEMORY = tuple(struct.Struct("<" + "QQ" * n) for n in range(RECENT_EVENTS_MAX + 1))
 
 
 def event_hash(event_id: str) -> int:
@@ -51,6 +53,14 @@ def remember(recent: bytes, digest: int, now_ms: int, ttl_ms: int,
     if not recent:  # the common case of a key's first event
         return _ENTRY.pack(digest, now_ms)
     oldest = now_ms - ttl_ms  # an entry at or before this has expired
+    count, rest = divmod(len(recent), ENTRY_SIZE)
+    if count < len(_MEMORY) and not rest:
+        flat = _MEMORY[count].unpack(recent)
+        if min(flat[1::2]) > oldest and digest not in flat[0::2]:
+            # The common case of a key's later events: nothing to prune, so the bytes are
+            # kept as they are, less the oldest entries beyond the limit (about half the
+            # cost of unpacking and re-packing every entry).
+            return recent[max(0, count + 1 - limit) * ENTRY_SIZE:] + _ENTRY.pack(digest, now_ms)
     kept = [e for e in _ENTRY.iter_unpack(recent) if e[1] > oldest and e[0] != digest]
     if len(kept) >= limit:
         kept = kept[len(kept) - limit + 1:]

@@ -71,3 +71,29 @@ def test_pruning_and_lookup_agree_on_the_boundary() -> None:
         assert expired(1_000, now, TTL) is (not is_duplicate(1_000, now, TTL))
     assert not expired(1_000, 1_000 + TTL - 1, TTL)
     assert expired(1_000, 1_000 + TTL, TTL)
+
+
+def _remember_by_entries(recent: bytes, digest: int, now_ms: int, ttl_ms: int,
+                         limit: int = RECENT_EVENTS_MAX) -> bytes:
+    # The rule entry by entry, as remember() states it: the reference for its fast path.
+    kept = [(h, t) for h, t in entries(recent) if now_ms - t < ttl_ms and h != digest]
+    kept = kept[max(0, len(kept) - limit + 1):]
+    return b"".join(h.to_bytes(8, "little") + t.to_bytes(8, "little")
+                    for h, t in [*kept, (digest, now_ms)])
+
+
+def test_remember_keeps_the_rule_on_every_path() -> None:
+    # Full, partly expired, repeated and out-of-order memories, against the rule itself.
+    import random
+
+    rng = random.Random(5)
+    digests = [event_hash(f"e{i}") for i in range(12)]
+    for _ in range(3000):
+        digest, now = rng.choice(digests), rng.randrange(TTL, 4 * TTL)
+        # Times on both sides of the TTL's boundary, and anywhere.
+        times = (now - TTL, now - TTL + 1, rng.randrange(0, 3 * TTL))
+        recent = b"".join(d.to_bytes(8, "little") + rng.choice(times).to_bytes(8, "little")
+                          for d in rng.sample(digests, rng.randrange(0, RECENT_EVENTS_MAX + 1)))
+        limit = rng.choice((1, 2, RECENT_EVENTS_MAX))
+        assert remember(recent, digest, now, TTL, limit) == \
+            _remember_by_entries(recent, digest, now, TTL, limit), (recent.hex(), digest, now)
