@@ -5,7 +5,7 @@ that costs about 130 µs of CPU on the 2-core machine (a pool checkout, a lock, 
 object per reply, the command and response-callback machinery), most of what the API spends
 on a read besides HTTP; written as one RESP buffer on a connection of its own and parsed by
 hiredis, about 20 µs. Every read in flight shares the connection: requests are written in
-order and Redis answers in order, so each reply resolves the oldest waiting future.
+order and Redis answers in order, so the replies fill the oldest waiting read's batch.
 
 A reply that does not come within `timeout_s` (or a lost connection) fails every read in
 flight with CacheError and drops the connection; the next read opens a new one. The
@@ -35,11 +35,12 @@ def resp_command(*args: str) -> bytes:
 
 
 class _Replies(asyncio.Protocol):
-    """Feeds what Redis sends to hiredis; each complete reply resolves the oldest future."""
+    """Feeds what Redis sends to hiredis; the replies fill the oldest batch in `waiting`
+    (a future, the replies so far, how many it takes: one future per read, not per reply)."""
 
     def __init__(self) -> None:
         self.parser = hiredis.Reader(encoding="utf-8")
-        self.waiting: deque[asyncio.Future[Any]] = deque()
+        self.waiting: deque[tuple[asyncio.Future[list[Any]], list[Any], int]] = deque()
         self.transport: asyncio.Transport | None = None
         self.closed = False
 
@@ -59,16 +60,19 @@ class _Replies(asyncio.Protocol):
                 return
             if reply is False:
                 return
-            future = self.waiting.popleft()
-            # A cancelled read keeps its place until its reply: the order stays right.
-            if not future.done():
-                future.set_result(reply)
+            future, replies, expected = self.waiting[0]
+            replies.append(reply)
+            if len(replies) == expected:
+                self.waiting.popleft()
+                # A cancelled read keeps its place until its replies: the order stays right.
+                if not future.done():
+                    future.set_result(replies)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         error = CacheError(f"Redis connection lost: {exc or 'closed by the server'}")
         while self.waiting:
-            future = self.waiting.popleft()
+            future = self.waiting.popleft()[0]
             if not future.done():
                 future.set_exception(error)
 
@@ -76,7 +80,7 @@ class _Replies(asyncio.Protocol):
         """Fail every read in flight and drop the connection (its replies are out of step)."""
         self.closed = True
         while self.waiting:
-            future = self.waiting.popleft()
+            future = self.waiting.popleft()[0]
             if not future.done():
                 future.set_exception(error)
         if self.transport is not None:
@@ -114,7 +118,7 @@ class HashReader:
         conn = self._conn
         if conn is None or conn.closed:
             conn = await self._connect()
-        replies = await self._send(conn, b"".join(resp_command("HGETALL", k) for k in keys),
+        replies = await self._send(conn, b"".join([resp_command("HGETALL", k) for k in keys]),
                                    len(keys))
         hashes = []
         for reply in replies:
@@ -130,18 +134,18 @@ class HashReader:
 
     async def _send(self, conn: _Replies, data: bytes, replies: int) -> list[Any]:
         loop = asyncio.get_running_loop()
-        futures = [loop.create_future() for _ in range(replies)]
-        conn.waiting.extend(futures)
+        future: asyncio.Future[list[Any]] = loop.create_future()
+        conn.waiting.append((future, [], replies))
         assert conn.transport is not None
         conn.transport.write(data)
-        timer = loop.call_later(self.timeout_s, self._expire, conn, futures[-1])
+        timer = loop.call_later(self.timeout_s, self._expire, conn, future)
         try:
-            return [await future for future in futures]
+            return await future
         finally:
             timer.cancel()
 
-    def _expire(self, conn: _Replies, last: asyncio.Future[Any]) -> None:
-        if not last.done():
+    def _expire(self, conn: _Replies, future: asyncio.Future[list[Any]]) -> None:
+        if not future.done():
             conn.fail(CacheError(f"no Redis reply within {self.timeout_s} s"))
 
     async def _connect(self) -> _Replies:
