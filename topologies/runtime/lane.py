@@ -78,6 +78,7 @@ class Lane:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
+        self._failed = False  # what is open may be half a batch: never commit it
         self._gone = threading.Event()  # the lane serves no more requests
 
     # -- set-up ------------------------------------------------------------------------------
@@ -112,7 +113,7 @@ class Lane:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._task
         with contextlib.suppress(Exception):
-            await self._blocking(self._close, commit)
+            await self._blocking(self._close, commit and not self._failed)
         self._executor.shutdown(wait=True)
 
     def _close(self, commit: bool) -> None:
@@ -142,7 +143,7 @@ class Lane:
         done = threading.Event()
         self._request("release", tps, commit=commit, done=done)
         while not done.wait(0.1):
-            if self._gone.is_set():  # stopped meanwhile: its close released everything
+            if self._gone.is_set():  # stopped or failed meanwhile: the worker is stopping
                 return
 
     def _request(self, kind: str, tps: set[tuple[str, int]], *, commit: bool,
@@ -210,6 +211,20 @@ class Lane:
         return future.result()
 
     async def _run(self) -> None:
+        try:
+            await self._loop_until_stopped()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # e.g. the rewind after a failed batch failed too
+            self._failed = True
+            log.critical("lane.failed", lane=self.name, error=f"{type(exc).__name__}: {exc}",
+                         exc_info=True)
+            await self.runtime.crash(exc)
+        finally:
+            # A rebalance callback waiting for this lane must not wait for ever.
+            self._gone.set()
+
+    async def _loop_until_stopped(self) -> None:
         s = self.runtime.settings
         failures = 0
         assert self._wake is not None
@@ -230,6 +245,7 @@ class Lane:
                 raise
             except Exception as exc:
                 if isinstance(exc, FatalRuntimeError) or is_fatal(exc):
+                    self._failed = True
                     log.critical("lane.fatal", lane=self.name, error=str(exc), exc_info=True)
                     await self.runtime.crash(exc)
                     return
@@ -240,6 +256,7 @@ class Lane:
                           retry_in_s=delay, exc_info=True)
                 await self._blocking(self._abort_and_rewind)
                 if failures >= s.batch_max_failures:
+                    self._failed = True
                     log.critical("lane.giving_up", lane=self.name, failures=failures)
                     await self.runtime.crash(exc)
                     return
