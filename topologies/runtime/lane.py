@@ -118,7 +118,7 @@ class Lane:
 
     def _close(self, commit: bool) -> None:
         try:
-            self._release_now(set(self.assignment), commit=commit)
+            self._release_now(set(self.assignment), commit=commit, going_on=False)
         finally:
             self._gone.set()
             deadlines = self.runtime.deadlines
@@ -176,7 +176,8 @@ class Lane:
             self.consumer.assign([TopicPartition(t, p) for t, p in sorted(self.assignment)])
         log.info("lane.partitions_assigned", lane=self.name, partitions=len(self.assignment))
 
-    def _release_now(self, tps: set[tuple[str, int]], commit: bool) -> None:
+    def _release_now(self, tps: set[tuple[str, int]], commit: bool,
+                     going_on: bool = True) -> None:
         from confluent_kafka import TopicPartition
 
         mine = tps & self.assignment
@@ -186,7 +187,8 @@ class Lane:
             self._commit_or_abort()
         else:
             self._abort_local()
-            self._replace_producer()
+            if going_on:  # lost: the producer may still hold the lost coordinator
+                self._replace_producer()
         self.assignment -= mine
         for tp in mine:
             self.positions.pop(tp, None)
