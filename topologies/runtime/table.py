@@ -110,13 +110,16 @@ class BatchTable(FaustTable):
 
     def _evict(self, part: PartitionState) -> None:
         # Least recently written (or loaded) first; dirty values stay until their commit.
+        # A table written by one loop can be read by another's agent (the reservation lane
+        # reads `availability`) while its commit runs on a Kafka thread: both may evict at
+        # once, so a key already gone is no error.
         target = int(self.cache_keys * 0.8)
         values, dirty = part.values, part.dirty
         for key in list(values):
             if len(values) <= target:
                 break
             if key not in dirty:
-                del values[key]
+                values.pop(key, None)
 
     # -- commit --------------------------------------------------------------------------
     def has_changes(self) -> bool:
