@@ -92,9 +92,9 @@ class HashReader:
 
     def __init__(self, url: str, *, timeout_s: float) -> None:
         parts = urlsplit(url)
-        if parts.scheme != "redis" or not parts.hostname:
-            raise ValueError(f"HashReader takes redis://host:port/db URLs, not {parts.scheme}")
-        self.host = parts.hostname
+        if not self.supports(url):
+            raise ValueError("HashReader takes redis://[user:password@]host:port/db URLs")
+        self.host: str = parts.hostname or ""  # supports() checked there is one
         self.port = parts.port or 6379
         self.timeout_s = timeout_s
         self._setup: list[bytes] = []
@@ -109,9 +109,10 @@ class HashReader:
 
     @classmethod
     def supports(cls, url: str) -> bool:
-        """Whether a URL is one this reader speaks (plain TCP; TLS and sockets are not)."""
+        """Whether a URL is one this reader speaks: plain TCP with no query options (TLS,
+        sockets and `?db=`-style options stay with redis-py)."""
         parts = urlsplit(url)
-        return parts.scheme == "redis" and bool(parts.hostname)
+        return parts.scheme == "redis" and bool(parts.hostname) and not parts.query
 
     async def hgetall(self, *keys: str) -> list[dict[str, str]]:
         """The hashes of `keys` ({} for a missing key), in one write and one round trip."""
@@ -133,6 +134,8 @@ class HashReader:
         self._conn = None
 
     async def _send(self, conn: _Replies, data: bytes, replies: int) -> list[Any]:
+        if conn.closed:  # lost while this read waited for the connection to open
+            raise CacheError("Redis connection lost")
         loop = asyncio.get_running_loop()
         future: asyncio.Future[list[Any]] = loop.create_future()
         conn.waiting.append((future, [], replies))

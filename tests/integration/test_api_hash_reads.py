@@ -150,3 +150,4 @@ def test_error_replies_and_another_database(url: str, keys: tuple[redis.Redis, s
         other.close()
     assert not HashReader.supports("rediss://127.0.0.1:6379/0")
     assert not HashReader.supports("unix:///tmp/redis.sock")
+    assert not HashReader.supports("redis://127.0.0.1:6379?db=1")
