@@ -45,8 +45,10 @@ log = get_logger(__name__)
 reservations = avro_table("reservations", "ReservationState",
                           help="holds, confirmed sales and answers per platform_sku")
 commands = InputBatches(app, topic=settings.topic(RESERVATION_COMMANDS.name),
-                        table=reservations, own_lane=settings.reservation_lane == "own",
-                        commit_first=settings.reservation_lane == "first")
+                        table=reservations,
+                        lane="reservations" if settings.reservation_lane == "own" else "",
+                        # at-least-once has no lanes: there, decided and committed first
+                        commit_first=settings.reservation_lane in ("own", "first"))
 
 DECISIONS_TOPIC = settings.topic(RESERVATION_DECISIONS.name)
 ORDERS_TOPIC = settings.topic(ORDERS.name)

@@ -21,7 +21,7 @@ class InputBatches(Channel):
     """The in-memory channel through which the runtime hands an agent its topic's batches."""
 
     def __init__(self, app: Any, *, topic: str, table: Any | None = None,
-                 enabled: bool = True, commit_first: bool = False, own_lane: bool = False,
+                 enabled: bool = True, commit_first: bool = False, lane: str = "",
                  **kwargs: Any) -> None:
         super().__init__(app, **kwargs)
         self.topic_name = topic
@@ -30,14 +30,14 @@ class InputBatches(Channel):
         # True: a poll's records of this topic are handled and committed before the others
         # (their outputs are awaited by someone, e.g. a hold's decision by a shopper).
         self.commit_first = commit_first
-        # True: under exactly-once the topic is consumed and committed by a lane of its own
-        # (topologies/runtime/lane.py), apart from the worker's main loop.
-        self.own_lane = own_lane
+        # A name: under exactly-once the topic is consumed and committed by the lane of that
+        # name (topologies/runtime/lane.py), apart from the worker's main loop.
+        self.lane = lane
 
     def _clone_args(self) -> dict[str, Any]:
         return {**super()._clone_args(), "topic": self.topic_name, "table": self.table,
                 "enabled": self.enabled, "commit_first": self.commit_first,
-                "own_lane": self.own_lane}
+                "lane": self.lane}
 
 
 class Send(Protocol):

@@ -58,11 +58,11 @@ POLL_WAIT_S = 0.05  # a release request waits at most this long for the poll und
 class Lane:
     """Topics of a worker consumed and committed apart from its main loop (module docstring)."""
 
-    def __init__(self, runtime: Any, routes: dict[str, InputBatches]) -> None:
+    def __init__(self, runtime: Any, name: str, routes: dict[str, InputBatches]) -> None:
         self.runtime = runtime
+        self.name = name
         self.routes = routes
         self.tables: list[BatchTable] = [c.table for c in routes.values() if c.table is not None]
-        self.name = "+".join(sorted(routes))
         self.consumer: Any = None
         self.producer: Any = None
         self.assignment: set[tuple[str, int]] = set()
@@ -70,7 +70,7 @@ class Lane:
         self.in_txn = False
         self.commits = 0
         self.aborts = 0
-        self._executor = ThreadPoolExecutor(1, thread_name_prefix="stockflow-kafka-lane")
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix=f"stockflow-kafka-{name}")
         self._changelog_next: dict[tuple[str, int], int] = {}
         self._requests: queue.SimpleQueue[tuple[str, set[tuple[str, int]], bool,
                                                 threading.Event | None]] = queue.SimpleQueue()
@@ -101,7 +101,7 @@ class Lane:
         self._loop = asyncio.get_running_loop()
         self._wake = asyncio.Event()
         self.consumer = Consumer(self._consumer_config())
-        self.producer = await self._blocking(self.runtime._new_producer, "lane")
+        self.producer = await self._blocking(self.runtime._new_producer, self.name)
         self._task = asyncio.ensure_future(self._run())
 
     async def stop(self, *, commit: bool) -> None:
@@ -410,7 +410,7 @@ class Lane:
         from confluent_kafka import KafkaException
 
         try:
-            producer = self.runtime._new_producer("lane")
+            producer = self.runtime._new_producer(self.name)
         except KafkaException as exc:
             log.warning("lane.producer_not_replaced", lane=self.name, error=str(exc.args[0]))
             return

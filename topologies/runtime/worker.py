@@ -130,8 +130,6 @@ _STALE_METADATA = _stale_metadata_codes()
 class BatchRuntime(Service):
     """Consume, hand batches to the agents, commit exactly once; see the module docstring."""
 
-    lane: Lane | None = None  # the topics consumed and committed apart (lane.py), if any
-
     def __init__(self, app: Any, settings: Any, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.app = app
@@ -144,6 +142,8 @@ class BatchRuntime(Service):
         self.tables_by_topic: dict[str, BatchTable] = {}  # every routed table, lanes' too
         self.tables: list[BatchTable] = []  # the tables the main loop commits
         self.all_tables: list[BatchTable] = []
+        self.lanes: dict[str, Lane] = {}  # topics consumed and committed apart (lane.py)
+        self.lane_topics: dict[str, Lane] = {}
         self.consumer: Any = None
         self.producer: Any = None
         self.restorer: Any = None
@@ -174,22 +174,22 @@ class BatchRuntime(Service):
     # -- set-up ------------------------------------------------------------------------------
     def discover_routes(self) -> None:
         """The agents fed by this runtime: every agent whose channel is an InputBatches."""
-        lane_routes: dict[str, InputBatches] = {}
+        lane_routes: dict[str, dict[str, InputBatches]] = {}
         for agent in self.app.agents.values():
             channel = agent.channel
             if isinstance(channel, InputBatches) and channel.enabled:
                 self.routes[channel.topic_name] = channel
-                if channel.own_lane and self.exactly_once:
-                    lane_routes[channel.topic_name] = channel
-                elif channel.commit_first or channel.own_lane:
+                if channel.lane and self.exactly_once:
+                    lane_routes.setdefault(channel.lane, {})[channel.topic_name] = channel
+                elif channel.commit_first:
                     self.commit_first.add(channel.topic_name)
                 if channel.table is not None:
                     self.tables_by_topic[channel.topic_name] = channel.table
-        if lane_routes:
-            self.lane = Lane(self, lane_routes)
+        self.lanes = {name: Lane(self, name, routes) for name, routes in lane_routes.items()}
+        self.lane_topics = {t: lane for lane in self.lanes.values() for t in lane.routes}
         self.all_tables = list(self.tables_by_topic.values())
         # By identity: a table is a Mapping, whose == compares contents.
-        lane_tables = {id(t) for t in self.lane.tables} if self.lane is not None else set()
+        lane_tables = {id(t) for lane in self.lanes.values() for t in lane.tables}
         self.tables = [t for t in self.all_tables if id(t) not in lane_tables]
         for table in self.all_tables:
             table.tabledir = self.settings.tables_dir
@@ -276,12 +276,12 @@ class BatchRuntime(Service):
         # Faust's queues start suspended until its own consumer is assigned: this runtime
         # is the consumer.
         self.app.flow_control.resume()
-        if self.lane is not None:
-            await self.lane.start()
+        for lane in self.lanes.values():
+            await lane.start()
         self._loop_task = asyncio.ensure_future(self._run())
         log.info("runtime.started", topics=sorted(self.routes),
                  tables=[t.name for t in self.all_tables], exactly_once=self.exactly_once,
-                 lane=sorted(self.lane.routes) if self.lane is not None else [],
+                 lanes={name: sorted(lane.routes) for name, lane in self.lanes.items()},
                  transactional_id=self._transactional_id if self.exactly_once else None)
 
     def _create_topics(self) -> None:
@@ -326,8 +326,8 @@ class BatchRuntime(Service):
             self._loop_task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._loop_task
-        if self.lane is not None:  # before the main consumer leaves the group
-            await self.lane.stop(commit=self._fatal is None)
+        for lane in self.lanes.values():  # before the main consumer leaves the group
+            await lane.stop(commit=self._fatal is None)
         await self._blocking(self._close)
         self.deadlines.stop()
         self._executor.shutdown(wait=True)
@@ -355,7 +355,7 @@ class BatchRuntime(Service):
             for table in self.all_tables:
                 table.close_all()
         log.info("runtime.stopped", commits=self.commits, aborts=self.aborts,
-                 lane_commits=self.lane.commits if self.lane is not None else 0)
+                 lane_commits={name: lane.commits for name, lane in self.lanes.items()})
 
     def _abort_on_fatal(self) -> None:
         from confluent_kafka import KafkaException
@@ -655,8 +655,8 @@ class BatchRuntime(Service):
         self.rebalancing = True
         self.ready = False
         revoked = {(tp.topic, tp.partition) for tp in partitions}
-        if self.lane is not None:  # its commit, with this generation's group metadata
-            self.lane.release(revoked, commit=True)
+        for lane in self.lanes.values():  # its commit, with this generation's group metadata
+            lane.release(revoked, commit=True)
         if self.in_txn or self.positions or any(t.has_changes() for t in self.tables):
             self._commit_or_abort()
         self._release(revoked)
@@ -677,8 +677,8 @@ class BatchRuntime(Service):
         self.rebalancing = True
         self.ready = False
         lost = {(tp.topic, tp.partition) for tp in partitions}
-        if self.lane is not None:
-            self.lane.release(lost, commit=False)
+        for lane in self.lanes.values():
+            lane.release(lost, commit=False)
         self._abort_and_rewind_local()
         if self.exactly_once:
             self._replace_producer()
@@ -748,16 +748,18 @@ class BatchRuntime(Service):
             self._topic_ids = {}
         restored = self._restore([(self.tables_by_topic[tp.topic], tp.partition)
                                   for tp in partitions if tp.topic in self.tables_by_topic])
-        lane = self.lane
-        mine = [tp for tp in partitions if lane is None or tp.topic not in lane.routes]
-        if lane is not None and len(mine) < len(partitions):
-            # The lane's partitions stay assigned to this member (the group's range
+        lane_topics = self.lane_topics
+        mine = [tp for tp in partitions if tp.topic not in lane_topics]
+        if len(mine) < len(partitions):
+            # The lanes' partitions stay assigned to this member (the group's range
             # assignment keeps them with the partitions whose tables they read) but are
-            # paused here: the lane's own consumer reads them.
-            theirs = [tp for tp in partitions if tp.topic in lane.routes]
+            # paused here: each lane's own consumer reads them.
+            theirs = [tp for tp in partitions if tp.topic in lane_topics]
             self.consumer.assign(partitions)  # what librdkafka does after this callback
             self.consumer.pause(theirs)
-            lane.assign({(tp.topic, tp.partition) for tp in theirs})
+            for lane in self.lanes.values():
+                lane.assign({(tp.topic, tp.partition) for tp in theirs
+                             if tp.topic in lane.routes})
         self.assignment |= {(tp.topic, tp.partition) for tp in mine}
         self.rebalancing = False
         if not self.ready and self.rebalances == 1:

@@ -141,7 +141,7 @@ def test_a_worker_stopped_by_a_fatal_error_aborts_instead_of_committing() -> Non
                                  changelog_name="app-stock-changelog", changed=lambda: [],
                                  discard_uncommitted=lambda: discarded.append(1) or 1,
                                  close_all=lambda: closed.append("tables"))]
-    rt.all_tables, rt.lane = rt.tables, None
+    rt.all_tables, rt.lanes = rt.tables, {}
     rt.positions, rt.in_txn = {("inventory.deltas", 0): 42}, True
     rt._fatal = worker.FatalRuntimeError("fatal consumer error: FENCED_INSTANCE_ID")
     rt._close()
@@ -198,6 +198,7 @@ def _lost_runtime() -> tuple[BatchRuntime, _Producer]:
     rt, _ = _runtime(margin_s=1.0)
     rt.rebalancing, rt.ready = False, True
     rt.tables_by_topic, rt.processed = {}, {("inventory.deltas", 0): 42}
+    rt.lanes = {}
     rt.assignment = {("inventory.deltas", 0)}
     rt.positions, rt.in_txn = {("inventory.deltas", 0): 42}, True
     old = _Producer()

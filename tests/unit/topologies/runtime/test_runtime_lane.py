@@ -41,7 +41,9 @@ class FakeConsumer:
 def _runtime(events: list[Any]) -> BatchRuntime:
     rt = BatchRuntime.__new__(BatchRuntime)
     rt.deadlines = CallDeadlines(15.0, lambda *_: None)
-    rt.lane = FakeLane(events)  # type: ignore[assignment]
+    lane = FakeLane(events)
+    rt.lanes = {"reservations": lane}  # type: ignore[dict-item]
+    rt.lane_topics = {"commands": lane}  # type: ignore[dict-item]
     rt.consumer = FakeConsumer(events)
     rt.tables, rt.all_tables, rt.tables_by_topic = [], [], {}
     rt.assignment, rt.positions, rt.processed, rt.committed = set(), {}, {}, {}
@@ -94,7 +96,7 @@ def test_a_lost_assignment_has_the_lane_abort() -> None:
 def test_without_a_lane_the_assignment_is_left_to_librdkafka() -> None:
     events: list[Any] = []
     rt = _runtime(events)
-    rt.lane = None
+    rt.lanes, rt.lane_topics = {}, {}
     rt._on_assign_body(PARTITIONS)
     assert events == []  # no assign/pause of our own: librdkafka assigns after the callback
     assert rt.assignment == {(p.topic, p.partition) for p in PARTITIONS}
@@ -105,15 +107,15 @@ def test_the_lane_is_used_only_under_exactly_once() -> None:
 
     channel = InputBatches.__new__(InputBatches)  # its attributes only, no Faust app
     channel.topic_name, channel.table, channel.enabled = "commands", None, True
-    channel.own_lane, channel.commit_first = True, False
+    channel.lane, channel.commit_first = "reservations", True
     for exactly_once, lane in ((True, True), (False, False)):
         rt = BatchRuntime.__new__(BatchRuntime)
         rt.app = SimpleNamespace(agents={"reserve": SimpleNamespace(channel=channel)})
         rt.settings = SimpleNamespace(tables_dir=None)
         rt.exactly_once = exactly_once
         rt.routes, rt.commit_first, rt.tables_by_topic = {}, set(), {}
-        rt.lane = None
+        rt.lanes, rt.lane_topics = {}, {}
         rt.discover_routes()
-        assert (rt.lane is not None) is lane
+        assert bool(rt.lanes) is lane
         # At-least-once: the topic stays in the main loop, decided and committed first.
         assert rt.commit_first == (set() if lane else {"commands"})
