@@ -30,13 +30,12 @@ import asyncio
 import contextlib
 import queue
 import threading
-import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from pipeline.log import get_logger
-from topologies.runtime.batches import Batch, InputBatches
+from topologies.runtime.batches import InputBatches
 from topologies.runtime.table import BatchTable
 from topologies.runtime.txn import (
     ABORT_TIMEOUT_S,
@@ -44,10 +43,14 @@ from topologies.runtime.txn import (
     EXIT_STUCK,
     OFFSETS_TIMEOUT_S,
     REQUEST_TIMEOUT_S,
+    ChangelogOffsets,
     FatalRuntimeError,
+    consume_ready,
+    hand_out,
     is_fatal,
     persist_committed,
     send_table_changes,
+    usable_records,
 )
 
 log = get_logger("stockflow.runtime.lane")
@@ -71,7 +74,7 @@ class Lane:
         self.commits = 0
         self.aborts = 0
         self._executor = ThreadPoolExecutor(1, thread_name_prefix=f"stockflow-kafka-{name}")
-        self._changelog_next: dict[tuple[str, int], int] = {}
+        self._changelog_next = ChangelogOffsets()
         self._requests: queue.SimpleQueue[tuple[str, set[tuple[str, int]], bool,
                                                 threading.Event | None]] = queue.SimpleQueue()
         self._wake: asyncio.Event | None = None
@@ -265,42 +268,12 @@ class Lane:
                 await asyncio.sleep(delay)
 
     def _poll(self, max_records: int) -> list[Any]:
-        from confluent_kafka import KafkaError
-
-        consumer = self.consumer
-        with self.runtime.deadlines.call("lane.consume", POLL_WAIT_S):
-            msgs = consumer.consume(num_messages=max_records, timeout=0)
-            if not msgs:  # wait for the first record, not for max_records of them
-                msgs = consumer.consume(num_messages=1, timeout=POLL_WAIT_S)
-                if msgs and max_records > 1:
-                    msgs += consumer.consume(num_messages=max_records - 1, timeout=0)
-        good = []
-        assignment = self.assignment
-        for msg in msgs:
-            err = msg.error()
-            if err is not None:
-                if err.fatal() or err.code() == KafkaError._FATAL:
-                    raise FatalRuntimeError(f"fatal consumer error: {err}")
-                log.warning("lane.consume_error", lane=self.name, error=str(err))
-                continue
-            if (msg.topic(), msg.partition()) in assignment:
-                good.append(msg)
-        return good
+        with self.runtime.deadlines.call(f"{self.name}.consume", POLL_WAIT_S):
+            msgs = consume_ready(self.consumer, max_records, POLL_WAIT_S)
+        return usable_records(msgs, self.assignment, self.name) if msgs else []
 
     async def _process(self, msgs: list[Any]) -> None:
-        by_topic: dict[str, list[Any]] = {}
-        for msg in msgs:
-            by_topic.setdefault(msg.topic(), []).append(msg)
-        now_ms = int(time.time() * 1000)
-        batches = []
-        for topic, records in by_topic.items():
-            batch = Batch(topic=topic, records=records, send=self._send, now_ms=now_ms)
-            await self.routes[topic].put(batch)  # type: ignore[arg-type]  # a Batch is the event
-            batches.append(batch)
-        results = await asyncio.gather(*(b.done for b in batches), return_exceptions=True)
-        for result in results:
-            if isinstance(result, BaseException):
-                raise result
+        await hand_out(self.routes, msgs, self._send)
         for msg in msgs:
             self.positions[(msg.topic(), msg.partition())] = msg.offset() + 1
 
@@ -324,13 +297,6 @@ class Lane:
                 producer.poll(0.05)
 
     # -- commit --------------------------------------------------------------------------------
-    def _on_changelog_delivery(self, err: Any, msg: Any) -> None:
-        if err is None:
-            key = (msg.topic(), msg.partition())
-            nxt = msg.offset() + 1
-            if nxt > self._changelog_next.get(key, 0):
-                self._changelog_next[key] = nxt
-
     def _commit(self) -> None:
         """The worker's commit protocol (topologies/runtime/worker.py) for the lane's own
         outputs, tables and offsets; raises KafkaException if it fails."""
@@ -338,7 +304,7 @@ class Lane:
 
         producer = self.producer
         deadlines = self.runtime.deadlines
-        written = send_table_changes(producer, self.tables, self._on_changelog_delivery)
+        written = send_table_changes(producer, self.tables, self._changelog_next.on_delivery)
         offsets = [TopicPartition(t, p, o) for (t, p), o in self.positions.items()]
         if (written or offsets) and not self.in_txn:
             producer.begin_transaction()

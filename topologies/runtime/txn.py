@@ -1,12 +1,14 @@
 """The pieces of a worker's Kafka transactions that the main loop and its lanes share.
 
 The timeouts of librdkafka's blocking calls and the deadlines they run under, the runtime's
-errors, and commit steps 1 and 4 of the protocol in topologies/runtime/worker.py (a table's
-changes to its changelog inside the transaction; after it committed, to RocksDB).
+errors, a poll, handing a poll's records to the agents, and commit steps 1 and 4 of the
+protocol in topologies/runtime/worker.py (a table's changes to its changelog inside the
+transaction; after it committed, to RocksDB).
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import math
 import threading
@@ -15,7 +17,11 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from pipeline.errors import StockflowError
+from pipeline.log import get_logger
+from topologies.runtime.batches import Batch, InputBatches, Send
 from topologies.runtime.table import BatchTable
+
+log = get_logger("stockflow.runtime")
 
 # The timeouts given to librdkafka's blocking calls. Each call also runs under a deadline of
 # its timeout plus kafka_call_margin_s (CallDeadlines). A legitimate send_offsets_to_transaction
@@ -165,3 +171,73 @@ def persist_committed(written: Written, changelog_next: dict[tuple[str, int], in
         # The transaction committed: these values are in the changelog, and a store that
         # missed them must be restored from it, which a restart does.
         raise FatalRuntimeError(f"writing committed table values to RocksDB: {exc}") from exc
+
+
+class ChangelogOffsets(dict[tuple[str, int], int]):
+    """The next offset of each changelog partition, from the changelog sends' delivery reports
+    (the offset a store records with the values it was written)."""
+
+    def on_delivery(self, err: Any, msg: Any) -> None:
+        if err is None:
+            key = (msg.topic(), msg.partition())
+            nxt = msg.offset() + 1
+            if nxt > self.get(key, 0):
+                self[key] = nxt
+
+
+def consume_ready(consumer: Any, max_records: int, max_wait_s: float) -> list[Any]:
+    """Up to max_records records: what is fetched already, else the first record to arrive
+    within max_wait_s and what came with it. consume(n, t) itself returns only at n records
+    or after the whole t: at low rates every record would wait up to t in the consumer."""
+    msgs: list[Any] = consumer.consume(num_messages=max_records, timeout=0)
+    if not msgs:
+        msgs = consumer.consume(num_messages=1, timeout=max_wait_s)
+        if msgs and max_records > 1:
+            msgs += consumer.consume(num_messages=max_records - 1, timeout=0)
+    return msgs
+
+
+def usable_records(msgs: list[Any], assignment: set[tuple[str, int]], where: str) -> list[Any]:
+    """The records of assigned partitions; a fatal consumer error stops the worker, any other
+    error is logged and skipped."""
+    from confluent_kafka import KafkaError
+
+    good = []
+    for msg in msgs:
+        err = msg.error()
+        if err is not None:
+            # A fatal error reaches consume() as a message error of code _FATAL whose
+            # fatal() is False (confluent-kafka sets the flag only on error events).
+            if err.fatal() or err.code() == KafkaError._FATAL:
+                # e.g. FENCED_INSTANCE_ID: another process took this static member's
+                # place. The consumer cannot go on; a restart (the supervisor's) can.
+                raise FatalRuntimeError(f"fatal consumer error: {err}")
+            log.warning("runtime.consume_error", where=where, error=str(err))
+            continue
+        if (msg.topic(), msg.partition()) in assignment:
+            good.append(msg)
+    return good
+
+
+async def hand_out(routes: dict[str, InputBatches], msgs: list[Any], send: Send) -> None:
+    """One Batch per input topic of the poll to its agent; returns when every agent is done.
+    The agents of different topics share no table: they run at once, so one agent's CPU work
+    overlaps another's wait for Cassandra or Redis; their outputs join the same transaction."""
+    by_topic: dict[str, list[Any]] = {}
+    for msg in msgs:
+        topic = msg.topic()
+        records = by_topic.get(topic)
+        if records is None:
+            by_topic[topic] = [msg]
+        else:
+            records.append(msg)
+    now_ms = int(time.time() * 1000)
+    batches = []
+    for topic, records in by_topic.items():
+        batch = Batch(topic=topic, records=records, send=send, now_ms=now_ms)
+        await routes[topic].put(batch)  # type: ignore[arg-type]  # a Batch is the event
+        batches.append(batch)
+    results = await asyncio.gather(*(b.done for b in batches), return_exceptions=True)
+    for result in results:
+        if isinstance(result, BaseException):
+            raise result

@@ -47,7 +47,7 @@ from typing import Any
 from mode import Service
 
 from pipeline.log import get_logger
-from topologies.runtime.batches import Batch, InputBatches
+from topologies.runtime.batches import InputBatches
 from topologies.runtime.lane import Lane
 from topologies.runtime.table import BatchTable
 from topologies.runtime.txn import (
@@ -59,11 +59,15 @@ from topologies.runtime.txn import (
     REQUEST_TIMEOUT_S,
     WATERMARKS_TIMEOUT_S,
     CallDeadlines,
+    ChangelogOffsets,
     FatalRuntimeError,
     WorkerRuntimeError,
+    consume_ready,
+    hand_out,
     is_fatal,
     persist_committed,
     send_table_changes,
+    usable_records,
 )
 
 log = get_logger("stockflow.runtime")
@@ -158,7 +162,7 @@ class BatchRuntime(Service):
         self.rebalances = 0
         self.commits = 0
         self.aborts = 0
-        self._changelog_next: dict[tuple[str, int], int] = {}
+        self._changelog_next = ChangelogOffsets()
         self._topic_ids: dict[str, str] = {}
         self._transactional_id = ""
         self._stopping = False
@@ -445,19 +449,8 @@ class BatchRuntime(Service):
                 await asyncio.sleep(delay)
 
     def _poll(self, max_records: int, max_wait_s: float) -> list[Any]:
-        from confluent_kafka import KafkaError
-
-        consumer = self.consumer
         with self.deadlines.call("consume", max_wait_s):
-            # consume(n, t) returns only at n records or after the whole t: at low rates every
-            # record would wait up to batch_max_wait_s in the consumer. So: take what is
-            # fetched already; if nothing is, wait for the first record (not for n of them)
-            # and take what came with it.
-            msgs = consumer.consume(num_messages=max_records, timeout=0)
-            if not msgs:
-                msgs = consumer.consume(num_messages=1, timeout=max_wait_s)
-                if msgs and max_records > 1:
-                    msgs += consumer.consume(num_messages=max_records - 1, timeout=0)
+            msgs = consume_ready(self.consumer, max_records, max_wait_s)
         error, self._callback_error = self._callback_error, None
         if error is not None:
             # A rebalance callback failed (inside consume): the assignment is not usable.
@@ -465,50 +458,13 @@ class BatchRuntime(Service):
                 from error
         if not msgs:
             return []
-        assignment = self.assignment
-        good = []
-        for msg in msgs:
-            err = msg.error()
-            if err is not None:
-                # A fatal error reaches consume() as a message error of code _FATAL whose
-                # fatal() is False (confluent-kafka sets the flag only on error events).
-                if err.fatal() or err.code() == KafkaError._FATAL:
-                    # e.g. FENCED_INSTANCE_ID: another process took this static member's
-                    # place. The consumer cannot go on; a restart (the supervisor's) can.
-                    raise FatalRuntimeError(f"fatal consumer error: {err}")
-                log.warning("runtime.consume_error", error=str(err))
-                continue
-            if (msg.topic(), msg.partition()) in assignment:
-                good.append(msg)
-        return good
+        return usable_records(msgs, self.assignment, "main")
 
     async def _process(self, msgs: list[Any]) -> None:
-        by_topic: dict[str, list[Any]] = {}
-        for msg in msgs:
-            topic = msg.topic()
-            records = by_topic.get(topic)
-            if records is None:
-                by_topic[topic] = [msg]
-            else:
-                records.append(msg)
-        now_ms = int(time.time() * 1000)
         if self.exactly_once and not self.in_txn:
             self.producer.begin_transaction()
             self.in_txn = True
-        # The agents of different topics share no table: they run at once, so one agent's
-        # CPU work overlaps another's wait for Cassandra or Redis. Their outputs join the
-        # same transaction.
-        batches = []
-        for topic, channel in self.routes.items():
-            records = by_topic.get(topic)
-            if records:
-                batch = Batch(topic=topic, records=records, send=self._send, now_ms=now_ms)
-                await channel.put(batch)  # type: ignore[arg-type]  # a Batch is the event
-                batches.append(batch)
-        results = await asyncio.gather(*(b.done for b in batches), return_exceptions=True)
-        for result in results:
-            if isinstance(result, BaseException):
-                raise result
+        await hand_out(self.routes, msgs, self._send)
         positions = self.positions
         for msg in msgs:
             positions[(msg.topic(), msg.partition())] = msg.offset() + 1
@@ -550,19 +506,12 @@ class BatchRuntime(Service):
                            min(s.commit_min_interval_s, s.commit_interval_s))
 
     # -- commit ------------------------------------------------------------------------------
-    def _on_changelog_delivery(self, err: Any, msg: Any) -> None:
-        if err is None:
-            key = (msg.topic(), msg.partition())
-            nxt = msg.offset() + 1
-            if nxt > self._changelog_next.get(key, 0):
-                self._changelog_next[key] = nxt
-
     def _commit(self) -> None:
         """The commit protocol (module docstring); raises KafkaException if it fails."""
         from confluent_kafka import TopicPartition
 
         producer = self.producer
-        written = send_table_changes(producer, self.tables, self._on_changelog_delivery)
+        written = send_table_changes(producer, self.tables, self._changelog_next.on_delivery)
         offsets = [TopicPartition(t, p, o) for (t, p), o in self.positions.items()]
         deadlines = self.deadlines
         if self.exactly_once:

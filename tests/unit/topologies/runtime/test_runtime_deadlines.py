@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from topologies.runtime import worker
-from topologies.runtime.txn import CallDeadlines
+from topologies.runtime.txn import CallDeadlines, ChangelogOffsets
 from topologies.runtime.worker import BatchRuntime
 
 
@@ -54,7 +54,7 @@ def _runtime(margin_s: float) -> tuple[BatchRuntime, list[int]]:
     rt.exactly_once = True
     rt.tables, rt.positions, rt.committed, rt.in_txn = [], {}, {}, False
     rt.commits, rt.aborts, rt.last_commit = 0, 0, 0.0
-    rt._changelog_next = {}
+    rt._changelog_next = ChangelogOffsets()
     rt._fatal = None
     exits: list[int] = []
     rt._exit = exits.append  # type: ignore[method-assign]
