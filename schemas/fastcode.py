@@ -12,6 +12,12 @@ to be short, a union or enum index it does not know) raises, and the caller then
 itself, which gives the bytes, the value or the error it always gave. So the fast path only
 has to be identical to fastavro on what it accepts, and that is what the tests check.
 
+A strict decoder (`make_decoder(..., strict=True)`) also takes the place of `codec.wire_check`
+for the bodies it accepts: it accepts only what the check accepts (varints of at most 9 bytes
+for a long and 4 for an int, so never beyond 64 or 32 bits; lengths within the body; no byte
+after it) and raises on the rest, which then goes through the check and fastavro as before.
+It reads records without maps and arrays (the check bounds their block counts).
+
 Supported: records (nested too) of string, bytes, int, long, boolean, enum, map and array,
 and unions of null with one other type (to encode: with a primitive or an enum, the ones whose
 fastavro validation is re-created here). A schema with anything else (float, double, fixed,
@@ -293,6 +299,10 @@ def _varint_bytes(n: int) -> bytes:
 
 
 class _DecoderSource(_Source):
+    def __init__(self, named: dict[str, Any], *, strict: bool = False) -> None:
+        super().__init__(named)
+        self.strict = strict
+
     def emit(self, schema: Any, target: str, depth: int) -> None:
         """Reads one value at pos into the local named `target`, moving pos past it."""
         schema = self.resolve(schema)
@@ -317,7 +327,7 @@ class _DecoderSource(_Source):
             return
         kind = schema if isinstance(schema, str) else schema["type"]
         if kind in ("int", "long"):
-            self.long(target, depth)
+            self.long(target, depth, 4 if kind == "int" else 9)
         elif kind in ("string", "bytes"):
             end = self.fresh("e")
             self.line(depth, "b = data[pos]")
@@ -325,7 +335,7 @@ class _DecoderSource(_Source):
             self.line(depth + 1, "pos += 1")
             self.line(depth + 1, f"{end} = pos + (b >> 1)")
             self.line(depth, "else:")
-            self.line(depth + 1, f"{end}, pos = _get_long(data, pos)")
+            self.varint(end, depth + 1, 9)
             self.line(depth + 1, f"if {end} < 0:")
             self.line(depth + 2, "raise Fallback")
             self.line(depth + 1, f"{end} += pos")
@@ -349,13 +359,25 @@ class _DecoderSource(_Source):
         else:
             raise Unsupported(f"type {kind!r}")
 
-    def long(self, target: str, depth: int) -> None:
+    def long(self, target: str, depth: int, max_bytes: int = 9) -> None:
         self.line(depth, "b = data[pos]")
         self.line(depth, "if b < 128:")
         self.line(depth + 1, f"{target} = _UNZIGZAG[b]")
         self.line(depth + 1, "pos += 1")
         self.line(depth, "else:")
-        self.line(depth + 1, f"{target}, pos = _get_long(data, pos)")
+        self.varint(target, depth + 1, max_bytes)
+
+    def varint(self, target: str, depth: int, max_bytes: int) -> None:
+        """A varint of more than one byte; strict: of at most max_bytes, else Fallback."""
+        if not self.strict:
+            self.line(depth, f"{target}, pos = _get_long(data, pos)")
+            return
+        # 9 bytes hold 63 bits and 4 hold 28: in range whatever they say. Longer ones (and
+        # overlong encodings of small values) are left to the check's own rules.
+        self.line(depth, f"{target}, end = _get_long(data, pos)")
+        self.line(depth, f"if end - pos > {max_bytes}:")
+        self.line(depth + 1, "raise Fallback")
+        self.line(depth, "pos = end")
 
     def emit_named(self, schema: dict[str, Any], target: str, depth: int) -> None:
         kind = schema["type"]
@@ -381,6 +403,8 @@ class _DecoderSource(_Source):
 
     def blocks(self, schema: dict[str, Any], target: str, depth: int, *, is_map: bool) -> None:
         """Blocks of a count (negative: then a byte size) and items until a count of 0."""
+        if self.strict:
+            raise Unsupported("maps and arrays in a strict decoder")
         count = self.fresh("c")
         self.line(depth, f"{target} = {{}}" if is_map else f"{target} = []")
         self.long(count, depth)
@@ -409,7 +433,8 @@ class _DecoderSource(_Source):
         self.line(1, f"pos = {start}")
         self.inlining.append(str(schema["name"]))
         self.record(schema, "record", 1)
-        self.line(1, "if pos > n:")
+        # Strict: a trailing byte is an error of the check's; otherwise ignored, as fastavro does.
+        self.line(1, "if pos != n:" if self.strict else "if pos > n:")
         self.line(2, "raise Fallback")
         self.line(1, "return record")
         return "\n".join(self.lines)
@@ -446,13 +471,13 @@ def make_encoder(parsed_schema: Any, header: bytes = b"") -> Encoder | None:
     return encoder
 
 
-def make_decoder(parsed_schema: Any, start: int = 0) -> Decoder | None:
+def make_decoder(parsed_schema: Any, start: int = 0, *, strict: bool = False) -> Decoder | None:
     """`decode(data)` of the body at `start`, as fastavro reads it with writer == reader
     schema, or None if unsupported. It raises on anything it does not take (a truncated or
     unusual body); the caller then uses fastavro. Bytes after the body are ignored, as
-    fastavro's schemaless_reader ignores them."""
+    fastavro's schemaless_reader ignores them; `strict`: see the module doc."""
     try:
-        source = _DecoderSource(_named(parsed_schema))
+        source = _DecoderSource(_named(parsed_schema), strict=strict)
         text = source.function(parsed_schema, start)
     except Unsupported:
         return None

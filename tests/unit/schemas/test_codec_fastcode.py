@@ -295,3 +295,96 @@ def test_a_union_of_null_and_a_map_is_written_by_fastavro_and_read_by_the_genera
         data = codec.encode(record)
         assert data == fastavro_encode(codec, record)
         assert decode(data) == codec.decode_trusted(data) == record
+
+
+# Edits that make a body one the wire check refuses, or reads differently: a byte changed,
+# inserted or removed, the body cut or extended, an overlong varint (a continuation byte).
+_EDITS = st.lists(st.tuples(st.sampled_from(["set", "insert", "delete", "cut", "append"]),
+                            st.integers(0, 400),
+                            st.sampled_from([0x00, 0x01, 0x02, 0x7F, 0x80, 0x81, 0xFF])
+                            | st.integers(0, 255)),
+                  max_size=3)
+
+
+def _edited(data: bytes, edits: list[tuple[str, int, int]]) -> bytes:
+    body = bytearray(data[HEADER_SIZE:])
+    for op, at, byte in edits:
+        at = at % (len(body) + 1)
+        if op == "set" and at < len(body):
+            body[at] = byte
+        elif op == "insert":
+            body.insert(at, byte)
+        elif op == "delete" and at < len(body):
+            del body[at]
+        elif op == "cut":
+            del body[at:]
+        elif op == "append":
+            body.append(byte)
+    return data[:HEADER_SIZE] + bytes(body)
+
+
+@pytest.mark.parametrize(("label", "schema"), SCHEMAS, ids=IDS)
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data())
+def test_the_strict_decoder_reads_only_what_the_wire_check_accepts(
+        label: str, schema: dict[str, Any], data: st.DataObject) -> None:
+    codec = _codec(schema)
+    strict = fastcode.make_decoder(codec.schema, HEADER_SIZE, strict=True)
+    if strict is None:  # maps and arrays: the check and the decoder, as before
+        assert any(t in json.dumps(schema) for t in ('"map"', '"array"')), label
+        return
+    try:
+        body = fastavro_encode(codec, data.draw(records(schema)))
+    except Exception:  # a record fastavro refuses to write: nothing to read
+        return
+    # Bodies unedited and edited: whatever the strict decoder reads, the check accepts and
+    # fastavro reads as the same value (it refuses a 10-byte long, a valid one included).
+    for candidate in (body, _edited(body, data.draw(_EDITS))):
+        try:
+            value = strict(candidate)
+        except Exception:  # refused: the check and fastavro decide
+            continue
+        assert codec._check(candidate, HEADER_SIZE) == len(candidate), candidate.hex()
+        assert value == fastavro_decode(codec, candidate), candidate.hex()
+        assert codec.decode(candidate) == value
+
+
+def test_a_supplier_delta_as_connectors_write_it_takes_the_one_pass_path() -> None:
+    codec = codec_for("SupplierDelta")
+    delta = {"supplier_id": "acme", "sku": "A-1", "event_id": "e-1", "sequence": 1764567890123456,
+             "kind": "ADJUSTMENT", "quantity": -3, "observed_at": 1764567890123,
+             "price": "12.50", "currency": "EUR", "warehouse": "w" * 70, "lead_time_days": 300,
+             "status": "ACTIVE", "connector": "csv", "received_at": 1764567890124}
+    data = codec.encode(delta)
+    assert codec._strict_decode is not None
+    assert codec._strict_decode(data) == codec.decode(data) == fastavro_decode(codec, data)
+    for end in range(HEADER_SIZE, len(data)):  # cut anywhere: refused by both
+        with pytest.raises(Exception):  # noqa: B017 - the strict decoder refuses it
+            codec._strict_decode(data[:end])
+        with pytest.raises(SchemaError, match=r"^cannot decode SupplierDelta: "):
+            codec.decode(data[:end])
+    with pytest.raises(SchemaError, match="1 trailing bytes"):
+        codec.decode(data + b"\x00")
+
+
+@pytest.mark.parametrize(("body", "error"), [
+    (b"\x02\x02\x00", None),
+    (b"\xfe\xff\xff\xff\x0f\x02\x00", None),  # int 2^31-1 in 5 bytes: in range
+    (b"\xfe\xff\xff\xff\x1f\x02\x00", "int out of range"),  # 2^32-1 in 5 bytes
+    (b"\x02\xff\xff\xff\xff\xff\xff\xff\xff\xff\x01\x00", None),  # long min in 10 bytes
+    (b"\x02\xff\xff\xff\xff\xff\xff\xff\xff\xff\x02\x00", "long out of range"),  # 2^64 wraps
+    (b"\x02" + b"\x82" + b"\x80" * 9 + b"\x00\x00", "long longer than 10 bytes"),
+    (b"\x02\x02" + b"\x82" + b"\x80" * 9 + b"\x00x", "long longer than 10 bytes"),  # a length
+    (b"\x02\x02\x00\x00", "1 trailing bytes"),
+])
+def test_the_one_pass_path_refuses_what_the_wire_check_refuses(body: bytes,
+                                                                error: str | None) -> None:
+    codec = _codec({"type": "record", "name": "Ranges", "fields": [
+        {"name": "i", "type": "int"}, {"name": "l", "type": "long"},
+        {"name": "s", "type": "string"}]})
+    data = codec.header + body
+    if error is None:
+        assert codec.decode(data) == fastavro_decode(codec, data)
+    else:
+        with pytest.raises(SchemaError, match=error):
+            codec.decode(data)
