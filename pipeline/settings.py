@@ -224,11 +224,6 @@ class Settings(BaseSettings):
         description="how long an idempotency key's answer and an ended reservation are kept")
     reservation_max_answers: int = Field(default=10_000, ge=100,
                                          description="answers kept per platform SKU at most")
-    aggregate_lane: bool = Field(
-        default=False,
-        description="under exactly-once the aggregate agent (inventory.stock-updates, "
-        "Cassandra, Redis) runs in a lane of its own (own consumer, transactional producer "
-        "and thread): process_deltas' commits no longer wait for its store writes")
     reservation_lane: Literal["own", "first", "shared"] = Field(
         default="own",
         description="how the worker consumes reservation commands: `own`, a lane of their own "

@@ -34,8 +34,7 @@ log = get_logger(__name__)
 
 availability = avro_table("availability", "Availability",
                           help="availability across suppliers per platform_sku")
-stock_updates = InputBatches(app, topic=settings.topic(STOCK_UPDATES.name), table=availability,
-                             lane="aggregate" if settings.aggregate_lane else "")
+stock_updates = InputBatches(app, topic=settings.topic(STOCK_UPDATES.name), table=availability)
 CHANGES_TOPIC = settings.topic(CHANGES.name)
 CACHE_INLINE = settings.cache_writer == "inline"
 _UPDATE = codec_for("StockUpdate")
