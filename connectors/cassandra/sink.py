@@ -230,6 +230,12 @@ class PreparedInsert:
 # Cassandra refuses a batch above batch_size_fail_threshold (50 KiB by default); a replica
 # batch stops well below it. Values bytes plus a per-row allowance for the mutation framing.
 REPLICA_BATCH_MAX_BYTES = 32 * 1024
+# A small write batch is still spread over this many requests. Cassandra applies the rows of
+# one request one after the other: a 90-row write batch in two 50-row requests took ~48 ms
+# here, in eight of 12 rows 3.7 ms, at less Cassandra CPU per row (bench.cassandra_sink
+# --batch 30 --batch-rows 50 vs 12: 1,872 vs 23,977 rows/s); large write batches keep
+# `cassandra_batch_rows` per request.
+MIN_REQUESTS_PER_WRITE = 8
 _ROW_OVERHEAD_BYTES = 64
 
 
@@ -278,6 +284,12 @@ def routing_key(values: Sequence[bytes | None], columns: int) -> bytes:
         return values[0] or b""
     return b"".join(struct.pack(">H", len(part or b"")) + (part or b"") + b"\x00"
                     for part in values[:columns])
+
+
+def rows_per_request(total_rows: int, max_rows: int) -> int:
+    """Rows per replica batch for a write of `total_rows`: at most `max_rows`, and few enough
+    that the write makes at least MIN_REQUESTS_PER_WRITE requests (which run concurrently)."""
+    return max(1, min(max_rows, -(-total_rows // MIN_REQUESTS_PER_WRITE)))
 
 
 def group_by_replica(rows: Iterable[tuple[PreparedInsert, tuple[Any, ...]]],
@@ -726,9 +738,10 @@ class CassandraSink:
         inserts = self._inserts()
         tables = self.rows_for(updates)
         if self.batch_scope == "replica":
+            per_request = rows_per_request(sum(len(rows) for rows in tables), self.batch_rows)
             return list(group_by_replica(
                 ((insert, params) for insert, rows in zip(inserts, tables, strict=True)
-                 for params in rows), self._replicas_of(), self.batch_rows))
+                 for params in rows), self._replicas_of(), per_request))
         requests = []
         for insert, rows in zip(inserts, tables, strict=True):
             for chunk in group_by_partition(rows, insert.partition_columns, self.batch_rows):

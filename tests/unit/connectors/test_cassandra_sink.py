@@ -523,9 +523,10 @@ def test_a_single_node_sends_rows_of_every_table_in_few_batches_binding_the_driv
     updates = _many_updates(120)
     requests = sink.requests_for(updates)
     assert all(isinstance(r, RowBatch) for r in requests)
-    # 21 (platform SKU, supplier) keys + 120 stock + 120 history rows: 261 rows in 6
-    # requests, where partition batches took one request per partition (~260).
-    assert [len(r) for r in requests] == [50, 50, 50, 50, 50, 11]
+    # 21 (platform SKU, supplier) keys + 120 stock + 120 history rows: 261 rows in 8
+    # requests (MIN_REQUESTS_PER_WRITE, so 33 rows each, under the cap of 50), where
+    # partition batches took one request per partition (~260).
+    assert [len(r) for r in requests] == [33] * 7 + [30]
     expected = sorted((insert.query_id, tuple(insert.statement.bind(params).values))
                       for insert, rows in zip(sink._inserts(), sink.rows_for(updates),
                                               strict=True) for params in rows)
@@ -623,3 +624,18 @@ def test_timestamps_bind_like_the_driver_as_ints_datetimes_and_dates() -> None:
         assert insert.bind(params) == insert.statement.bind(params).values, value
     with pytest.raises(TypeError, match="observed_at"):
         insert.bind((*base[:observed], "yesterday", *base[observed + 1:]))
+
+
+def test_a_small_write_is_spread_over_several_requests_a_large_one_keeps_the_cap() -> None:
+    from connectors.cassandra.sink import MIN_REQUESTS_PER_WRITE, rows_per_request
+
+    assert rows_per_request(90, 50) == 12  # 8 requests of <= 12 rows, not 2 of 50
+    assert rows_per_request(3, 50) == 1
+    assert rows_per_request(1500, 50) == 50
+    assert rows_per_request(400, 50) == 50
+    sink = _sink_with_real_inserts(batch_rows=50)
+    updates = _many_updates(30)  # 90 rows over the three tables
+    requests = sink.requests_for(updates)
+    assert len(requests) >= MIN_REQUESTS_PER_WRITE
+    assert max(len(r) for r in requests) <= 12
+    assert sum(len(r) for r in requests) == len(sink.statements_for(updates))
