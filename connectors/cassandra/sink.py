@@ -236,6 +236,7 @@ REPLICA_BATCH_MAX_BYTES = 32 * 1024
 # --batch 30 --batch-rows 50 vs 12: 1,872 vs 23,977 rows/s); large write batches keep
 # `cassandra_batch_rows` per request.
 MIN_REQUESTS_PER_WRITE = 8
+MIN_ROWS_PER_REQUEST = 8  # below this a request's own cost outweighs the parallelism
 _ROW_OVERHEAD_BYTES = 64
 
 
@@ -288,8 +289,10 @@ def routing_key(values: Sequence[bytes | None], columns: int) -> bytes:
 
 def rows_per_request(total_rows: int, max_rows: int) -> int:
     """Rows per replica batch for a write of `total_rows`: at most `max_rows`, and few enough
-    that the write makes at least MIN_REQUESTS_PER_WRITE requests (which run concurrently)."""
-    return max(1, min(max_rows, -(-total_rows // MIN_REQUESTS_PER_WRITE)))
+    that the write makes at least MIN_REQUESTS_PER_WRITE requests (which run concurrently),
+    but not fewer than MIN_ROWS_PER_REQUEST."""
+    spread = max(MIN_ROWS_PER_REQUEST, -(-total_rows // MIN_REQUESTS_PER_WRITE))
+    return max(1, min(max_rows, spread))
 
 
 def group_by_replica(rows: Iterable[tuple[PreparedInsert, tuple[Any, ...]]],

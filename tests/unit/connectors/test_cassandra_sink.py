@@ -630,7 +630,9 @@ def test_a_small_write_is_spread_over_several_requests_a_large_one_keeps_the_cap
     from connectors.cassandra.sink import MIN_REQUESTS_PER_WRITE, rows_per_request
 
     assert rows_per_request(90, 50) == 12  # 8 requests of <= 12 rows, not 2 of 50
-    assert rows_per_request(3, 50) == 1
+    assert rows_per_request(3, 50) == 8  # a tiny write is one request
+    assert rows_per_request(40, 50) == 8  # not 8 requests of 5 rows
+    assert rows_per_request(40, 4) == 4  # the cap still holds
     assert rows_per_request(1500, 50) == 50
     assert rows_per_request(400, 50) == 50
     sink = _sink_with_real_inserts(batch_rows=50)
