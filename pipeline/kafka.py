@@ -15,6 +15,30 @@ class KafkaReadError(StockflowError):
     """A partition could not be read to its end."""
 
 
+def produce(producer: Any, topic: str, value: bytes, key: bytes | None,
+            partition: int | None = None, headers: list[tuple[str, bytes]] | None = None,
+            on_delivery: Any = None) -> None:
+    """producer.produce, waiting while the local queue is full (BufferError) for deliveries
+    to drain it. Keyword arguments are passed only when given: this is on the worker's path
+    once per output record."""
+    while True:
+        try:
+            if partition is None and headers is None and on_delivery is None:
+                producer.produce(topic, value, key)
+            else:
+                extra: dict[str, Any] = {}
+                if partition is not None:
+                    extra["partition"] = partition
+                if headers is not None:
+                    extra["headers"] = headers
+                if on_delivery is not None:
+                    extra["on_delivery"] = on_delivery
+                producer.produce(topic, value, key, **extra)
+            return
+        except BufferError:
+            producer.poll(0.05)
+
+
 def admin_client(settings: Settings) -> Any:
     """A confluent-kafka AdminClient with the settings' brokers, credentials and TLS."""
     from confluent_kafka.admin import AdminClient

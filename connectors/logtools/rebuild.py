@@ -18,7 +18,7 @@ from typing import Any
 
 from connectors.logtools.fold import LogFold
 from connectors.logtools.log_reader import ReplayError
-from pipeline.kafka import admin_client, has_code, nonempty_partitions, read_to_end
+from pipeline.kafka import admin_client, has_code, nonempty_partitions, produce, read_to_end
 from pipeline.settings import Settings
 from pipeline.topics import CHANGES, DELTAS, STOCK_UPDATES
 from schemas.codec import codec_for
@@ -166,13 +166,7 @@ def write_changelogs(settings: Settings, fold: LogFold, timeout_s: float = 120.0
     def send(topic: str, items: Iterable[tuple[bytes, bytes, int]]) -> int:
         n = 0
         for key, value, partition in items:
-            while True:
-                try:
-                    producer.produce(topic, value, key, partition=partition,
-                                     on_delivery=on_delivery)
-                    break
-                except BufferError:
-                    producer.poll(0.1)
+            produce(producer, topic, value, key, partition, on_delivery=on_delivery)
             n += 1
             if n % 10000 == 0:
                 producer.poll(0)

@@ -34,6 +34,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+from pipeline.kafka import produce
 from pipeline.log import get_logger
 from topologies.runtime.batches import InputBatches
 from topologies.runtime.table import BatchTable
@@ -49,6 +50,7 @@ from topologies.runtime.txn import (
     hand_out,
     is_fatal,
     persist_committed,
+    rewind_to_committed,
     send_table_changes,
     usable_records,
 )
@@ -284,17 +286,7 @@ class Lane:
         if not self.in_txn:
             producer.begin_transaction()
             self.in_txn = True
-        extra: dict[str, Any] = {}
-        if partition is not None:
-            extra["partition"] = partition
-        if headers is not None:
-            extra["headers"] = headers
-        while True:
-            try:
-                producer.produce(topic, value, key, **extra)
-                return
-            except BufferError:
-                producer.poll(0.05)
+        produce(producer, topic, value, key, partition, headers)
 
     # -- commit --------------------------------------------------------------------------------
     def _commit(self) -> None:
@@ -353,23 +345,10 @@ class Lane:
 
     def _abort_and_rewind(self) -> None:
         """Undo everything since the lane's last commit and read it again."""
-        from confluent_kafka import OFFSET_BEGINNING, KafkaException, TopicPartition
-
         self.aborts += 1
         self._abort_local()
-        tps = [TopicPartition(t, p) for t, p in sorted(self.assignment)]
-        if not tps:
-            return
-        with self.runtime.deadlines.call("lane.committed", REQUEST_TIMEOUT_S):
-            committed = self.consumer.committed(tps, timeout=REQUEST_TIMEOUT_S)
-        for tp in committed:
-            offset = tp.offset if tp.offset >= 0 else OFFSET_BEGINNING
-            try:
-                self.consumer.seek(TopicPartition(tp.topic, tp.partition, offset))
-            except KafkaException as exc:
-                log.warning("lane.seek_failed", topic=tp.topic, partition=tp.partition,
-                            error=str(exc.args[0]))
-        log.warning("lane.rewound", lane=self.name, partitions=len(tps))
+        rewind_to_committed(self.consumer, self.assignment, self.runtime.deadlines, self.name)
+        log.warning("lane.rewound", lane=self.name, partitions=len(self.assignment))
 
     def _replace_producer(self) -> None:
         """A new producer (same transactional id): a fenced or failed one cannot go on."""

@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from pipeline.errors import StockflowError
+from pipeline.kafka import produce
 from pipeline.log import get_logger
 from topologies.runtime.batches import Batch, InputBatches, Send
 from topologies.runtime.table import BatchTable
@@ -150,13 +151,7 @@ def send_table_changes(producer: Any, tables: list[BatchTable],
         topic = table.changelog_name
         for partition, rows in table.changed():
             for key, raw in rows:
-                while True:
-                    try:
-                        producer.produce(topic, raw, key, partition=partition,
-                                         on_delivery=on_delivery)
-                        break
-                    except BufferError:
-                        producer.poll(0.05)
+                produce(producer, topic, raw, key, partition, on_delivery=on_delivery)
             written.append((table, partition, rows))
     return written
 
@@ -241,3 +236,23 @@ async def hand_out(routes: dict[str, InputBatches], msgs: list[Any], send: Send)
     for result in results:
         if isinstance(result, BaseException):
             raise result
+
+
+def rewind_to_committed(consumer: Any, assignment: set[tuple[str, int]],
+                        deadlines: CallDeadlines, where: str) -> None:
+    """Seek every assigned partition back to the group's committed offset (the beginning if
+    none): what an aborted transaction had processed is read again."""
+    from confluent_kafka import OFFSET_BEGINNING, KafkaException, TopicPartition
+
+    tps = [TopicPartition(t, p) for t, p in sorted(assignment)]
+    if not tps:
+        return
+    with deadlines.call(f"{where}.committed", REQUEST_TIMEOUT_S):
+        committed = consumer.committed(tps, timeout=REQUEST_TIMEOUT_S)
+    for tp in committed:
+        offset = tp.offset if tp.offset >= 0 else OFFSET_BEGINNING
+        try:
+            consumer.seek(TopicPartition(tp.topic, tp.partition, offset))
+        except KafkaException as exc:
+            log.warning("runtime.seek_failed", where=where, topic=tp.topic,
+                        partition=tp.partition, error=str(exc.args[0]))

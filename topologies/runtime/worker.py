@@ -46,6 +46,7 @@ from typing import Any
 
 from mode import Service
 
+from pipeline.kafka import produce
 from pipeline.log import get_logger
 from topologies.runtime.batches import InputBatches
 from topologies.runtime.lane import Lane
@@ -66,6 +67,7 @@ from topologies.runtime.txn import (
     hand_out,
     is_fatal,
     persist_committed,
+    rewind_to_committed,
     send_table_changes,
     usable_records,
 )
@@ -477,21 +479,7 @@ class BatchRuntime(Service):
         if self.exactly_once and not self.in_txn:
             producer.begin_transaction()
             self.in_txn = True
-        while True:
-            try:
-                if headers is not None:  # a trace context (pipeline/tracing.py)
-                    if partition is None:
-                        producer.produce(topic, value, key, headers=headers)
-                    else:
-                        producer.produce(topic, value, key, partition=partition,
-                                         headers=headers)
-                elif partition is None:
-                    producer.produce(topic, value, key)
-                else:
-                    producer.produce(topic, value, key, partition=partition)
-                return
-            except BufferError:
-                producer.poll(0.05)  # the local queue is full: let deliveries drain
+        produce(producer, topic, value, key, partition, headers)  # headers: a trace context
 
     def _commit_due(self, *, busy: bool) -> bool:
         """Commit every commit_interval_s under load; when a poll found fewer records than a
@@ -553,7 +541,7 @@ class BatchRuntime(Service):
 
     def _abort_and_rewind(self) -> None:
         """Undo everything since the last commit: abort, drop table values, seek back."""
-        from confluent_kafka import OFFSET_BEGINNING, KafkaException, TopicPartition
+        from confluent_kafka import KafkaException
 
         self.aborts += 1
         deadlines = self.deadlines
@@ -575,19 +563,11 @@ class BatchRuntime(Service):
                 self.producer = self._new_producer()
         dropped = sum(t.discard_uncommitted() for t in self.tables)
         self.positions.clear()
-        tps = [TopicPartition(t, p) for t, p in sorted(self.assignment)]
-        if tps:
-            with deadlines.call("consumer.committed", REQUEST_TIMEOUT_S):
-                committed = self.consumer.committed(tps, timeout=REQUEST_TIMEOUT_S)
-            for tp in committed:
-                offset = tp.offset if tp.offset >= 0 else OFFSET_BEGINNING
-                try:
-                    self.consumer.seek(TopicPartition(tp.topic, tp.partition, offset))
-                except KafkaException as exc:
-                    log.warning("runtime.seek_failed", topic=tp.topic,
-                                partition=tp.partition, error=str(exc.args[0]))
-                self.processed.pop((tp.topic, tp.partition), None)
-        log.warning("runtime.rewound", partitions=len(tps), table_values_dropped=dropped)
+        rewind_to_committed(self.consumer, self.assignment, deadlines, "consumer")
+        for tp in self.assignment:
+            self.processed.pop(tp, None)
+        log.warning("runtime.rewound", partitions=len(self.assignment),
+                    table_values_dropped=dropped)
 
     # -- rebalance (called inside consumer.consume, on the Kafka thread) ----------------------
     def _on_revoke(self, consumer: Any, partitions: list[Any]) -> None:
