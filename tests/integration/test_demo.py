@@ -33,6 +33,26 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def _stuck_report(demo_pid: int, pids: dict[str, int], output: str) -> str:
+    """What a demo that does not stop is doing: its output, every live process's Python
+    stacks (py-spy, from the dev extra) and the tail of each child's log."""
+    parts = [output]
+    for name, pid in [("demo", demo_pid), *pids.items()]:
+        if not _alive(pid):
+            parts.append(f"--- {name} ({pid}) has exited")
+            continue
+        dump = subprocess.run([str(Path(sys.executable).with_name("py-spy")), "dump",
+                               "--pid", str(pid)], capture_output=True, text=True,
+                              timeout=60, check=False)
+        parts.append(f"--- {name} ({pid}) stacks:\n{dump.stdout}{dump.stderr}")
+    log_dir = ROOT / ".stockflow" / "stack" / "demo"
+    for name in pids:
+        log = log_dir / f"{name}.log"
+        if log.exists():
+            parts.append(f"--- {log} (tail):\n{log.read_text(errors='replace')[-3000:]}")
+    return "\n".join(parts)
+
+
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP])
 def test_signal_stops_the_demo_and_its_children(tmp_path: Path, sig: signal.Signals) -> None:
     env = PipelineEnv(tmp_path, extra_env={
@@ -59,12 +79,19 @@ def test_signal_stops_the_demo_and_its_children(tmp_path: Path, sig: signal.Sign
         assert all(_alive(pid) for pid in pids.values())
 
         os.kill(demo.pid, sig)
-        code = demo.wait(timeout=90)
+        try:
+            # The demo gives its children 30 s together, then kills what is left.
+            code = demo.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            pytest.fail("the demo did not stop within 60 s of the signal:\n"
+                        + _stuck_report(demo.pid, pids, "".join(output)))
         reader.join(timeout=10)  # all of its output, a traceback included, for the message
         assert code == 0, "".join(output)
         wait_for(lambda: not any(_alive(pid) for pid in pids.values()), timeout=30,
                  message="the demo's children to stop")
         assert "demo stopped" in "".join(output)
+        # Every child stopped on its SIGTERM (the worker commits what it did), none was killed.
+        assert "killed" not in "".join(output), _stuck_report(demo.pid, pids, "".join(output))
     finally:
         for pid in [demo.pid, *pids.values()]:
             with contextlib.suppress(ProcessLookupError, PermissionError):

@@ -169,6 +169,10 @@ class BatchRuntime(Service):
         self._transactional_id = ""
         self._stopping = False
         self._loop_task: asyncio.Task[None] | None = None
+        # A stop can come while on_start still awaits (SIGTERM a second after launch):
+        # on_stop waits for the start to give up at its next step, then closes what it made.
+        self._start_over = asyncio.Event()
+        self._start_began = False
         self._callback_error: BaseException | None = None
         self._fatal: BaseException | None = None  # the error that stopped the worker
         # Longer than any Kafka call's own timeout (commit 120 s) plus a rebalance's restore:
@@ -261,6 +265,13 @@ class BatchRuntime(Service):
         return producer
 
     async def on_start(self) -> None:
+        self._start_began = True
+        try:
+            await self._start_steps()
+        finally:
+            self._start_over.set()
+
+    async def _start_steps(self) -> None:
         from confluent_kafka import Consumer
 
         self.discover_routes()
@@ -268,7 +279,11 @@ class BatchRuntime(Service):
         s = self.settings
         self._transactional_id = f"{s.app_id}-{s.worker_instance_id() or uuid.uuid4().hex}"
         await self._blocking(self._create_topics)
+        if self._stopping:
+            return
         self.producer = await self._blocking(self._new_producer)
+        if self._stopping:
+            return
         self.restorer = Consumer({
             **s.confluent_config(), "group.id": f"{s.app_id}-restore",
             "enable.auto.commit": False, "isolation.level": "read_committed",
@@ -284,6 +299,8 @@ class BatchRuntime(Service):
         self.app.flow_control.resume()
         for lane in self.lanes.values():
             await lane.start()
+            if self._stopping:
+                return
         self._loop_task = asyncio.ensure_future(self._run())
         log.info("runtime.started", topics=sorted(self.routes),
                  tables=[t.name for t in self.all_tables], exactly_once=self.exactly_once,
@@ -328,6 +345,8 @@ class BatchRuntime(Service):
 
     async def on_stop(self) -> None:
         self._stopping = True
+        if self._start_began:
+            await self._start_over.wait()
         if self._loop_task is not None:
             self._loop_task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -76,6 +77,30 @@ def _summary(settings: Any, procs: dict[str, subprocess.Popen[bytes]], log_dir: 
         "  stop       Ctrl-C (the stack stays up: `stockflow stack down`)",
     ]
     return "\n".join(lines)
+
+
+STOP_GRACE_S = 30.0  # for all children together, not each
+
+
+def _stop_children(procs: dict[str, subprocess.Popen[bytes]],
+                   grace_s: float = STOP_GRACE_S) -> list[str]:
+    """SIGTERM every child's process group at once, wait for them together up to grace_s,
+    SIGKILL what is left; the names of those killed."""
+    for proc in procs.values():
+        if proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGTERM)
+    deadline = time.monotonic() + grace_s
+    killed = []
+    for name, proc in procs.items():
+        try:
+            proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+            killed.append(name)
+    return killed
 
 
 def _interrupt(signum: int, _frame: Any) -> None:
@@ -170,14 +195,10 @@ def demo(
         # short or end the demo with a KeyboardInterrupt after it (exit status -2).
         for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
             signal.signal(signum, signal.SIG_IGN)
-        for proc in procs.values():
-            if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGTERM)
-        for proc in procs.values():
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
+        killed = _stop_children(procs)
+        for name in killed:
+            console.print(f"[yellow]{name} did not stop within {STOP_GRACE_S:.0f}s of SIGTERM; "
+                          f"killed[/] (see {log_dir / name}.log)")
         console.print("demo stopped; the stack is still up (`stockflow stack down` stops it)")
 
 
