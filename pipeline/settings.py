@@ -157,6 +157,9 @@ class Settings(BaseSettings):
         default=15.0, ge=1, description="how long a blocking Kafka call may run past its own "
         "timeout (send_offsets_to_transaction: 20 s) before the worker exits (code 70) for its "
         "supervisor to restart it; librdkafka does not honour every timeout")
+    batch_overlap: bool = Field(
+        default=True, description="under load, read and hand out the next poll while an agent "
+        "still waits for Cassandra or Redis (every commit waits for all batches first)")
     commit_min_interval_s: float = Field(
         default=0.02, gt=0, description="commit this soon when the worker keeps up (a poll "
         "returned less than a full batch); commit_interval_s is the interval under load")

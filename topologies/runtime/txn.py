@@ -238,6 +238,33 @@ async def hand_out(routes: dict[str, InputBatches], msgs: list[Any], send: Send)
             raise result
 
 
+async def hand_out_overlapped(routes: dict[str, InputBatches], msgs: list[Any], send: Send,
+                              inflight: dict[str, asyncio.Future[Any]]) -> None:
+    """Like hand_out, but returns once every batch is handed out, not done: `inflight` keeps
+    each topic's last batch (its `done`). An agent has at most one batch at a time: a topic
+    whose previous batch is still running waits for it (and raises its error) before its next
+    one is handed out; the topics whose agents are idle are handed theirs first, so their CPU
+    work runs while the others wait for their stores. Whoever commits must first wait for
+    every batch in `inflight` (the worker's `_settle`)."""
+    by_topic: dict[str, list[Any]] = {}
+    for msg in msgs:
+        topic = msg.topic()
+        records = by_topic.get(topic)
+        if records is None:
+            by_topic[topic] = [msg]
+        else:
+            records.append(msg)
+    now_ms = int(time.time() * 1000)
+    busy = [t for t in by_topic if t in inflight and not inflight[t].done()]
+    for topic in [t for t in by_topic if t not in busy] + busy:
+        previous = inflight.get(topic)
+        if previous is not None:
+            await previous  # raises what the previous batch raised
+        batch = Batch(topic=topic, records=by_topic[topic], send=send, now_ms=now_ms)
+        await routes[topic].put(batch)  # type: ignore[arg-type]  # a Batch is the event
+        inflight[topic] = batch.done
+
+
 def rewind_to_committed(consumer: Any, assignment: set[tuple[str, int]],
                         deadlines: CallDeadlines, where: str) -> None:
     """Seek every assigned partition back to the group's committed offset (the beginning if

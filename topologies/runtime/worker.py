@@ -65,6 +65,7 @@ from topologies.runtime.txn import (
     WorkerRuntimeError,
     consume_ready,
     hand_out,
+    hand_out_overlapped,
     is_fatal,
     persist_committed,
     rewind_to_committed,
@@ -75,6 +76,10 @@ from topologies.runtime.txn import (
 log = get_logger("stockflow.runtime")
 
 TOPIC_ID_KEY = b"\x00changelog-topic-id"
+# How long a rebalance callback waits for the batches still running before it aborts them
+# (their partitions are read again), and how long a stop waits before it aborts.
+CALLBACK_SETTLE_TIMEOUT_S = 60.0
+STOP_SETTLE_TIMEOUT_S = 20.0
 
 
 
@@ -175,6 +180,14 @@ class BatchRuntime(Service):
         self._start_began = False
         self._callback_error: BaseException | None = None
         self._fatal: BaseException | None = None  # the error that stopped the worker
+        # Batches handed out and maybe still running (topic -> its last batch's `done`): under
+        # load the next poll is read and handed out while an agent waits for its stores;
+        # every commit, abort and rebalance first waits for them (`_settle`).
+        self.overlap = bool(getattr(settings, "batch_overlap", True))
+        self._inflight: dict[str, asyncio.Future[Any]] = {}
+        self._settle_failed = False  # a batch failed while settling for a stop: abort, never commit
+        self._commit_put_off = False  # a due commit was put off for one poll (_keep_overlapping)
+        self._event_loop: asyncio.AbstractEventLoop | None = None
         # Longer than any Kafka call's own timeout (commit 120 s) plus a rebalance's restore:
         # the last resort behind the per-call deadlines.
         self.watchdog_s = float(getattr(settings, "kafka_watchdog_s", 900.0))
@@ -274,6 +287,7 @@ class BatchRuntime(Service):
     async def _start_steps(self) -> None:
         from confluent_kafka import Consumer
 
+        self._event_loop = asyncio.get_running_loop()
         self.discover_routes()
         self.deadlines.start()
         s = self.settings
@@ -353,6 +367,8 @@ class BatchRuntime(Service):
                 await self._loop_task
         for lane in self.lanes.values():  # before the main consumer leaves the group
             await lane.stop(commit=self._fatal is None)
+        if not await self._settle(raise_errors=False, timeout_s=STOP_SETTLE_TIMEOUT_S):
+            self._settle_failed = True
         await self._blocking(self._close)
         self.deadlines.stop()
         self._executor.shutdown(wait=True)
@@ -360,10 +376,11 @@ class BatchRuntime(Service):
     def _close(self) -> None:
         deadlines = self.deadlines
         try:
-            if self._fatal is not None:
+            if self._fatal is not None or self._settle_failed:
                 # The consumer or the producer is unusable: committing would send a fenced
                 # member's group metadata to a coordinator that may be gone (the call that
-                # never returns). Abort what is open; a restart redoes it.
+                # never returns). Or a batch failed: what is open is half done. Abort what
+                # is open; a restart redoes it.
                 self._abort_on_fatal()
             elif self.in_txn or self.positions or any(t.has_changes() for t in self.tables):
                 self._commit_or_abort()
@@ -439,10 +456,15 @@ class BatchRuntime(Service):
                         # do not wait for the other agents' store writes.
                         rest = [m for m in msgs if m.topic() not in self.commit_first]
                         await self._process(first)
+                        await self._settle()
                         await self._blocking(self._commit_or_abort)
                 if rest:
                     await self._process(rest)
-                if self._commit_due(busy=len(msgs) >= s.batch_max_records):
+                # Loaded: a quarter of a batch or more per poll. A commit then waits for the
+                # interval (and overlap may put it off a poll); below that, sooner (freshness).
+                busy = len(msgs) >= max(1, s.batch_max_records // 4)
+                if self._commit_due(busy=busy) and not self._keep_overlapping(busy):
+                    await self._settle()
                     await self._blocking(self._commit_or_abort)
                 failures = 0
             except asyncio.CancelledError:
@@ -462,6 +484,7 @@ class BatchRuntime(Service):
                 delay = min(30.0, 0.5 * 2 ** min(failures, 6))
                 log.error("runtime.batch_failed", error=f"{type(exc).__name__}: {exc}",
                           attempt=failures, retry_in_s=delay, exc_info=True)
+                await self._settle(raise_errors=False)  # nothing may send after the abort
                 await self._blocking(self._abort_and_rewind)
                 if failures >= s.batch_max_failures:
                     log.critical("runtime.giving_up", failures=failures)
@@ -485,7 +508,11 @@ class BatchRuntime(Service):
         if self.exactly_once and not self.in_txn:
             self.producer.begin_transaction()
             self.in_txn = True
-        await hand_out(self.routes, msgs, self._send)
+        if self.overlap:
+            await hand_out_overlapped(self.routes, msgs, self._send, self._inflight)
+        else:
+            await hand_out(self.routes, msgs, self._send)
+        # Offsets of batches maybe still running: only committed after `_settle`.
         positions = self.positions
         for msg in msgs:
             positions[(msg.topic(), msg.partition())] = msg.offset() + 1
@@ -500,9 +527,62 @@ class BatchRuntime(Service):
             self.in_txn = True
         produce(producer, topic, value, key, partition, headers)  # headers: a trace context
 
+    def _keep_overlapping(self, busy: bool) -> bool:
+        """Under load, a commit that falls due while a batch still waits for its stores is put
+        off for one poll (whose batches then run during that wait). A worker that keeps up
+        commits at once, as without overlap."""
+        if self._commit_put_off or not busy or all(f.done() for f in self._inflight.values()):
+            self._commit_put_off = False
+            return False
+        self._commit_put_off = True
+        return True
+
+    async def _settle(self, *, raise_errors: bool = True,
+                      timeout_s: float | None = None) -> bool:
+        """Wait for every batch handed out (`_inflight`); True when all succeeded. The first
+        error is raised (raise_errors) after all have finished, so that nothing still runs
+        when the caller aborts; a batch not done after timeout_s counts as failed (none for
+        the main loop: a batch may wait out a Cassandra outage, as it did before overlap)."""
+        if not self._inflight:
+            return True
+        futures = list(self._inflight.values())
+        self._inflight.clear()
+        _done, pending = await asyncio.wait(futures, timeout=timeout_s)
+        error: BaseException | None = None
+        for future in futures:
+            if future in pending:
+                future.cancel()
+                error = error or WorkerRuntimeError(
+                    f"a batch was not done {timeout_s or 0:.0f}s after it was handed out")
+            elif future.cancelled():
+                error = error or asyncio.CancelledError()
+            elif future.exception() is not None:
+                error = error or future.exception()
+        if error is not None and raise_errors:
+            raise error
+        return error is None
+
+    def _settle_in_callback(self) -> bool:
+        """`_settle` from the Kafka thread (a rebalance callback inside consume(), while the
+        event loop waits for that poll and runs the batches); True when all succeeded."""
+        if not any(not f.done() for f in self._inflight.values()) and not any(
+                f.cancelled() or f.exception() is not None for f in self._inflight.values()
+                if f.done()):
+            self._inflight.clear()
+            return True
+        loop = self._event_loop
+        assert loop is not None
+        future = asyncio.run_coroutine_threadsafe(
+            self._settle(raise_errors=False, timeout_s=CALLBACK_SETTLE_TIMEOUT_S), loop)
+        try:
+            return bool(future.result(CALLBACK_SETTLE_TIMEOUT_S + 5))
+        except Exception as exc:  # a timeout: treat as failed
+            log.error("runtime.settle_failed", error=f"{type(exc).__name__}: {exc}")
+            return False
+
     def _commit_due(self, *, busy: bool) -> bool:
         """Commit every commit_interval_s under load; when a poll found fewer records than a
-        batch holds (the worker keeps up), as soon as commit_min_interval_s has passed:
+        quarter of a batch (the worker keeps up), as soon as commit_min_interval_s has passed:
         records committed sooner reach the next agent sooner (freshness), and an idle worker
         does not pay for it in throughput."""
         if not (self.positions or self.in_txn):
@@ -605,7 +685,12 @@ class BatchRuntime(Service):
         revoked = {(tp.topic, tp.partition) for tp in partitions}
         for lane in self.lanes.values():  # its commit, with this generation's group metadata
             lane.release(revoked, commit=True)
-        if self.in_txn or self.positions or any(t.has_changes() for t in self.tables):
+        if not self._settle_in_callback():
+            # A batch failed: what is open is half done. Undo it; the partitions kept are
+            # read again from their committed offsets, the revoked ones by their next owner.
+            log.warning("runtime.batch_failed_before_revoke", partitions=len(revoked))
+            self._abort_and_rewind()
+        elif self.in_txn or self.positions or any(t.has_changes() for t in self.tables):
             self._commit_or_abort()
         self._release(revoked)
         log.info("runtime.partitions_revoked", partitions=len(revoked))
@@ -627,6 +712,7 @@ class BatchRuntime(Service):
         lost = {(tp.topic, tp.partition) for tp in partitions}
         for lane in self.lanes.values():
             lane.release(lost, commit=False)
+        self._settle_in_callback()  # nothing may still send when the transaction aborts
         self._abort_and_rewind_local()
         if self.exactly_once:
             self._replace_producer()

@@ -19,6 +19,7 @@ def _one_poll(commit_first: set[str], msgs: list[Any]) -> list[Any]:
     rt.settings = SimpleNamespace(batch_max_records=100, batch_max_wait_s=0.01)
     rt.commit_first = commit_first
     rt._stopping = False
+    rt._inflight = {}
     events: list[Any] = []
     polls = [msgs]
 

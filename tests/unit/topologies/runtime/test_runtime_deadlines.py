@@ -51,6 +51,7 @@ def test_time_the_process_was_suspended_does_not_count() -> None:
 def _runtime(margin_s: float) -> tuple[BatchRuntime, list[int]]:
     rt = BatchRuntime.__new__(BatchRuntime)
     rt.settings = SimpleNamespace()
+    rt._inflight = {}  # no batch running
     rt.exactly_once = True
     rt.tables, rt.positions, rt.committed, rt.in_txn = [], {}, {}, False
     rt.commits, rt.aborts, rt.last_commit = 0, 0, 0.0

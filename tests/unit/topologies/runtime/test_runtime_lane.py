@@ -41,6 +41,7 @@ class FakeConsumer:
 def _runtime(events: list[Any]) -> BatchRuntime:
     rt = BatchRuntime.__new__(BatchRuntime)
     rt.deadlines = CallDeadlines(15.0, lambda *_: None)
+    rt._inflight = {}  # no batch running
     lane = FakeLane(events)
     rt.lanes = {"reservations": lane}  # type: ignore[dict-item]
     rt.lane_topics = {"commands": lane}  # type: ignore[dict-item]
