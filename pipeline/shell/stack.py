@@ -10,6 +10,7 @@ Redis is Debian's `redis-server`. Everything `up` creates lives under one git-ig
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import shutil
 import signal
@@ -562,7 +563,10 @@ class KafkaCluster:
         deadline = started + (timeout or self.settings.stack_start_timeout_s)
         while self.live_brokers() < self.brokers:
             for node in self.nodes:
-                if self.read_pid(node) is None:
+                # Twice, a second apart: just after the spawn the process may not show its
+                # final command line yet (seen once on a loaded machine, with the node fine).
+                if self.read_pid(node) is None and not _pid_within(
+                        functools.partial(self.read_pid, node), 1.0):
                     raise StackError(f"kafka node {node} exited during start-up; its log "
                                      f"ends:\n{self.tail(node)}")
             if time.monotonic() > deadline:
@@ -674,6 +678,16 @@ def _alive(pid: int) -> bool:
         if stat.rsplit(")", 1)[1].split()[0] == "Z":
             return False
     return True
+
+
+def _pid_within(read: Callable[[], int | None], seconds: float) -> bool:
+    """Whether `read` gives a PID within `seconds` (polled every 0.1 s)."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        time.sleep(0.1)
+        if read() is not None:
+            return True
+    return False
 
 
 def _cmdline(pid: int) -> str:

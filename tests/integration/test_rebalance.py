@@ -13,8 +13,6 @@ import threading
 import time
 import uuid
 from collections import Counter
-from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -59,15 +57,8 @@ def send_holds(env: PipelineEnv, run: str, first: int, count: int) -> list[str]:
     return ids
 
 
-@pytest.fixture
-def env(tmp_path: Path) -> Any:
-    e = PipelineEnv(tmp_path, extra_env={"STOCKFLOW_SINK_ENABLED": "false",
-                                         "STOCKFLOW_CACHE_ENABLED": "false"}).setup()
-    yield e
-    e.cleanup()
-
-
-def test_partitions_move_between_live_workers_under_load(env: PipelineEnv) -> None:
+def test_partitions_move_between_live_workers_under_load(kafka_only_env: PipelineEnv) -> None:
+    env = kafka_only_env
     valid, malformed = build_workload(seed=23, target_events=9_000)
     a, b = Worker(env, "worker-a"), Worker(env, "worker-b")
     chunks = 16

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import signal
 import time
-from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -18,16 +16,9 @@ pytestmark = pytest.mark.integration
 STARTING = "BatchRuntime]: Starting"  # mode logs it just before the runtime's on_start
 
 
-@pytest.fixture
-def env(tmp_path: Path) -> Any:
-    e = PipelineEnv(tmp_path, extra_env={"STOCKFLOW_SINK_ENABLED": "false",
-                                         "STOCKFLOW_CACHE_ENABLED": "false"}).setup()
-    yield e
-    e.cleanup()
-
-
 @pytest.mark.parametrize("after_s", [0.0, 0.3, 0.6, 1.0])
-def test_sigterm_during_start_exits_cleanly(env: PipelineEnv, after_s: float) -> None:
+def test_sigterm_during_start_exits_cleanly(kafka_only_env: PipelineEnv, after_s: float) -> None:
+    env = kafka_only_env
     # The start creates topics, initialises the transactional producers (the worker's and
     # the reservation lane's: about a second) and subscribes; the delays land in each.
     worker = Worker(env, "w")

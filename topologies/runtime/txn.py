@@ -214,10 +214,8 @@ def usable_records(msgs: list[Any], assignment: set[tuple[str, int]], where: str
     return good
 
 
-async def hand_out(routes: dict[str, InputBatches], msgs: list[Any], send: Send) -> None:
-    """One Batch per input topic of the poll to its agent; returns when every agent is done.
-    The agents of different topics share no table: they run at once, so one agent's CPU work
-    overlaps another's wait for Cassandra or Redis; their outputs join the same transaction."""
+def by_topic_of(msgs: list[Any]) -> dict[str, list[Any]]:
+    """A poll's records per topic, each topic's in poll order."""
     by_topic: dict[str, list[Any]] = {}
     for msg in msgs:
         topic = msg.topic()
@@ -226,6 +224,14 @@ async def hand_out(routes: dict[str, InputBatches], msgs: list[Any], send: Send)
             by_topic[topic] = [msg]
         else:
             records.append(msg)
+    return by_topic
+
+
+async def hand_out(routes: dict[str, InputBatches], msgs: list[Any], send: Send) -> None:
+    """One Batch per input topic of the poll to its agent; returns when every agent is done.
+    The agents of different topics share no table: they run at once, so one agent's CPU work
+    overlaps another's wait for Cassandra or Redis; their outputs join the same transaction."""
+    by_topic = by_topic_of(msgs)
     now_ms = int(time.time() * 1000)
     batches = []
     for topic, records in by_topic.items():
@@ -246,14 +252,7 @@ async def hand_out_overlapped(routes: dict[str, InputBatches], msgs: list[Any], 
     one is handed out; the topics whose agents are idle are handed theirs first, so their CPU
     work runs while the others wait for their stores. Whoever commits must first wait for
     every batch in `inflight` (the worker's `_settle`)."""
-    by_topic: dict[str, list[Any]] = {}
-    for msg in msgs:
-        topic = msg.topic()
-        records = by_topic.get(topic)
-        if records is None:
-            by_topic[topic] = [msg]
-        else:
-            records.append(msg)
+    by_topic = by_topic_of(msgs)
     now_ms = int(time.time() * 1000)
     busy = [t for t in by_topic if t in inflight and not inflight[t].done()]
     for topic in [t for t in by_topic if t not in busy] + busy:

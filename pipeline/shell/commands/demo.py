@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Annotated, Any, cast
@@ -103,11 +104,15 @@ def _stop_children(procs: dict[str, subprocess.Popen[bytes]],
     return killed
 
 
+# Set by SIGTERM, SIGHUP or Ctrl-C; the demo's loop stops at its next check (at most one
+# refresh interval later). The handlers only set it: an exception raised from a signal
+# handler lands wherever Python happens to be, and inside a weakref callback or a __del__
+# it is printed and dropped ("Exception ignored in ...") and the demo would run on.
+_STOP = threading.Event()
+
+
 def _interrupt(signum: int, _frame: Any) -> None:
-    # Once: a second SIGTERM/SIGHUP must not cut the children's shutdown short.
-    for other in (signal.SIGTERM, signal.SIGHUP):
-        signal.signal(other, signal.SIG_IGN)
-    raise KeyboardInterrupt(signal.Signals(signum).name)
+    _STOP.set()
 
 
 def demo(
@@ -164,7 +169,8 @@ def demo(
     # SIGTERM or SIGHUP (a closed terminal, `timeout`, a service manager) stop the demo
     # the way Ctrl-C does: through the `finally` below that stops its children, which run
     # in their own sessions and would otherwise be left running.
-    for signum in (signal.SIGTERM, signal.SIGHUP):
+    _STOP.clear()
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(signum, _interrupt)
     try:
         for name, args in commands.items():
@@ -179,7 +185,8 @@ def demo(
         started = time.monotonic()
         prev = None
         with Live(console=console, refresh_per_second=2, screen=False) as live:
-            while duration is None or time.monotonic() - started < duration:
+            while not _STOP.is_set() and (duration is None
+                                          or time.monotonic() - started < duration):
                 cur = scrape(urls)
                 dead = [n for n, p in procs.items() if p.poll() is not None]
                 notes = [f"[red]{n} exited ({procs[n].returncode}); see "
@@ -187,8 +194,8 @@ def demo(
                 live.update(Group(render(cur, prev), _sample_availability(settings),
                                   *notes, NEXT_STEPS))
                 prev = cur
-                time.sleep(interval)
-    except KeyboardInterrupt:
+                _STOP.wait(interval)
+    except KeyboardInterrupt:  # a signal before the handlers were installed
         pass
     finally:
         # Stopping: a further Ctrl-C, SIGTERM or SIGHUP must not cut the children's shutdown

@@ -130,31 +130,42 @@ def test_a_due_commit_is_put_off_for_one_poll_only_under_load_with_a_batch_runni
     assert asyncio.run(scenario()) == [False, True, False, False]
 
 
+def _revoking(events: list[Any], batch: asyncio.Future[Any]) -> BatchRuntime:
+    """A runtime with an open transaction, one batch handed out, and a revoke to come."""
+    rt = _runtime()
+    rt._event_loop = asyncio.get_running_loop()
+    rt.lanes, rt.lane_topics, rt.tables, rt.tables_by_topic = {}, {}, [], {}
+    rt.positions, rt.processed, rt.committed, rt.assignment = {("u", 0): 5}, {}, {}, set()
+    rt.in_txn = True
+    rt._inflight = {"u": batch}
+    rt._commit_or_abort = lambda: events.append("commit")  # type: ignore[method-assign]
+    rt._abort_and_rewind = lambda: events.append("abort")  # type: ignore[method-assign]
+    return rt
+
+
+async def _revoke_on_kafka_thread(rt: BatchRuntime) -> None:
+    callback = threading.Thread(target=rt._on_revoke_body, args=([],))
+    started = time.monotonic()
+    callback.start()
+    while callback.is_alive() and time.monotonic() - started < 10:
+        await asyncio.sleep(0.01)
+
+
 def test_revoke_waits_for_the_running_batch_then_commits() -> None:
     """The revoke callback runs on the Kafka thread inside consume() while the event loop
     runs the batches: it waits for them before it commits."""
     events: list[Any] = []
 
     async def scenario() -> None:
-        rt = _runtime()
-        rt._event_loop = asyncio.get_running_loop()
-        rt.lanes, rt.lane_topics, rt.tables, rt.tables_by_topic = {}, {}, [], {}
-        rt.positions, rt.processed, rt.committed, rt.assignment = {("u", 0): 5}, {}, {}, set()
-        rt.in_txn = True
         running = asyncio.get_running_loop().create_future()
-        rt._inflight = {"u": running}
-        rt._commit_or_abort = lambda: events.append("commit")  # type: ignore[method-assign]
-        rt._abort_and_rewind = lambda: events.append("abort")  # type: ignore[method-assign]
+        rt = _revoking(events, running)
 
         def finish() -> None:
             events.append("batch done")
             running.set_result(1)
 
         asyncio.get_running_loop().call_later(0.1, finish)
-        callback = threading.Thread(target=rt._on_revoke_body, args=([],))
-        callback.start()
-        while callback.is_alive():
-            await asyncio.sleep(0.01)
+        await _revoke_on_kafka_thread(rt)
 
     asyncio.run(scenario())
     assert events == ["batch done", "commit"]
@@ -164,21 +175,9 @@ def test_revoke_after_a_failed_batch_aborts_instead_of_committing() -> None:
     events: list[Any] = []
 
     async def scenario() -> None:
-        rt = _runtime()
-        rt._event_loop = asyncio.get_running_loop()
-        rt.lanes, rt.lane_topics, rt.tables, rt.tables_by_topic = {}, {}, [], {}
-        rt.positions, rt.processed, rt.committed, rt.assignment = {("u", 0): 5}, {}, {}, set()
-        rt.in_txn = True
         failed = asyncio.get_running_loop().create_future()
         failed.set_exception(RuntimeError("half a batch"))
-        rt._inflight = {"u": failed}
-        rt._commit_or_abort = lambda: events.append("commit")  # type: ignore[method-assign]
-        rt._abort_and_rewind = lambda: events.append("abort")  # type: ignore[method-assign]
-        callback = threading.Thread(target=rt._on_revoke_body, args=([],))
-        started = time.monotonic()
-        callback.start()
-        while callback.is_alive() and time.monotonic() - started < 10:
-            await asyncio.sleep(0.01)
+        await _revoke_on_kafka_thread(_revoking(events, failed))
 
     asyncio.run(scenario())
     assert events == ["abort"]
