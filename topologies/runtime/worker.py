@@ -76,9 +76,8 @@ from topologies.runtime.txn import (
 log = get_logger("stockflow.runtime")
 
 TOPIC_ID_KEY = b"\x00changelog-topic-id"
-# How long a rebalance callback waits for the batches still running before it aborts them
-# (their partitions are read again), and how long a stop waits before it aborts.
-CALLBACK_SETTLE_TIMEOUT_S = 60.0
+# How long a stop waits for the batches still running before it aborts them (a restart
+# reads their records again).
 STOP_SETTLE_TIMEOUT_S = 20.0
 
 
@@ -541,8 +540,8 @@ class BatchRuntime(Service):
                       timeout_s: float | None = None) -> bool:
         """Wait for every batch handed out (`_inflight`); True when all succeeded. The first
         error is raised (raise_errors) after all have finished, so that nothing still runs
-        when the caller aborts; a batch not done after timeout_s counts as failed (none for
-        the main loop: a batch may wait out a Cassandra outage, as it did before overlap)."""
+        when the caller aborts; a batch not done after timeout_s counts as failed (only a stop
+        gives one: a batch may wait out a Cassandra outage, as it did before overlap)."""
         if not self._inflight:
             return True
         futures = list(self._inflight.values())
@@ -564,19 +563,17 @@ class BatchRuntime(Service):
 
     def _settle_in_callback(self) -> bool:
         """`_settle` from the Kafka thread (a rebalance callback inside consume(), while the
-        event loop waits for that poll and runs the batches); True when all succeeded."""
-        if not any(not f.done() for f in self._inflight.values()) and not any(
-                f.cancelled() or f.exception() is not None for f in self._inflight.values()
-                if f.done()):
-            self._inflight.clear()
+        event loop waits for that poll and runs the batches); True when all succeeded. No
+        timeout, as for the main loop: a batch given up on here would still send its outputs
+        later, into the next transaction, after its records were rewound."""
+        if not self._inflight:
             return True
-        loop = self._event_loop
-        assert loop is not None
-        future = asyncio.run_coroutine_threadsafe(
-            self._settle(raise_errors=False, timeout_s=CALLBACK_SETTLE_TIMEOUT_S), loop)
+        assert self._event_loop is not None
+        future = asyncio.run_coroutine_threadsafe(self._settle(raise_errors=False),
+                                                  self._event_loop)
         try:
-            return bool(future.result(CALLBACK_SETTLE_TIMEOUT_S + 5))
-        except Exception as exc:  # a timeout: treat as failed
+            return bool(future.result())
+        except Exception as exc:  # the loop went away: nothing can be known to be done
             log.error("runtime.settle_failed", error=f"{type(exc).__name__}: {exc}")
             return False
 
