@@ -24,8 +24,8 @@ from pathlib import Path
 from typing import Any
 
 
-def run(events: int, rounds: int, skus: int, suppliers: int,
-        log: Any = print) -> list[dict[str, Any]]:
+def run(events: int, rounds: int, skus: int, suppliers: int, log: Any = print,
+        profile: Path | None = None) -> list[dict[str, Any]]:
     from bench.end_to_end import Sender, _try_scrape, _wait_drained, load_keys
     from bench.harness import CpuMeter, stack_pids, wait_for
     from bench.pipeline_env import PipelineEnv
@@ -48,6 +48,7 @@ def run(events: int, rounds: int, skus: int, suppliers: int,
             batch = list(workload.events(events))
             meter = CpuMeter(pids)
             meter.start()
+            spy = _start_profile(env.worker.pid, profile, index) if profile else None
             started = time.monotonic()
             for event in batch:
                 sender(event)
@@ -55,6 +56,8 @@ def run(events: int, rounds: int, skus: int, suppliers: int,
             drained, _ = _wait_drained(env, sender, max(300.0, events / 100))
             seconds = time.monotonic() - started
             cpu = meter.stop()
+            if spy is not None:
+                spy.wait(timeout=60)
             result = {"round": index + 1, "events": events, "seconds": round(seconds, 2),
                       "events_per_s": round(events / seconds), "drained": drained,
                       "cpu_us_per_event": {name: round(v * 1e6 / events)
@@ -69,6 +72,20 @@ def run(events: int, rounds: int, skus: int, suppliers: int,
     return results
 
 
+def _start_profile(pid: int, out_dir: Path, index: int) -> Any:
+    """py-spy the worker through one round (collapsed stacks, with idle frames: where a
+    saturated worker's main thread waits matters as much as where it computes)."""
+    import shutil
+    import subprocess
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    exe = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+    return subprocess.Popen(
+        [exe, "record", "--pid", str(pid), "--duration", "8", "--rate", "100", "--idle",
+         "--format", "raw", "-o", str(out_dir / f"drain-worker-{index + 1}.txt")],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--events", type=int, default=40_000, help="events per round")
@@ -76,8 +93,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--skus", type=int, default=10_000)
     parser.add_argument("--suppliers", type=int, default=10)
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
+    parser.add_argument("--profile", type=Path, default=None,
+                        help="directory for py-spy collapsed stacks of the worker, 8 s per round")
     args = parser.parse_args(argv)
-    results = run(args.events, args.rounds, args.skus, args.suppliers)
+    results = run(args.events, args.rounds, args.skus, args.suppliers, profile=args.profile)
     if args.json:
         print(json.dumps(results))
     return 0 if all(r["drained"] for r in results) else 1

@@ -160,6 +160,10 @@ class Settings(BaseSettings):
     batch_overlap: bool = Field(
         default=True, description="under load, read and hand out the next poll while an agent "
         "still waits for Cassandra or Redis (every commit waits for all batches first)")
+    gc_young_threshold: int = Field(
+        default=50_000, ge=0, description="allocations between young garbage collections in "
+        "the worker and the API (0: CPython's default, 700); a full collection with the "
+        "default stopped the worker for ~90 ms every few seconds (pipeline/gc_tuning.py)")
     commit_min_interval_s: float = Field(
         default=0.02, gt=0, description="commit this soon when the worker keeps up (a poll "
         "returned less than a full batch); commit_interval_s is the interval under load")

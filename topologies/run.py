@@ -47,5 +47,9 @@ def run_worker() -> None:
     from faust.worker import Worker
 
     app.discover()
+    from pipeline import gc_tuning
+
+    thresholds = gc_tuning.tune(settings.gc_young_threshold)
+    get_logger("stockflow.worker").debug("worker.gc", thresholds=thresholds)
     Worker(app, loglevel=settings.log_level, quiet=True, redirect_stdouts=False,
            override_logging=False).execute_from_commandline()

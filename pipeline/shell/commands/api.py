@@ -15,13 +15,16 @@ def api(
     import uvicorn
 
     from connectors.api.app import create_app
+    from pipeline import gc_tuning
     from pipeline.settings import get_settings
 
     settings = get_settings()
+    app = create_app(settings)
+    gc_tuning.tune(settings.gc_young_threshold)
     # uvloop and httptools when installed (they are, off Windows); no access log and no
     # proxy-header rewriting (nothing reads the client's address): CPU per request is what
     # limits one API process.
-    uvicorn.run(create_app(settings), host=host or settings.api_host,
+    uvicorn.run(app, host=host or settings.api_host,
                 port=port if port is not None else settings.api_port,
                 loop="auto", http="auto", log_level="warning", access_log=False,
                 proxy_headers=False)
