@@ -27,7 +27,7 @@ from typing import Any
 def run(events: int, rounds: int, skus: int, suppliers: int, log: Any = print,
         profile: Path | None = None) -> list[dict[str, Any]]:
     from bench.end_to_end import Sender, _try_scrape, _wait_drained, load_keys
-    from bench.harness import CpuMeter, stack_pids, wait_for
+    from bench.harness import CpuMeter, scrape, stack_pids, wait_for
     from bench.pipeline_env import PipelineEnv
     from bench.workload import Workload, WorkloadSpec
     from pipeline.settings import Settings
@@ -46,6 +46,7 @@ def run(events: int, rounds: int, skus: int, suppliers: int, log: Any = print,
                 **stack_pids(Settings().stack_dir)}
         for index in range(rounds):
             batch = list(workload.events(events))
+            loop_before = _loop_seconds(scrape(env.metrics_port))
             meter = CpuMeter(pids)
             meter.start()
             spy = _start_profile(env.worker.pid, profile, index) if profile else None
@@ -56,20 +57,51 @@ def run(events: int, rounds: int, skus: int, suppliers: int, log: Any = print,
             drained, _ = _wait_drained(env, sender, max(300.0, events / 100))
             seconds = time.monotonic() - started
             cpu = meter.stop()
+            loop = {phase: seconds - loop_before.get(phase, 0.0) for phase, seconds
+                    in _loop_seconds(scrape(env.metrics_port)).items()}
             if spy is not None:
                 spy.wait(timeout=60)
             result = {"round": index + 1, "events": events, "seconds": round(seconds, 2),
                       "events_per_s": round(events / seconds), "drained": drained,
                       "cpu_us_per_event": {name: round(v * 1e6 / events)
-                                           for name, v in cpu.items() if name != "_wall"}}
+                                           for name, v in cpu.items() if name != "_wall"},
+                      # Where the worker's main loop spent the round (share of its wall time).
+                      "loop_share": {phase: round(v / seconds, 2) for phase, v in loop.items()
+                                     if not phase.startswith("cassandra_")},
+                      "cassandra_batches": _sink_summary(loop, seconds)}
             results.append(result)
             log(f"round {index + 1}: {events:,} events in {seconds:.1f}s = "
-                f"{events / seconds:,.0f}/s; CPU us/event {result['cpu_us_per_event']}")
+                f"{events / seconds:,.0f}/s; CPU us/event {result['cpu_us_per_event']}; "
+                f"worker loop {result['loop_share']}; Cassandra {result['cassandra_batches']}")
         sender.producer.close()
     finally:
         env.stop_worker()
         env.cleanup()
     return results
+
+
+def _loop_seconds(samples: list[tuple[str, dict[str, str], float]]) -> dict[str, float]:
+    """The worker loop's seconds per phase, and the Cassandra sink's batches, rows and seconds."""
+    out = {labels["phase"]: value for name, labels, value in samples
+           if name == "stockflow_worker_loop_seconds_total"}
+    for name, labels, value in samples:
+        if labels.get("sink") == "cassandra" and name in (
+                "stockflow_sink_batch_seconds_count", "stockflow_sink_batch_seconds_sum",
+                "stockflow_sink_batch_size_sum"):
+            out[name.replace("stockflow_sink_batch_", "cassandra_")] = value
+    return out
+
+
+def _sink_summary(delta: dict[str, float], seconds: float) -> dict[str, float]:
+    """Cassandra writes of a round: how many, their mean size and time, and the share of the
+    round a write was running (the aggregate agent writes one batch at a time)."""
+    batches = delta.get("cassandra_seconds_count", 0.0)
+    if not batches:
+        return {}
+    return {"batches": int(batches),
+            "mean_updates": round(delta.get("cassandra_size_sum", 0.0) / batches),
+            "mean_ms": round(1000 * delta.get("cassandra_seconds_sum", 0.0) / batches, 1),
+            "busy": round(delta.get("cassandra_seconds_sum", 0.0) / seconds, 2)}
 
 
 def _start_profile(pid: int, out_dir: Path, index: int) -> Any:

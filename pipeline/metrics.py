@@ -46,6 +46,12 @@ FRESHNESS = Histogram(
     buckets=(0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.125, 0.15, 0.175, 0.2, 0.225, 0.25,
              0.275, 0.3, 0.35, 0.4, 0.45, 0.5, 0.75, 1, 2.5, 5, 10, 30),
 )
+WORKER_LOOP_SECONDS = Counter(
+    "stockflow_worker_loop_seconds_total",
+    "Wall time of the worker's main loop by phase: poll (waiting for records), process (batches "
+    "handed out), settle (waiting for batches still writing before a commit), commit",
+    ["phase"],
+)
 SUPPLIER_LAST_SEEN = Gauge(
     "stockflow_supplier_last_event_timestamp_seconds",
     "Time of the last accepted event per supplier (a silent feed shows as an old value)",

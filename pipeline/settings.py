@@ -164,6 +164,10 @@ class Settings(BaseSettings):
         default=50_000, ge=0, description="allocations between young garbage collections in "
         "the worker and the API (0: CPython's default, 700); a full collection with the "
         "default stopped the worker for ~90 ms every few seconds (pipeline/gc_tuning.py)")
+    commit_max_delay_s: float = Field(
+        default=0.5, gt=0, description="under load, how long after the last commit a due "
+        "commit may be put off while a batch still waits for Cassandra or Redis (with "
+        "batch_overlap): the next polls are processed meanwhile instead of waiting for it")
     commit_min_interval_s: float = Field(
         default=0.02, gt=0, description="commit this soon when the worker keeps up (a poll "
         "returned less than a full batch); commit_interval_s is the interval under load")

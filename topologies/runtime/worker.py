@@ -46,6 +46,7 @@ from typing import Any
 
 from mode import Service
 
+from pipeline import metrics
 from pipeline.kafka import produce
 from pipeline.log import get_logger
 from topologies.runtime.batches import InputBatches
@@ -185,7 +186,9 @@ class BatchRuntime(Service):
         self.overlap = bool(getattr(settings, "batch_overlap", True))
         self._inflight: dict[str, asyncio.Future[Any]] = {}
         self._settle_failed = False  # a batch failed while settling for a stop: abort, never commit
-        self._commit_put_off = False  # a due commit was put off for one poll (_keep_overlapping)
+        # Under load, how long past the last commit a due commit may be put off while a
+        # batch still waits for its stores (_keep_overlapping).
+        self._commit_max_delay_s = float(getattr(settings, "commit_max_delay_s", 0.5))
         self._event_loop: asyncio.AbstractEventLoop | None = None
         # Longer than any Kafka call's own timeout (commit 120 s) plus a rebalance's restore:
         # the last resort behind the per-call deadlines.
@@ -443,9 +446,16 @@ class BatchRuntime(Service):
     async def _run(self) -> None:
         s = self.settings
         failures = 0
+        phase = metrics.WORKER_LOOP_SECONDS
+        polled, processed, settled, committed = (phase.labels(name) for name in (
+            "poll", "process", "settle", "commit"))
+        clock = time.perf_counter
         while not self._stopping:
             try:
+                t0 = clock()
                 msgs = await self._blocking(self._poll, s.batch_max_records, s.batch_max_wait_s)
+                t1 = clock()
+                polled.inc(t1 - t0)
                 rest = msgs
                 if self.commit_first and msgs:
                     first = [m for m in msgs if m.topic() in self.commit_first]
@@ -459,12 +469,17 @@ class BatchRuntime(Service):
                         await self._blocking(self._commit_or_abort)
                 if rest:
                     await self._process(rest)
+                t2 = clock()
+                processed.inc(t2 - t1)
                 # Loaded: a quarter of a batch or more per poll. A commit then waits for the
                 # interval (and overlap may put it off a poll); below that, sooner (freshness).
                 busy = len(msgs) >= max(1, s.batch_max_records // 4)
                 if self._commit_due(busy=busy) and not self._keep_overlapping(busy):
                     await self._settle()
+                    t3 = clock()
+                    settled.inc(t3 - t2)
                     await self._blocking(self._commit_or_abort)
+                    committed.inc(clock() - t3)
                 failures = 0
             except asyncio.CancelledError:
                 raise
@@ -528,13 +543,12 @@ class BatchRuntime(Service):
 
     def _keep_overlapping(self, busy: bool) -> bool:
         """Under load, a commit that falls due while a batch still waits for its stores is put
-        off for one poll (whose batches then run during that wait). A worker that keeps up
-        commits at once, as without overlap."""
-        if self._commit_put_off or not busy or all(f.done() for f in self._inflight.values()):
-            self._commit_put_off = False
+        off (the next polls' batches then run during that wait, where a commit would wait for
+        it first), until that batch is done or commit_max_delay_s after the last commit. A
+        worker that keeps up commits at once, as without overlap."""
+        if not busy or all(f.done() for f in self._inflight.values()):
             return False
-        self._commit_put_off = True
-        return True
+        return time.monotonic() - self.last_commit < self._commit_max_delay_s
 
     async def _settle(self, *, raise_errors: bool = True,
                       timeout_s: float | None = None) -> bool:

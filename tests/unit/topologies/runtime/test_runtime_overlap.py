@@ -78,7 +78,8 @@ def test_hand_out_raises_the_error_of_the_agents_previous_batch() -> None:
 def _runtime() -> BatchRuntime:
     rt = BatchRuntime.__new__(BatchRuntime)
     rt._inflight = {}
-    rt._commit_put_off = False
+    rt._commit_max_delay_s = 0.5
+    rt.last_commit = time.monotonic()
     rt.deadlines = CallDeadlines(15.0, lambda *_: None)
     return rt
 
@@ -115,19 +116,22 @@ def test_settle_counts_a_batch_not_done_in_time_as_failed() -> None:
     assert asyncio.run(scenario()) is False
 
 
-def test_a_due_commit_is_put_off_for_one_poll_only_under_load_with_a_batch_running() -> None:
+def test_a_due_commit_is_put_off_under_load_while_a_batch_runs_up_to_the_max_delay() -> None:
     async def scenario() -> list[bool]:
         rt = _runtime()
         running = asyncio.get_running_loop().create_future()
         rt._inflight = {"updates": running}
         decisions = [rt._keep_overlapping(busy=False),  # keeps up: commit at once
-                     rt._keep_overlapping(busy=True),   # loaded, running: one more poll
-                     rt._keep_overlapping(busy=True)]   # already put off once: commit
+                     rt._keep_overlapping(busy=True),   # loaded, running: go on polling
+                     rt._keep_overlapping(busy=True)]   # still running, within the delay
+        rt.last_commit = time.monotonic() - 0.6
+        decisions.append(rt._keep_overlapping(busy=True))  # past the max delay: commit
+        rt.last_commit = time.monotonic()
         running.set_result(1)
         decisions.append(rt._keep_overlapping(busy=True))  # nothing running: commit
         return decisions
 
-    assert asyncio.run(scenario()) == [False, True, False, False]
+    assert asyncio.run(scenario()) == [False, True, True, False, False]
 
 
 def _revoking(events: list[Any], batch: asyncio.Future[Any]) -> BatchRuntime:
