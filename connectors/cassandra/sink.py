@@ -237,7 +237,13 @@ REPLICA_BATCH_MAX_BYTES = 32 * 1024
 # `cassandra_batch_rows` per request.
 MIN_REQUESTS_PER_WRITE = 8
 MIN_ROWS_PER_REQUEST = 8  # below this a request's own cost outweighs the parallelism
-_ROW_OVERHEAD_BYTES = 64
+# Cassandra measures a batch by its cells (batch_size_fail_threshold, 50 KiB by default): a
+# cell's value plus its timestamp, TTL and deletion time (16 bytes), and a row's liveness and
+# clustering. A row's bound values plus these allowances is an upper bound: with 64 bytes a
+# row and nothing per cell, the history rows of a 120-row batch measured 51 KiB and Cassandra
+# refused the batch ("Batch too large").
+_ROW_OVERHEAD_BYTES = 32
+_CELL_OVERHEAD_BYTES = 16
 
 
 class RowBatch:
@@ -314,7 +320,8 @@ def group_by_replica(rows: Iterable[tuple[PreparedInsert, tuple[Any, ...]]],
     done: list[RowBatch] = []
     for insert, params in rows:
         values = insert.bind(params)
-        nbytes = _ROW_OVERHEAD_BYTES + sum(len(v) for v in values if v is not None)
+        nbytes = (_ROW_OVERHEAD_BYTES + _CELL_OVERHEAD_BYTES * len(values)
+                  + sum(len(v) for v in values if v is not None))
         group = None if replicas_of is None else replicas_of(insert, values)
         batch = open_batches.get(group)
         if batch is not None and (len(batch) >= max_rows or batch.nbytes + nbytes > max_bytes):

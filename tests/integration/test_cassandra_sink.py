@@ -439,3 +439,26 @@ async def test_requests_that_get_no_answer_time_out_and_are_retried_until_writte
         rows = [r for r in session.execute(f"SELECT supplier_id FROM {ks}.{table}")
                 if r.supplier_id.startswith("stall-")]
         assert len(rows) == expected, table
+
+
+async def test_a_large_rows_per_batch_setting_stays_under_cassandras_batch_size_limit(
+        keyspace: tuple[Any, str]) -> None:
+    """cassandra_batch_rows may be set up to 1000: the sink's byte bound, not Cassandra's
+    batch_size_fail_threshold (50 KiB), must end a batch first (with 64 bytes a row and
+    nothing per cell, 120 history rows were refused as "Batch too large")."""
+    session, ks = keyspace
+    updates = [stock_update("big-s1", f"big-{k}", 1_760_000_000_000_000 + k, k,
+                            platform_sku=f"big-P{k}", price="1234567.89")
+               for k in range(3000)]
+    sink = sink_for(ks, batch_rows=1000)
+    await sink.start()
+    try:
+        rows = await sink.write_batch(updates)
+    finally:
+        await sink.close()
+    assert rows == 3 * len(updates)
+    assert sink.stats.requests >= 3 * len(updates) / 1000  # batches were cut by size
+    (count,) = session.execute(
+        f"SELECT COUNT(*) FROM {ks}.change_history WHERE supplier_id = 'big-s1' "
+        "AND sku = 'big-2999'").one()
+    assert count == 1
