@@ -34,6 +34,9 @@ def bench(
     skus: Annotated[int | None, typer.Option(help="override the mode's SKU count")] = None,
     rates: Annotated[str | None, typer.Option(
         help="end-to-end offered rates, comma separated (default: the mode's ladder)")] = None,
+    step_seconds: Annotated[float | None, typer.Option(
+        help="seconds per end-to-end rate step (default: the mode's; longer steps judge "
+             "'bounded' over more of the commit cycle's backlog swings)")] = None,
     topology: Annotated[bool, typer.Option(help="run the topology benchmark")] = True,
     end_to_end: Annotated[bool, typer.Option(help="run the end-to-end benchmark")] = True,
     peers: Annotated[bool, typer.Option(
@@ -53,6 +56,8 @@ def bench(
     cfg = dict(MODES[mode])
     if skus is not None:
         cfg["skus"] = skus
+    if step_seconds is not None:
+        cfg["step_s"] = step_seconds
     configure_logging(json=False, level="WARNING")
     _interrupt_on_sigterm()
     out.mkdir(parents=True, exist_ok=True)
