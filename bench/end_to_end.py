@@ -41,7 +41,9 @@ from bench.workload import Workload, WorkloadSpec, send_open_loop
 
 
 def _counts(env: Any) -> PipelineCounts:
-    return PipelineCounts.from_samples(scrape(env.metrics_port))
+    """The counters of every worker of the pipeline, added up."""
+    ports = env.metrics_ports() if hasattr(env, "metrics_ports") else [env.metrics_port]
+    return PipelineCounts.from_samples([s for port in ports for s in scrape(port)])
 
 
 class Sender:
@@ -111,6 +113,7 @@ def run_step(env: Any, sender: Sender, workload: Workload, rate: int, duration_s
                              for name, v in cpu.items() if not name.startswith("_")},
         "cpu_cores": {name: v / cpu["_wall"] for name, v in cpu.items()
                       if not name.startswith("_")},
+        "workers": sum(1 for name in pids if name.startswith("worker")),
         "load_avg": [load0, load_average()],
     }
 
@@ -270,8 +273,13 @@ def replay(env: Any, events: int, timeout_s: float = 900) -> dict[str, Any]:
 def run(workdir: Path, *, skus: int, suppliers: int, rates: list[int], step_s: float,
         grace_s: float, baseline_events: int, profile_s: int,
         guarantee: str = "exactly_once", stack_dir: Path | None = None,
-        bulk_load_above: int = 100_000, log: Any = print) -> dict[str, Any]:
-    """The whole end-to-end run; always removes what it created."""
+        bulk_load_above: int = 100_000, workers: int = 1,
+        log: Any = print) -> dict[str, Any]:
+    """The whole end-to-end run; always removes what it created.
+
+    `workers` > 1: that many worker processes of one app id share the partitions during the
+    rate ladder (scaling by partitions); memory and recovery are then measured with the
+    first worker alone again."""
     from pipeline.settings import Settings
 
     stack_dir = stack_dir or Settings().stack_dir
@@ -285,7 +293,7 @@ def run(workdir: Path, *, skus: int, suppliers: int, rates: list[int], step_s: f
     spec = WorkloadSpec(skus=skus, suppliers=suppliers)
     workload = Workload(spec)
     result: dict[str, Any] = {"guarantee": guarantee, "partitions": env.settings.partitions,
-                              "spec": spec.__dict__, "steps": []}
+                              "spec": spec.__dict__, "steps": [], "workers": workers}
     bulk = skus > bulk_load_above
     try:
         env.setup()
@@ -296,6 +304,13 @@ def run(workdir: Path, *, skus: int, suppliers: int, rates: list[int], step_s: f
         t_start = time.monotonic()
         env.start_worker()
         wait_for("the worker's metrics endpoint", lambda: _try_scrape(env), 180)
+        for i in range(2, workers + 1):
+            from bench.worker_process import Worker
+
+            extra = Worker(env, f"worker{i}")
+            extra.start()
+            env.extra_workers.append(extra)
+            wait_for(f"worker {i}'s metrics endpoint", lambda: _try_scrape(env), 180)
         sender = Sender(env)
         # Warm-up: partitions assigned, tables recovered, first writes done.
         send_open_loop(sender, workload, 100, 3)
@@ -329,17 +344,25 @@ def run(workdir: Path, *, skus: int, suppliers: int, rates: list[int], step_s: f
             if profiler is not None:
                 profiler.join(timeout=profile_s + 90)
             log(f"load: {result['load']}")
-        pids = {"worker": env.worker.pid, **stack_pids(stack_dir)}
+        pids = {"worker": env.worker.pid, **{extra.name: extra.proc.pid
+                                             for extra in env.extra_workers},
+                **stack_pids(stack_dir)}
         for rate in rates:
             step = run_step(env, sender, workload, rate, step_s, grace_s, pids)
             result["steps"].append(step)
+            cpu = step["cpu_us_per_event"]
+            per_worker = "+".join(f"{cpu.get(name, math.nan):,.0f}" for name in pids
+                                  if name.startswith("worker"))
             log(f"rate {rate:>6,}/s: processed {step['processed_rate']:,.0f}/s, "
                 f"bounded={step['bounded']}, p99 {step['p99_ms']:.0f} ms, "
-                f"worker {step['cpu_us_per_event'].get('worker', math.nan):,.0f} us/event")
+                f"worker {per_worker} us/event, slope {step['backlog_slope']:,.0f}/s")
             if not step["bounded"]:
                 break
         result["sustained_rate"] = sustained_rate(result["steps"])
         result["drained_after_ladder"] = _wait_drained(env, sender, max(60.0, 4 * grace_s))[0]
+        if env.extra_workers:
+            log(f"stopping workers 2-{workers}: memory and recovery of one worker")
+            env.stop_extra_workers()
         result["memory"] = memory(env, stack_dir, skus)
         log(f"memory: {result['memory']}")
         result["recovery"] = recovery(env, sender, workload, timeout_s=max(180.0, skus / 500))

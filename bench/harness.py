@@ -262,9 +262,14 @@ def metric_sum(samples: Iterable[tuple[str, dict[str, str], float]], name: str,
 
 def histogram_buckets(samples: Iterable[tuple[str, dict[str, str], float]], name: str,
                       **labels: str) -> dict[float, float]:
-    """{le: cumulative count} of one histogram series."""
-    return {float(ls["le"]): v for n, ls, v in samples
-            if n == f"{name}_bucket" and all(ls.get(k) == w for k, w in labels.items())}
+    """{le: cumulative count} of one histogram series, summed over the samples given (the
+    scrapes of several workers)."""
+    out: dict[float, float] = {}
+    for n, ls, v in samples:
+        if n == f"{name}_bucket" and all(ls.get(k) == w for k, w in labels.items()):
+            le = float(ls["le"])
+            out[le] = out.get(le, 0.0) + v
+    return out
 
 
 def scrape(port: int, timeout: float = 5.0) -> list[tuple[str, dict[str, str], float]]:

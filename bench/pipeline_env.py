@@ -87,6 +87,9 @@ class PipelineEnv:
         self.settings = Settings(**fields)
         self.worker: subprocess.Popen[bytes] | None = None
         self.worker_logs: list[Path] = []
+        # More workers of the same app id (bench/worker_process.Worker), each with its own
+        # data dir and ports: they share the partitions with `worker`.
+        self.extra_workers: list[Any] = []
 
     # ------------------------------------------------------------------ setup
     def cli(self, *args: str, check: bool = True,
@@ -136,6 +139,18 @@ class PipelineEnv:
     def assert_worker_alive(self) -> None:
         assert self.worker is not None and self.worker.poll() is None, \
             f"worker exited:\n{self.worker_log()}"
+        for extra in self.extra_workers:
+            assert extra.proc is not None and extra.proc.poll() is None, \
+                f"{extra.name} exited:\n{extra.text()[-4000:]}"
+
+    def metrics_ports(self) -> list[int]:
+        """The metrics ports of every running worker of this pipeline."""
+        return [self.metrics_port, *(int(w.environ["STOCKFLOW_METRICS_PORT"])
+                                     for w in self.extra_workers)]
+
+    def stop_extra_workers(self) -> None:
+        while self.extra_workers:
+            self.extra_workers.pop().stop(signal.SIGTERM)
 
     # ------------------------------------------------------------------ kafka
     def topic(self, logical: str) -> str:
@@ -315,6 +330,9 @@ class PipelineEnv:
 
     # ---------------------------------------------------------------- cleanup
     def cleanup(self) -> None:
+        for extra in self.extra_workers:
+            extra.stop(signal.SIGKILL)
+        self.extra_workers.clear()
         self.kill_worker()
         from pipeline.kafka import admin_client
 

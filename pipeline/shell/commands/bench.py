@@ -37,6 +37,9 @@ def bench(
     step_seconds: Annotated[float | None, typer.Option(
         help="seconds per end-to-end rate step (default: the mode's; longer steps judge "
              "'bounded' over more of the commit cycle's backlog swings)")] = None,
+    workers: Annotated[int, typer.Option(
+        min=1, max=8, help="worker processes of one app id sharing the partitions in the "
+        "end-to-end rate ladder (scaling by partitions)")] = 1,
     topology: Annotated[bool, typer.Option(help="run the topology benchmark")] = True,
     end_to_end: Annotated[bool, typer.Option(help="run the end-to-end benchmark")] = True,
     peers: Annotated[bool, typer.Option(
@@ -97,7 +100,8 @@ def bench(
             result["end_to_end"] = e2e.run(
                 work, skus=cfg["skus"], suppliers=cfg["suppliers"], rates=ladder,
                 step_s=cfg["step_s"], grace_s=cfg["grace_s"],
-                baseline_events=cfg["baseline_events"], profile_s=cfg["profile_s"], log=say)
+                baseline_events=cfg["baseline_events"], profile_s=cfg["profile_s"],
+                workers=workers, log=say)
     finally:
         result["seconds"] = time.time() - started
         result["machine"]["load_avg_end"] = os.getloadavg()

@@ -199,6 +199,19 @@ def test_parse_metrics_and_counts_backlog() -> None:
     assert counts.backlog(100, cache=False) == 7
 
 
+def test_counts_of_several_workers_add_up_counters_and_histogram_buckets() -> None:
+    def worker(applied: float, fresh: float, total: float) -> list[tuple[str, dict[str, str],
+                                                                          float]]:
+        return parse_metrics("\n".join([
+            f'stockflow_events_total{{outcome="applied",stage="apply"}} {applied}',
+            f'stockflow_freshness_seconds_bucket{{le="0.1",stage="redis"}} {fresh}',
+            f'stockflow_freshness_seconds_bucket{{le="+Inf",stage="redis"}} {total}']))
+
+    counts = PipelineCounts.from_samples(worker(90, 60, 70) + worker(10, 5, 20))
+    assert counts.applied == 100
+    assert counts.freshness == {0.1: 65.0, math.inf: 90.0}
+
+
 # ----------------------------------------------------------- lag and sustained
 
 
