@@ -78,6 +78,11 @@ class Settings(BaseSettings):
         default=10.0, gt=0, description="while Cassandra is unreachable, log at most this often"
     )
     cassandra_consistency: str = Field(default="LOCAL_QUORUM", pattern=r"^[A-Z_]+$")
+    cassandra_protocol_version: Literal[4, 5] = Field(
+        default=4, description="native protocol version: 5 adds a CRC32 over every frame, "
+        "which the driver computes per frame in Python (3 percent of the worker's CPU under "
+        "load); 4 relies on TCP's checksum, or TLS's MAC with cassandra_ssl_*",
+    )
     cassandra_history_ttl_s: int = Field(
         default=30 * 24 * 3600, ge=0, description="default TTL of change_history; 0 = keep"
     )

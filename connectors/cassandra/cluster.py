@@ -54,6 +54,7 @@ class ClusterConfig:
     ssl_cafile: Path | None = None
     ssl_certfile: Path | None = None
     ssl_keyfile: Path | None = None
+    protocol_version: int = 4
 
     @classmethod
     def from_settings(cls, settings: Settings) -> ClusterConfig:
@@ -71,6 +72,7 @@ class ClusterConfig:
             ssl_cafile=settings.cassandra_ssl_cafile,
             ssl_certfile=settings.cassandra_ssl_certfile,
             ssl_keyfile=settings.cassandra_ssl_keyfile,
+            protocol_version=settings.cassandra_protocol_version,
         )
 
 
@@ -149,7 +151,7 @@ def build_cluster(config: ClusterConfig) -> Cluster:
     return Cluster(
         list(config.contact_points),
         port=config.port,
-        protocol_version=5,
+        protocol_version=config.protocol_version,
         execution_profiles={EXEC_PROFILE_DEFAULT: profile},
         auth_provider=auth,
         ssl_context=ssl_context,
