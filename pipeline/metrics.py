@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from bisect import bisect_left
+from collections.abc import Iterable
+from typing import Any
+
 from prometheus_client import Counter, Gauge, Histogram
 
 EVENTS = Counter(
@@ -75,3 +79,38 @@ CONSUMER_END_NAME = "stockflow_consumer_end_offset"
 LAG_SCRAPE_ERRORS = Counter(
     "stockflow_consumer_lag_errors", "Failed lag lookups (Kafka unreachable or slow)",
 )
+
+
+def observe_many(histogram: Any, values: Iterable[float]) -> int:
+    """Observe every value into a histogram child (`FRESHNESS.labels(...)`), as `observe`
+    per value would, with one lock acquisition per bucket hit instead of two per value.
+
+    prometheus_client has no batch observe; a freshness observation per event cost
+    ~2.5 µs in the worker's hot path (two per event: Cassandra and Redis). This fills the
+    child's own per-bucket counts and sum (prometheus-client 0.20-0.26, checked by
+    tests/unit/pipeline/test_metrics_batch.py against `observe`); a child without them gets
+    `observe` per value. Returns how many values were observed."""
+    bounds = getattr(histogram, "_upper_bounds", None)
+    buckets = getattr(histogram, "_buckets", None)
+    total = getattr(histogram, "_sum", None)
+    if bounds is None or buckets is None or total is None or len(bounds) != len(buckets):
+        n = 0
+        for value in values:
+            histogram.observe(value)
+            n += 1
+        return n
+    counts = [0] * len(bounds)
+    where = bisect_left
+    amount = 0.0
+    n = 0
+    for value in values:
+        if value == value:  # NaN is in no bucket, as with observe (but in the sum)
+            counts[where(bounds, value)] += 1  # the first bound >= value: `value <= bound`
+        amount += value
+        n += 1
+    for i, count in enumerate(counts):
+        if count:
+            buckets[i].inc(count)
+    if n:
+        total.inc(amount)
+    return n

@@ -185,10 +185,10 @@ async def _write_then_emit(sink: StockSink, updates: list[dict[str, Any]],
     await sink.write_batch(updates)
     metrics.SINK_LATENCY.labels("cassandra").observe(time.perf_counter() - t0)
     metrics.SINK_BATCH_SIZE.labels("cassandra").observe(len(updates))
-    written_ms = time.time() * 1000
-    fresh = metrics.FRESHNESS.labels("cassandra")
-    for update in updates:
-        fresh.observe(max(0.0, (written_ms - update["produced_at"]) / 1000))
+    written_s = time.time()
+    metrics.observe_many(metrics.FRESHNESS.labels("cassandra"),
+                         [max(0.0, written_s - update["produced_at"] / 1000)
+                          for update in updates])
     cache: ChangeCache | None = get_cache() if CACHE_INLINE else None
     redis_started_ns = time.time_ns()
     if cache is not None:

@@ -32,6 +32,7 @@ from pipeline.metrics import (
     FRESHNESS,
     SINK_ERRORS,
     SINK_RETRIES,
+    observe_many,
 )
 
 if TYPE_CHECKING:
@@ -297,15 +298,14 @@ class RedisCache:
         )
         now_ms = time.time() * 1000
         keys_written = 0
-        fresh = FRESHNESS.labels(stage="redis")
+        ages: list[float] = []
         for (_, folded), flags in zip(calls, results, strict=True):
             if any(flags):
                 keys_written += 1
             for (_, produced), flag in zip(folded, flags, strict=True):
                 if flag:
-                    for ms in produced:
-                        if ms > 0:
-                            fresh.observe(max(0.0, (now_ms - ms) / 1000.0))
+                    ages.extend(max(0.0, (now_ms - ms) / 1000.0) for ms in produced if ms > 0)
+        observe_many(FRESHNESS.labels(stage="redis"), ages)
         return keys_written
 
     async def fill(self, platform_sku: str, rows: Iterable[Any]) -> int:
