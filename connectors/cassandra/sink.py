@@ -162,18 +162,71 @@ def _serializer(cqltype: Any) -> Serializer:
     return generic
 
 
+def _kind(cqltype: Any) -> str:
+    """How `_compile_bind` serializes a column type: s text, q bigint or timestamp (the sink's
+    epoch-ms ints), i int, b boolean, g the column's own serializer."""
+    from cassandra.cqltypes import BooleanType, DateType, Int32Type, LongType, UTF8Type
+
+    if not isinstance(cqltype, type):
+        return "g"
+    for base, kind in ((UTF8Type, "s"), (LongType, "q"), (DateType, "q"), (Int32Type, "i"),
+                       (BooleanType, "b")):
+        if issubclass(cqltype, base):
+            return kind
+    return "g"
+
+
+_INT32 = struct.Struct(">i")
+
+
+def _compile_bind(kinds: Sequence[str], serializers: Sequence[Serializer],
+                  protocol_version: int) -> Callable[[Sequence[Any]], list[bytes | None]]:
+    """`bind(params)` for one INSERT as straight-line code: the driver's bytes for the values
+    the sink writes (str, int, bool, None), each column's own serializer for anything else.
+
+    One call per row instead of one per value: a change_history row (18 values) binds in
+    1.7 µs against 4.5 with a serializer call per value. The source is built from the
+    column types alone, never from data."""
+    names = [f"v{i}" for i in range(len(kinds))]
+    lines = ["def bind(params):"]
+    if names:
+        lines.append(f"    {', '.join(names)}, = params")
+    lines.append("    return [")
+    for i, (kind, v) in enumerate(zip(kinds, names, strict=True)):
+        generic = f"_g{i}({v}, _pv)"
+        if kind == "s":
+            fast = f"{v}.encode() if {v}.__class__ is str else {generic}"
+        elif kind == "q":
+            fast = f"_q({v}) if {v}.__class__ is int else {generic}"
+        elif kind == "i":
+            fast = f"_i({v}) if {v}.__class__ is int else {generic}"
+        elif kind == "b":
+            fast = f"(_T if {v} else _F) if {v}.__class__ is bool else {generic}"
+        else:
+            fast = generic
+        lines.append(f"        None if {v} is None else ({fast}),")
+    lines.append("    ]")
+    env: dict[str, Any] = {"_q": _INT64.pack, "_i": _INT32.pack, "_T": b"\x01", "_F": b"\x00",
+                           "_pv": protocol_version, "str": str, "int": int, "bool": bool,
+                           "__builtins__": {}}
+    env.update({f"_g{i}": serialize for i, serialize in enumerate(serializers)})
+    exec(compile("\n".join(lines), "<sink bind>", "exec"), env)  # source: see the docstring
+    bind: Callable[[Sequence[Any]], list[bytes | None]] = env["bind"]
+    return bind
+
+
 class PreparedInsert:
     """A prepared INSERT that binds rows straight to bytes (RowBatch sends them).
 
     `PreparedStatement.bind` costs ~16-23 µs a row here (a ColDesc tuple and an encryption
     policy lookup per value, routing-key checks); serializing with the column types the
-    statement was prepared with costs ~3.5 µs and gives the same bytes. Values are still
-    bound, never formatted into CQL.
+    statement was prepared with, in code compiled per statement (`_compile_bind`), costs
+    ~1.7 µs and gives the same bytes. Values are still bound, never formatted into CQL.
     """
 
     def __init__(self, statement: Any, partition_columns: int, *, keyspace: str, query_id: bytes,
                  serializers: Sequence[Serializer], protocol_version: int,
-                 names: Sequence[str] = ()) -> None:
+                 names: Sequence[str] = (), kinds: Sequence[str] | None = None) -> None:
         self.statement = statement
         self.partition_columns = partition_columns
         self.keyspace = keyspace
@@ -181,6 +234,8 @@ class PreparedInsert:
         self._serializers = tuple(serializers)
         self._protocol_version = protocol_version
         self._names = tuple(names)  # column names, for error messages
+        self._fast_bind = _compile_bind(kinds or ["g"] * len(self._serializers),
+                                        self._serializers, protocol_version)
 
     @classmethod
     def prepare(cls, session: Session, keyspace: str, table: str, columns: Sequence[str],
@@ -202,10 +257,15 @@ class PreparedInsert:
                    query_id=statement.query_id,
                    serializers=[_serializer(column.type) for column in meta],
                    protocol_version=statement.protocol_version,
-                   names=[column.name for column in meta])
+                   names=[column.name for column in meta],
+                   kinds=[_kind(column.type) for column in meta])
 
     def bind(self, params: Sequence[Any]) -> list[bytes | None]:
         """The row's values serialized as the prepared statement's column types."""
+        try:
+            return self._fast_bind(params)
+        except Exception:  # the per-value path below gives the same bytes or the precise error
+            pass
         version = self._protocol_version
         try:
             return [None if value is None else serialize(value, version)
