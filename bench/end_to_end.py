@@ -42,8 +42,8 @@ from bench.workload import Workload, WorkloadSpec, send_open_loop
 
 def _counts(env: Any) -> PipelineCounts:
     """The counters of every worker of the pipeline, added up."""
-    ports = env.metrics_ports() if hasattr(env, "metrics_ports") else [env.metrics_port]
-    return PipelineCounts.from_samples([s for port in ports for s in scrape(port)])
+    return PipelineCounts.from_samples([s for port in env.metrics_ports()
+                                        for s in scrape(port)])
 
 
 class Sender:
