@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import heapq
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -127,65 +128,181 @@ def _copy(state: dict[str, Any]) -> dict[str, Any]:
             "answers": dict(state["answers"]), "closed": dict(state["closed"])}
 
 
-def _emit(state: dict[str, Any], supplier: SupplierView, out: ReservationOutputs, *,
+class Book:
+    """One SKU's ReservationState while commands are decided: a private copy of the state
+    and what makes a command's cost independent of how many holds, sales and answers the SKU
+    has. Copied once (per batch, in the agent), then every command is O(1) but for the
+    holds and sales it ends:
+
+    - the units held and the confirmed units pending, kept as running sums;
+    - the holds' expiries in a heap (entries of ended holds are skipped when they surface);
+    - the earliest reflection bound, and the earliest confirm of each supplier, so that the
+      sales are looked at only when the clock or a supplier's snapshot reflects one;
+    - answers and ended reservations forgotten from the front of their maps: both are
+      written with the SKU's clock, which never goes back, so a map's order is time order.
+
+    The decisions are those of the plain rule (held, available, next_deadline above):
+    `tests/unit/pipeline/test_reservation_book.py` checks them against the step as it was.
+    """
+
+    __slots__ = ("expiries", "first_sale", "held", "pending", "release_due", "state")
+
+    def __init__(self, state: dict[str, Any] | None, platform_sku: str) -> None:
+        self.state = _copy(state) if state is not None else empty_state(platform_sku)
+        holds = self.state["holds"]
+        self.held = sum(h["quantity"] for h in holds.values())
+        self.expiries = [(h["expires_at"], rid) for rid, h in holds.items()]
+        heapq.heapify(self.expiries)
+        self.pending = 0
+        self.release_due: int | None = None
+        self.first_sale: dict[str, int] = {}
+        self._index_sales()
+
+    def _index_sales(self) -> None:
+        pending, due, first = 0, None, self.first_sale
+        first.clear()
+        for sale in self.state["confirmed"].values():
+            pending += sale["quantity"]
+            if due is None or sale["release_at"] < due:
+                due = sale["release_at"]
+            supplier = sale["supplier_id"] or ""
+            at = first.get(supplier)
+            if at is None or sale["confirmed_at"] < at:
+                first[supplier] = sale["confirmed_at"]
+        self.pending, self.release_due = pending, due
+
+    def available(self, supplier: SupplierView) -> int:
+        return max(0, supplier.total - self.held - self.pending)
+
+    def next_deadline(self) -> int | None:
+        """The state's next expiry or reflection bound (`next_deadline(self.state)`)."""
+        expiries, holds = self.expiries, self.state["holds"]
+        while expiries:  # drop the entries of holds that ended
+            at, rid = expiries[0]
+            hold = holds.get(rid)
+            if hold is not None and hold["expires_at"] == at:
+                break
+            heapq.heappop(expiries)
+        hold_due = expiries[0][0] if expiries else None
+        if hold_due is None:
+            return self.release_due
+        if self.release_due is None:
+            return hold_due
+        return min(hold_due, self.release_due)
+
+    def apply(self, command: dict[str, Any], at_ms: int, supplier: SupplierView,
+              rules: ReservationRules, out: ReservationOutputs) -> None:
+        """Decide one command at record time at_ms (a TICK only moves the clock)."""
+        self.advance(at_ms, supplier, rules, out)
+        kind = command["kind"]
+        if kind == HOLD:
+            _hold(self, command, supplier, rules, out)
+        elif kind == CONFIRM:
+            _confirm(self, command, supplier, rules, out)
+        elif kind == RELEASE:
+            _release(self, command, supplier, out)
+
+    def advance(self, clock_ms: int, supplier: SupplierView, rules: ReservationRules,
+                out: ReservationOutputs) -> None:
+        """Move the clock to clock_ms (never back): expire holds, release reflected sales,
+        forget answers older than the answer TTL."""
+        state = self.state
+        if clock_ms > state["clock"]:
+            state["clock"] = clock_ms
+        now = state["clock"]
+        expiries = self.expiries
+        if expiries and expiries[0][0] <= now:
+            holds, closed = state["holds"], state["closed"]
+            while expiries and expiries[0][0] <= now:  # in (expires_at, id) order
+                at, rid = heapq.heappop(expiries)
+                hold = holds.get(rid)
+                if hold is None or hold["expires_at"] != at:
+                    continue
+                del holds[rid]
+                self.held -= hold["quantity"]
+                closed[rid] = {"outcome": EXPIRED, "supplier_id": None, "at": now}
+                _emit(self, supplier, out, kind=EXPIRE, outcome=EXPIRED, command_id=None,
+                      reservation=rid, quantity=hold["quantity"], expires_at=at)
+        if self._reflects(now, supplier):
+            confirmed = state["confirmed"]
+            for rid, sale in sorted(confirmed.items(),
+                                    key=lambda kv: (kv[1]["confirmed_at"], kv[0])):
+                snapshot_at = supplier.snapshot_at.get(sale["supplier_id"] or "")
+                if snapshot_at is not None and snapshot_at > sale["confirmed_at"]:
+                    reason = "a snapshot observed after the confirm"
+                elif sale["release_at"] <= now:
+                    reason = "the reflection bound passed"
+                else:
+                    continue
+                del confirmed[rid]
+                self.pending -= sale["quantity"]
+                _emit(self, supplier, out, kind=REFLECT, outcome=REFLECTED, command_id=None,
+                      reservation=rid, quantity=sale["quantity"],
+                      supplier_id=sale["supplier_id"], reason=reason)
+            self._index_sales()
+        horizon = now - rules.answer_ttl_ms
+        cap = rules.max_answers
+        for name in ("answers", "closed"):
+            entries = state[name]
+            while entries:
+                first = next(iter(entries))
+                if entries[first]["at"] > horizon and len(entries) <= cap:
+                    break
+                del entries[first]
+
+    def _reflects(self, now: int, supplier: SupplierView) -> bool:
+        """Whether some confirmed sale stops counting now (its bound, or a later snapshot)."""
+        if self.release_due is not None and self.release_due <= now:
+            return True
+        snapshots = supplier.snapshot_at
+        for supplier_id, first in self.first_sale.items():
+            snapshot_at = snapshots.get(supplier_id)
+            if snapshot_at is not None and snapshot_at > first:
+                return True
+        return False
+
+    def add_hold(self, rid: str, quantity: int, expires_at: int, now: int) -> None:
+        self.state["holds"][rid] = {"quantity": quantity, "expires_at": expires_at,
+                                    "created_at": now}
+        self.held += quantity
+        heapq.heappush(self.expiries, (expires_at, rid))
+
+    def end_hold(self, rid: str) -> dict[str, Any] | None:
+        hold: dict[str, Any] | None = self.state["holds"].pop(rid, None)
+        if hold is not None:
+            self.held -= hold["quantity"]  # its heap entry is skipped when it surfaces
+        return hold
+
+    def add_sale(self, rid: str, sale: dict[str, Any]) -> None:
+        self.state["confirmed"][rid] = sale
+        self.pending += sale["quantity"]
+        if self.release_due is None or sale["release_at"] < self.release_due:
+            self.release_due = sale["release_at"]
+        supplier = sale["supplier_id"] or ""
+        if supplier not in self.first_sale or sale["confirmed_at"] < self.first_sale[supplier]:
+            self.first_sale[supplier] = sale["confirmed_at"]
+
+
+def _emit(book: Book, supplier: SupplierView, out: ReservationOutputs, *,
           kind: str, outcome: str, command_id: str | None, reservation: str | None,
           quantity: int, expires_at: int | None = None, supplier_id: str | None = None,
           replayed: bool = False, reason: str | None = None,
           available_override: int | None = None) -> dict[str, Any]:
+    state = book.state
     state["sequence"] += 1
     decision = {
         "command_id": command_id, "platform_sku": state["platform_sku"],
         "reservation_id": reservation, "kind": kind, "outcome": outcome,
         "quantity": quantity,
-        "available": available(state, supplier) if available_override is None
+        "available": book.available(supplier) if available_override is None
         else available_override,
-        "supplier_total": supplier.total, "held": held(state),
-        "confirmed_pending": confirmed_pending(state), "expires_at": expires_at,
+        "supplier_total": supplier.total, "held": book.held,
+        "confirmed_pending": book.pending, "expires_at": expires_at,
         "supplier_id": supplier_id, "replayed": replayed, "sequence": state["sequence"],
         "decided_at": state["clock"], "reason": reason,
     }
     out.decisions.append(decision)
     return decision
-
-
-def advance(state: dict[str, Any], clock_ms: int, supplier: SupplierView,
-            rules: ReservationRules, out: ReservationOutputs) -> dict[str, Any]:
-    """Move the SKU's clock to clock_ms (never back): expire holds, release reflected sales,
-    forget answers older than the answer TTL. Mutates and returns `state` (a copy)."""
-    if clock_ms > state["clock"]:
-        state["clock"] = clock_ms
-    now = state["clock"]
-    for rid, hold in sorted(state["holds"].items(), key=lambda kv: (kv[1]["expires_at"], kv[0])):
-        if hold["expires_at"] > now:
-            continue
-        del state["holds"][rid]
-        state["closed"][rid] = {"outcome": EXPIRED, "supplier_id": None, "at": now}
-        _emit(state, supplier, out, kind=EXPIRE, outcome=EXPIRED, command_id=None,
-              reservation=rid, quantity=hold["quantity"], expires_at=hold["expires_at"])
-    for rid, sale in sorted(state["confirmed"].items(),
-                            key=lambda kv: (kv[1]["confirmed_at"], kv[0])):
-        snapshot_at = supplier.snapshot_at.get(sale["supplier_id"] or "")
-        if snapshot_at is not None and snapshot_at > sale["confirmed_at"]:
-            reason = "a snapshot observed after the confirm"
-        elif sale["release_at"] <= now:
-            reason = "the reflection bound passed"
-        else:
-            continue
-        del state["confirmed"][rid]
-        _emit(state, supplier, out, kind=REFLECT, outcome=REFLECTED, command_id=None,
-              reservation=rid, quantity=sale["quantity"], supplier_id=sale["supplier_id"],
-              reason=reason)
-    horizon = now - rules.answer_ttl_ms
-    for name in ("answers", "closed"):
-        entries = state[name]
-        stale = [k for k, v in entries.items() if v["at"] <= horizon]
-        for k in stale:
-            del entries[k]
-        if len(entries) > rules.max_answers:  # oldest first, beyond the cap
-            for k, _v in sorted(entries.items(), key=lambda kv: kv[1]["at"])[
-                    :len(entries) - rules.max_answers]:
-                del entries[k]
-    return state
 
 
 def decide(state: dict[str, Any] | None, platform_sku: str,
@@ -194,42 +311,37 @@ def decide(state: dict[str, Any] | None, platform_sku: str,
     """Decide the commands of one platform SKU in log order; return the SKU's new state.
 
     `commands` are (ReservationCommand, the record's time in epoch ms). A TICK only moves the
-    clock. The input state is never mutated.
+    clock. The input state is never mutated. (The agent keeps a `Book` per SKU for a whole
+    batch instead, so that the state is copied once per batch, not per command.)
     """
-    state = _copy(state) if state is not None else empty_state(platform_sku)
+    book = Book(state, platform_sku)
     for command, at_ms in commands:
-        state = advance(state, at_ms, supplier, rules, out)
-        kind = command["kind"]
-        if kind == HOLD:
-            _hold(state, command, supplier, rules, out)
-        elif kind == CONFIRM:
-            _confirm(state, command, supplier, rules, out)
-        elif kind == RELEASE:
-            _release(state, command, supplier, out)
-    return state
+        book.apply(command, at_ms, supplier, rules, out)
+    return book.state
 
 
-def _hold(state: dict[str, Any], command: dict[str, Any], supplier: SupplierView,
+def _hold(book: Book, command: dict[str, Any], supplier: SupplierView,
           rules: ReservationRules, out: ReservationOutputs) -> None:
+    state = book.state
     key = command.get("idempotency_key")
     rid = command.get("reservation_id")
     quantity = int(command.get("quantity") or 0)
     answer = state["answers"].get(key) if key else None
     if answer is not None:
-        _emit(state, supplier, out, kind=HOLD, outcome=answer["outcome"],
+        _emit(book, supplier, out, kind=HOLD, outcome=answer["outcome"],
               command_id=command["command_id"], reservation=answer["reservation_id"],
               quantity=answer["quantity"], expires_at=answer["expires_at"], replayed=True,
               available_override=answer["available"])
         return
     if not rid or not 1 <= quantity <= MAX_QUANTITY or command.get("ttl_ms", 0) < 0:
-        _emit(state, supplier, out, kind=HOLD, outcome=INVALID,
+        _emit(book, supplier, out, kind=HOLD, outcome=INVALID,
               command_id=command["command_id"], reservation=rid, quantity=quantity,
               reason="a hold needs a reservation id, a quantity of 1 to 1,000,000 and a TTL >= 0")
         return
     if rid in state["holds"] or rid in state["closed"]:
         # The same request without its answer (forgotten or never recorded): never a second hold.
         hold = state["holds"].get(rid)
-        _emit(state, supplier, out, kind=HOLD, outcome=GRANTED if hold else
+        _emit(book, supplier, out, kind=HOLD, outcome=GRANTED if hold else
               state["closed"][rid]["outcome"], command_id=command["command_id"],
               reservation=rid, quantity=hold["quantity"] if hold else quantity,
               expires_at=hold["expires_at"] if hold else None, replayed=True)
@@ -237,14 +349,14 @@ def _hold(state: dict[str, Any], command: dict[str, Any], supplier: SupplierView
     ttl = int(command.get("ttl_ms") or 0) or rules.default_ttl_ms
     ttl = min(ttl, rules.max_ttl_ms)
     now = state["clock"]
-    if quantity <= available(state, supplier):
+    if quantity <= book.available(supplier):
         expires_at = now + ttl
-        state["holds"][rid] = {"quantity": quantity, "expires_at": expires_at, "created_at": now}
-        decision = _emit(state, supplier, out, kind=HOLD, outcome=GRANTED,
+        book.add_hold(rid, quantity, expires_at, now)
+        decision = _emit(book, supplier, out, kind=HOLD, outcome=GRANTED,
                          command_id=command["command_id"], reservation=rid, quantity=quantity,
                          expires_at=expires_at)
     else:
-        decision = _emit(state, supplier, out, kind=HOLD, outcome=SOLD_OUT,
+        decision = _emit(book, supplier, out, kind=HOLD, outcome=SOLD_OUT,
                          command_id=command["command_id"], reservation=None,
                          quantity=quantity)
     if key:
@@ -254,29 +366,24 @@ def _hold(state: dict[str, Any], command: dict[str, Any], supplier: SupplierView
             "expires_at": decision["expires_at"], "at": now}
 
 
-def _ended(state: dict[str, Any], rid: str) -> dict[str, Any] | None:
-    return state["closed"].get(rid)
-
-
-def _confirm(state: dict[str, Any], command: dict[str, Any], supplier: SupplierView,
+def _confirm(book: Book, command: dict[str, Any], supplier: SupplierView,
              rules: ReservationRules, out: ReservationOutputs) -> None:
+    state = book.state
     rid = command.get("reservation_id") or ""
-    hold = state["holds"].get(rid)
+    hold = book.end_hold(rid)
     if hold is None:
-        ended = _ended(state, rid)
+        ended = state["closed"].get(rid)
         outcome = ended["outcome"] if ended else NOT_FOUND
-        _emit(state, supplier, out, kind=CONFIRM, outcome=outcome,
+        _emit(book, supplier, out, kind=CONFIRM, outcome=outcome,
               command_id=command["command_id"], reservation=rid or None, quantity=0,
               supplier_id=ended["supplier_id"] if ended else None, replayed=ended is not None)
         return
     now = state["clock"]
-    del state["holds"][rid]
-    sale = {"quantity": hold["quantity"], "supplier_id": supplier.best_supplier,
-            "confirmed_at": now, "release_at": now + rules.reflect_bound_ms}
-    state["confirmed"][rid] = sale
+    book.add_sale(rid, {"quantity": hold["quantity"], "supplier_id": supplier.best_supplier,
+                        "confirmed_at": now, "release_at": now + rules.reflect_bound_ms})
     state["closed"][rid] = {"outcome": CONFIRMED, "supplier_id": supplier.best_supplier,
                             "at": now}
-    _emit(state, supplier, out, kind=CONFIRM, outcome=CONFIRMED,
+    _emit(book, supplier, out, kind=CONFIRM, outcome=CONFIRMED,
           command_id=command["command_id"], reservation=rid, quantity=hold["quantity"],
           supplier_id=supplier.best_supplier)
     out.orders.append({"order_id": rid, "platform_sku": state["platform_sku"],
@@ -285,22 +392,23 @@ def _confirm(state: dict[str, Any], command: dict[str, Any], supplier: SupplierV
                        "command_id": command["command_id"]})
 
 
-def _release(state: dict[str, Any], command: dict[str, Any], supplier: SupplierView,
+def _release(book: Book, command: dict[str, Any], supplier: SupplierView,
              out: ReservationOutputs) -> None:
+    state = book.state
     rid = command.get("reservation_id") or ""
-    hold = state["holds"].pop(rid, None)
+    hold = book.end_hold(rid)
     if hold is None:
-        ended = _ended(state, rid)
+        ended = state["closed"].get(rid)
         if ended is None:
             outcome = NOT_FOUND
         elif ended["outcome"] == CONFIRMED:
             outcome = ALREADY_CONFIRMED
         else:
             outcome = ended["outcome"]  # RELEASED again, or EXPIRED
-        _emit(state, supplier, out, kind=RELEASE, outcome=outcome,
+        _emit(book, supplier, out, kind=RELEASE, outcome=outcome,
               command_id=command["command_id"], reservation=rid or None, quantity=0,
               replayed=ended is not None)
         return
     state["closed"][rid] = {"outcome": RELEASED, "supplier_id": None, "at": state["clock"]}
-    _emit(state, supplier, out, kind=RELEASE, outcome=RELEASED,
+    _emit(book, supplier, out, kind=RELEASE, outcome=RELEASED,
           command_id=command["command_id"], reservation=rid, quantity=hold["quantity"])

@@ -5,11 +5,13 @@ platform SKU with the partition count of inventory.stock-updates, so the range a
 gives this worker partition p of both: the SKU's supplier total is read straight from the
 `availability` table of the aggregate agent (same process, same partition, values that
 include the current, not yet committed batch) and no second copy of it is kept. Commands
-are decided one record at a time in log order by the pure step `pipeline.reservations.decide`;
-the decisions, orders, table writes and input offsets commit in one Kafka transaction. Under
-exactly-once the commands are consumed and committed by a lane of their own
-(`reservation_lane`, topologies/runtime/lane.py): a shopper's hold waits for no supplier
-record, neither for a poll's processing nor for the aggregate's Cassandra write.
+are decided one record at a time in log order by the pure step of `pipeline.reservations`
+(a SKU's state is copied into a `Book` at its first command of a batch, decided there, and
+set in the table once at the end of the batch); the decisions, orders, table writes and
+input offsets commit in one Kafka transaction. Under exactly-once the commands are consumed
+and committed by a lane of their own (`reservation_lane`, topologies/runtime/lane.py): a
+shopper's hold waits for no supplier record, neither for a poll's processing nor for the
+aggregate's Cassandra write.
 
 Ticks (records without a key, sent by the API to every partition) move a partition's clock
 on: the SKUs whose next expiry or reflection bound has passed are found in the partition's
@@ -27,11 +29,10 @@ from pipeline.errors import SchemaError
 from pipeline.log import get_logger
 from pipeline.reservations import (
     TICK,
+    Book,
     ReservationOutputs,
     ReservationRules,
     SupplierView,
-    decide,
-    next_deadline,
 )
 from pipeline.topics import DEADLETTER, ORDERS, RESERVATION_COMMANDS, RESERVATION_DECISIONS
 from pipeline.validate import dead_letter, dead_letter_key
@@ -100,20 +101,49 @@ class _Deadlines:
             reservations.set_in(partition, DEADLINES_KEY, self.parts[partition])
 
 
-def _decide_one(partition: int, sku: str, command: dict[str, Any], at_ms: int,
-                deadlines: _Deadlines, out: ReservationOutputs) -> None:
-    key = sku.encode()
-    state = reservations.get_in(partition, key)
-    supplier = SupplierView.of(availability.get_in(partition, key))
-    new = decide(state, sku, [(command, at_ms)], supplier, RULES, out)
-    reservations.set_in(partition, key, new)
-    deadlines.note(partition, sku, next_deadline(new))
+class _Books:
+    """The Books of the SKUs a batch touched: each SKU's state copied once, at its first
+    command, and set in the table once, when the batch is done. The deadline index is noted
+    after every command, as a tick later in the batch reads it: what a tick touches must not
+    depend on where a batch happened to end, or a replay would decide otherwise."""
+
+    def __init__(self, deadlines: _Deadlines) -> None:
+        self.deadlines = deadlines
+        self.books: dict[tuple[int, bytes], tuple[str, Book]] = {}
+        self.views: dict[tuple[int, bytes], tuple[Any, SupplierView]] = {}
+
+    def decide(self, partition: int, sku: str, command: dict[str, Any], at_ms: int,
+               out: ReservationOutputs) -> None:
+        key = sku.encode()
+        entry = self.books.get((partition, key))
+        if entry is None:
+            entry = self.books[(partition, key)] = (
+                sku, Book(reservations.get_in(partition, key), sku))
+        book = entry[1]
+        book.apply(command, at_ms, self._view(partition, key), RULES, out)
+        self.deadlines.note(partition, sku, book.next_deadline())
+
+    def _view(self, partition: int, key: bytes) -> SupplierView:
+        # A batch is decided without an await, so no other agent changes the table meanwhile;
+        # the aggregate sets a new record when it changes one (fold_updates), never mutates it.
+        record = availability.get_in(partition, key)
+        cached = self.views.get((partition, key))
+        if cached is not None and cached[0] is record:
+            return cached[1]
+        view = SupplierView.of(record)
+        self.views[(partition, key)] = (record, view)
+        return view
+
+    def write(self) -> None:
+        for (partition, key), (_sku, book) in self.books.items():
+            reservations.set_in(partition, key, book.state)
 
 
 def handle_batch(records: list[Any], send: Any, now_ms: int) -> ReservationOutputs:
     """Decide a batch of command records in log order and send what the decisions emit."""
     out = ReservationOutputs()
     deadlines = _Deadlines()
+    books = _Books(deadlines)
     for msg in records:
         partition = msg.partition()
         ts = msg.timestamp()[1]
@@ -126,13 +156,14 @@ def handle_batch(records: list[Any], send: Any, now_ms: int) -> ReservationOutpu
         if command["kind"] == TICK and not command["platform_sku"]:
             due = sorted(sku for sku, when in deadlines.of(partition).items() if when <= at_ms)
             for sku in due:
-                _decide_one(partition, sku, command, at_ms, deadlines, out)
+                books.decide(partition, sku, command, at_ms, out)
             continue
         sku = command["platform_sku"]
         if msg.key() is None or msg.key() != sku.encode() or not sku:
             _reject(msg, "key_mismatch", "a command's key must be its platform_sku", at_ms, send)
             continue
-        _decide_one(partition, sku, command, at_ms, deadlines, out)
+        books.decide(partition, sku, command, at_ms, out)
+    books.write()
     deadlines.write()
     encode = _DECISION.encode
     for decision in out.decisions:
