@@ -255,6 +255,77 @@ def test_reads_etag_pagination_errors_and_operations(stack: Stack) -> None:
     assert b"stockflow_api_requests_total" in raw("/metrics")[2]
 
 
+def test_errors_are_precise(stack: Stack) -> None:
+    """409 SOLD_OUT with `available` and Retry-After; 404 for a reservation nobody made;
+    410 EXPIRED; 422 naming the field; 409 for a key whose hold ended."""
+    import urllib.error
+    import urllib.request
+
+    sku = "ERRORS-1"
+    stack.supply(sku, 3)
+    stack.wait_available(sku, 3)
+
+    def call(method: str, path: str, body: Any = None, key: str | None = None,
+             ) -> tuple[int, Any, dict[str, Any]]:
+        headers = {"X-API-Key": KEY, "Content-Type": "application/json"}
+        if key is not None:
+            headers["Idempotency-Key"] = key
+        request = urllib.request.Request(stack.base + path, method=method, headers=headers,
+                                         data=json.dumps(body).encode() if body else None)
+        try:
+            with urllib.request.urlopen(request, timeout=30) as r:
+                return r.status, r.headers, json.loads(r.read())
+        except urllib.error.HTTPError as exc:
+            return exc.code, exc.headers, json.loads(exc.read())
+
+    status, _, held = call("POST", "/v1/reservations", {"platform_sku": sku, "quantity": 2},
+                           "e-1")
+    assert status == 201 and held["available"] == 1
+    status, headers, body = call("POST", "/v1/reservations",
+                                 {"platform_sku": sku, "quantity": 2}, "e-2")
+    assert status == 409 and body["error"] == "SOLD_OUT" and body["available"] == 1
+    assert int(headers["Retry-After"]) >= 1
+    # The same key again: the same answer, marked as a replay.
+    status, headers, again = call("POST", "/v1/reservations",
+                                  {"platform_sku": sku, "quantity": 2}, "e-2")
+    assert (status, again["available"], headers["Idempotent-Replayed"]) == (409, 1, "true")
+
+    from pipeline.reservations import reservation_id
+    never = reservation_id(sku, "tests:never-held")  # well formed: the worker answers
+    for method, path in (("POST", f"/v1/reservations/{never}/confirm"),
+                         ("DELETE", f"/v1/reservations/{never}"),
+                         ("POST", "/v1/reservations/garbage/confirm"),
+                         ("DELETE", "/v1/reservations/garbage")):
+        status, _, body = call(method, path)
+        assert (status, body["error"]) == (404, "NOT_FOUND"), (method, path, body)
+
+    for bad, field in (({"platform_sku": sku, "quantity": 0}, "quantity"),
+                       ({"platform_sku": sku, "quantity": 1001}, "quantity"),
+                       ({"platform_sku": sku, "quantity": 1, "ttl_s": -1}, "ttl_s"),
+                       ({"quantity": 1}, "platform_sku")):
+        status, _, body = call("POST", "/v1/reservations", bad, "e-bad")
+        assert (status, body["error"], body["field"]) == (422, "INVALID", field), (bad, body)
+    status, _, body = call("POST", "/v1/reservations", {"platform_sku": sku, "quantity": 1})
+    assert (status, body["field"]) == (422, "Idempotency-Key"), body
+
+    # Released, then its key again: the first answer again, and no second hold.
+    status, _, body = call("DELETE", f"/v1/reservations/{held['reservation_id']}")
+    assert (status, body["available"]) == (200, 3)
+    status, headers, body = call("POST", "/v1/reservations",
+                                 {"platform_sku": sku, "quantity": 2}, "e-1")
+    assert (status, body["reservation_id"], headers["Idempotent-Replayed"]) == (
+        201, held["reservation_id"], "true")
+    assert stack.get(f"/v1/inventory/{sku}")[1]["available"] == 3
+    # A hold that expired cannot be confirmed: 410 EXPIRED.
+    status, _, short = call("POST", "/v1/reservations",
+                            {"platform_sku": sku, "quantity": 1, "ttl_s": 1}, "e-3")
+    assert status == 201
+    stack.env.wait_until(lambda: stack.get(f"/v1/inventory/{sku}")[1]["available"] == 3,
+                         20, "the 1 s hold expired")
+    status, _, body = call("POST", f"/v1/reservations/{short['reservation_id']}/confirm")
+    assert (status, body["error"]) == (410, "EXPIRED"), body
+
+
 def test_confirmed_sale_counts_until_a_later_snapshot_reflects_it(stack: Stack) -> None:
     """Expiry, release, confirm and the snapshot that reflects the sale, against a model."""
     import urllib.request
@@ -309,8 +380,10 @@ def test_confirmed_sale_counts_until_a_later_snapshot_reflects_it(stack: Stack) 
 
 
 async def read_events(base: str, sku: str, n: int, last_event_id: str | None = None,
-                      timeout: float = 30) -> list[tuple[str, str, dict[str, Any]]]:
-    """The first n events (id, event, data) of /v1/stream for one SKU."""
+                      timeout: float = 30, first: asyncio.Event | None = None
+                      ) -> list[tuple[str, str, dict[str, Any]]]:
+    """The first n events (id, event, data) of /v1/stream for one SKU; `first` is set when
+    the first event arrived (the stream is open and positioned)."""
     headers = {"X-API-Key": KEY}
     if last_event_id:
         headers["Last-Event-ID"] = last_event_id
@@ -328,6 +401,8 @@ async def read_events(base: str, sku: str, n: int, last_event_id: str | None = N
                 event = line[7:]
             elif line.startswith("data: "):
                 out.append((eid, event, json.loads(line[6:])))
+                if first is not None:
+                    first.set()
                 if len(out) >= n:
                     return out
     return out
@@ -340,8 +415,9 @@ def test_stream_is_in_order_and_resumes_with_last_event_id(stack: Stack) -> None
 
     async def scenario() -> None:
         async with aiohttp.ClientSession() as session:
-            reader = asyncio.create_task(read_events(stack.base, sku, 4))
-            await asyncio.sleep(1.0)  # connected
+            opened = asyncio.Event()
+            reader = asyncio.create_task(read_events(stack.base, sku, 4, first=opened))
+            await asyncio.wait_for(opened.wait(), 30)  # its reset came: the stream is open
             deadline = time.monotonic() + 60
             for i in range(3):
                 assert (await hold(session, stack.base, sku, f"s-{i}", deadline))[0] == 201
@@ -356,7 +432,6 @@ def test_stream_is_in_order_and_resumes_with_last_event_id(stack: Stack) -> None
             # Disconnected: two more holds happen; the resume gets exactly those, in order.
             for i in range(3, 5):
                 assert (await hold(session, stack.base, sku, f"s-{i}", deadline))[0] == 201
-            await asyncio.sleep(1.0)
             resumed = await read_events(stack.base, sku, 2, last_event_id=last_id)
             assert [e[1] for e in resumed] == ["availability", "availability"]
             assert [e[2]["available"] for e in resumed] == [1, 0]
