@@ -109,6 +109,9 @@ def fold_update(
         "changed_at": now_ms,
         # Carried so the Redis cache ranks the best supplier exactly like this fold does.
         "lead_time_days": new_entry["lead_time_days"],
+        # The reservation side: set on RESERVATION changes only (pipeline/reservations.py).
+        "available_to_promise": None, "held": None, "confirmed_pending": None,
+        "reservation_sequence": None, "reservation_id": None, "reservation_outcome": None,
     }
     return new_avail, change
 

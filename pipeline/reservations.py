@@ -412,3 +412,49 @@ def _release(book: Book, command: dict[str, Any], supplier: SupplierView,
     state["closed"][rid] = {"outcome": RELEASED, "supplier_id": None, "at": state["clock"]}
     _emit(book, supplier, out, kind=RELEASE, outcome=RELEASED,
           command_id=command["command_id"], reservation=rid, quantity=hold["quantity"])
+
+
+# Decisions that change the units held or confirmed: each is also an InventoryChange.
+_CHANGES_UNITS = frozenset({GRANTED, CONFIRMED, RELEASED, EXPIRED, REFLECTED})
+
+
+def reservation_change(decision: dict[str, Any], availability: dict[str, Any] | None,
+                       now_ms: int) -> dict[str, Any] | None:
+    """The InventoryChange (cause RESERVATION) of a decision that changed the units held or
+    confirmed, or None (a refusal, a replayed answer, an unknown reservation).
+
+    The supplier fields repeat the SKU's best supplier entry as it stands (the same version,
+    quantity_before = quantity_after), so a consumer that applies supplier entries by version
+    leaves them as they are; with no supplier entry at all they are empty (supplier_id "",
+    version 0). The reservation fields carry available-to-promise after the decision.
+    """
+    if decision["replayed"] or decision["outcome"] not in _CHANGES_UNITS:
+        return None
+    supplier_id, entry = "", None
+    if availability is not None:
+        suppliers = availability["suppliers"]
+        best = availability.get("best_supplier")
+        if best is None or best not in suppliers:
+            best = min(suppliers) if suppliers else None
+        if best is not None:
+            supplier_id, entry = best, suppliers[best]
+    quantity = int(entry["quantity"]) if entry is not None else 0
+    at = decision["decided_at"]
+    return {
+        "platform_sku": decision["platform_sku"], "supplier_id": supplier_id,
+        "sku": entry["sku"] if entry is not None else "",
+        "quantity_before": quantity, "quantity_after": quantity,
+        "version": int(entry["version"]) if entry is not None else 0,
+        "total_available": decision["supplier_total"],
+        "best_supplier": availability.get("best_supplier") if availability is not None else None,
+        "status": entry["status"] if entry is not None else "ACTIVE",
+        "cause": "RESERVATION",
+        "event_id": f"{decision['platform_sku']}:reservation:{decision['sequence']}",
+        "observed_at": at, "produced_at": at, "changed_at": now_ms,
+        "lead_time_days": entry.get("lead_time_days") if entry is not None else None,
+        "available_to_promise": decision["available"], "held": decision["held"],
+        "confirmed_pending": decision["confirmed_pending"],
+        "reservation_sequence": decision["sequence"],
+        "reservation_id": decision["reservation_id"],
+        "reservation_outcome": decision["outcome"],
+    }

@@ -318,6 +318,7 @@ for _name in SCHEMA_FILES:
 # Earlier versions of a record, kept so records already on a topic still decode (resolved to
 # the current schema; fields added since take their defaults).
 OLDER_SCHEMA_FILES = ("inventory_change.v1.avsc",  # before lead_time_days
+                      "inventory_change.v2.avsc",  # before RESERVATION changes
                       "stock_state.v1.avsc",  # before lead_time_days
                       "stock_state.v2.avsc",  # event_ids in full, before recent_ids
                       "availability.v1.avsc")  # before snapshot_at

@@ -113,7 +113,9 @@ async def refresh_cache(batches: Any) -> Any:
                                             batch.now_ms) if tracing.ENABLED else None
                 decoded = decode_changes(batch.records)
                 started_ns = time.time_ns()
-                await write_changes(cache, decoded)
+                # A RESERVATION change repeats a supplier entry unchanged: nothing to write
+                # (the reserved units reach Redis through the API, docs/api.md).
+                await write_changes(cache, [c for c in decoded if c["cause"] != "RESERVATION"])
                 if trace is not None:
                     _trace_cache_write(trace, batch.records, decoded, started_ns)
                 batch.result = len(decoded)

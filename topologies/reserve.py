@@ -1,4 +1,6 @@
-"""Agent reserve: reservations.commands -> reservations table -> reservations.decisions + orders.
+"""Agent reserve: reservations.commands -> reservations table -> reservations.decisions + orders
+(+ an InventoryChange, cause RESERVATION, on inventory.changes for every change of the units
+held or confirmed).
 
 The one writer of a platform SKU's available-to-promise. reservations.commands is keyed by
 platform SKU with the partition count of inventory.stock-updates, so the range assignment
@@ -33,8 +35,15 @@ from pipeline.reservations import (
     ReservationOutputs,
     ReservationRules,
     SupplierView,
+    reservation_change,
 )
-from pipeline.topics import DEADLETTER, ORDERS, RESERVATION_COMMANDS, RESERVATION_DECISIONS
+from pipeline.topics import (
+    CHANGES,
+    DEADLETTER,
+    ORDERS,
+    RESERVATION_COMMANDS,
+    RESERVATION_DECISIONS,
+)
 from pipeline.validate import dead_letter, dead_letter_key
 from schemas.codec import codec_for
 from topologies.aggregate import availability
@@ -54,6 +63,7 @@ commands = InputBatches(app, topic=settings.topic(RESERVATION_COMMANDS.name),
 DECISIONS_TOPIC = settings.topic(RESERVATION_DECISIONS.name)
 ORDERS_TOPIC = settings.topic(ORDERS.name)
 DEADLETTER_TOPIC = settings.topic(DEADLETTER.name)
+CHANGES_TOPIC = settings.topic(CHANGES.name)
 DEADLINES_KEY = b"\x00deadlines"
 
 RULES = ReservationRules(
@@ -66,6 +76,7 @@ RULES = ReservationRules(
 _COMMAND = codec_for("ReservationCommand")
 _DECISION = codec_for("ReservationDecision")
 _ORDER = codec_for("Order")
+_CHANGE = codec_for("InventoryChange")
 _DEAD_LETTER = codec_for("DeadLetter")
 
 
@@ -107,8 +118,10 @@ class _Books:
     after every command, as a tick later in the batch reads it: what a tick touches must not
     depend on where a batch happened to end, or a replay would decide otherwise."""
 
-    def __init__(self, deadlines: _Deadlines) -> None:
+    def __init__(self, deadlines: _Deadlines, now_ms: int) -> None:
         self.deadlines = deadlines
+        self.now_ms = now_ms
+        self.changes: list[dict[str, Any]] = []  # InventoryChanges (cause RESERVATION)
         self.books: dict[tuple[int, bytes], tuple[str, Book]] = {}
         self.views: dict[tuple[int, bytes], tuple[Any, SupplierView]] = {}
 
@@ -120,8 +133,15 @@ class _Books:
             entry = self.books[(partition, key)] = (
                 sku, Book(reservations.get_in(partition, key), sku))
         book = entry[1]
+        first = len(out.decisions)
         book.apply(command, at_ms, self._view(partition, key), RULES, out)
         self.deadlines.note(partition, sku, book.next_deadline())
+        if len(out.decisions) > first:
+            record = self.views[(partition, key)][0]
+            for decision in out.decisions[first:]:
+                change = reservation_change(decision, record, self.now_ms)
+                if change is not None:
+                    self.changes.append(change)
 
     def _view(self, partition: int, key: bytes) -> SupplierView:
         # A batch is decided without an await, so no other agent changes the table meanwhile;
@@ -143,7 +163,7 @@ def handle_batch(records: list[Any], send: Any, now_ms: int) -> ReservationOutpu
     """Decide a batch of command records in log order and send what the decisions emit."""
     out = ReservationOutputs()
     deadlines = _Deadlines()
-    books = _Books(deadlines)
+    books = _Books(deadlines, now_ms)
     for msg in records:
         partition = msg.partition()
         ts = msg.timestamp()[1]
@@ -172,6 +192,12 @@ def handle_batch(records: list[Any], send: Any, now_ms: int) -> ReservationOutpu
     for order in out.orders:
         key = (order["supplier_id"] or order["platform_sku"]).encode()
         send(ORDERS_TOPIC, key, _ORDER.encode(order), None)
+    # Every change of available-to-promise is an InventoryChange too, for inventory.changes'
+    # consumers (docs/contract.md, "Reservations and available-to-promise").
+    encode = _CHANGE.encode
+    for change in books.changes:
+        send(CHANGES_TOPIC, change["platform_sku"].encode(), encode(change), None)
+    metrics.EVENTS.labels("reserve", "inventory_change").inc(len(books.changes))
     return out
 
 

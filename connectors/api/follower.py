@@ -129,7 +129,10 @@ class DecisionFollower:
                 if msg.topic() == self.decisions_topic:
                     decisions.append(self._decision.decode_trusted(msg.value() or b""))
                 else:
-                    changes.append(self._change.decode_trusted(msg.value() or b""))
+                    change = self._change.decode_trusted(msg.value() or b"")
+                    # A RESERVATION change says what a decision read here already said.
+                    if change["cause"] != "RESERVATION":
+                        changes.append(change)
             except SchemaError as exc:
                 log.error("api.undecodable_record", topic=msg.topic(), offset=msg.offset(),
                           error=str(exc))

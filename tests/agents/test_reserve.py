@@ -19,7 +19,7 @@ from topologies.app import settings
 NOW = int(time.time() * 1000)
 COMMANDS = settings.topic("reservations.commands")
 _CODECS = {"reservations.decisions": "ReservationDecision", "reservations.orders": "Order",
-           "inventory.deadletter": "DeadLetter"}
+           "inventory.deadletter": "DeadLetter", "inventory.changes": "InventoryChange"}
 
 
 def command_msg(key: bytes | None, value: bytes, offset: int, ts: int,
@@ -70,12 +70,27 @@ def test_holds_decided_against_availability_and_expired_by_ticks() -> None:
     ], sent, NOW)
     assert [(d["outcome"], d["available"]) for d in sent.of("reservations.decisions")] == [
         ("GRANTED", 1), ("SOLD_OUT", 1)]
+    # The grant is an InventoryChange too (the refusal changed nothing): the best supplier's
+    # entry repeated as it is (same version), available-to-promise in the reservation fields.
+    (granted,) = sent.of("inventory.changes")
+    assert {k: granted[k] for k in (
+        "platform_sku", "cause", "supplier_id", "sku", "version", "quantity_before",
+        "quantity_after", "total_available", "available_to_promise", "held",
+        "confirmed_pending", "reservation_id", "reservation_outcome")} == {
+        "platform_sku": "P-1", "cause": "RESERVATION", "supplier_id": "s1", "sku": "A-1",
+        "version": 1, "quantity_before": 3, "quantity_after": 3, "total_available": 3,
+        "available_to_promise": 1, "held": 2, "confirmed_pending": 0, "reservation_id": "r1",
+        "reservation_outcome": "GRANTED"}
+    assert [k for t, k, _ in sent if t == "inventory.changes"] == [b"P-1"]
     index = reserve.reservations.get_in(0, reserve.DEADLINES_KEY)
     assert index["deadlines"] == {"P-1": NOW + 1000}
     sent.clear()
     reserve.handle_batch([command_msg(None, command("TICK", 4), 3, NOW + 1000)], sent, NOW)
     assert [(d["kind"], d["reservation_id"], d["available"])
             for d in sent.of("reservations.decisions")] == [("EXPIRE", "r1", 3)]
+    assert [(c["reservation_outcome"], c["available_to_promise"], c["held"],
+             c["reservation_sequence"]) for c in sent.of("inventory.changes")] == [
+        ("EXPIRED", 3, 0, 3)]
     assert reserve.reservations.get_in(0, reserve.DEADLINES_KEY)["deadlines"] == {}
 
 
@@ -89,6 +104,10 @@ def test_confirm_emits_one_order_for_the_best_supplier() -> None:
     orders = sent.of("reservations.orders")
     assert [(o["order_id"], o["supplier_id"], o["sku"]) for o in orders] == [("r1", "s1", "A-1")]
     assert [k for t, k, _ in sent if t == "reservations.orders"] == [b"s1"]
+    # Hold and confirm change available-to-promise's parts; the repeated confirm does not.
+    assert [(c["reservation_outcome"], c["available_to_promise"], c["held"],
+             c["confirmed_pending"]) for c in sent.of("inventory.changes")] == [
+        ("GRANTED", 2, 1, 0), ("CONFIRMED", 2, 0, 1)]
 
 
 def test_unreadable_and_misrouted_commands_are_dead_letters() -> None:

@@ -13,6 +13,7 @@ import threading
 import time
 import uuid
 from collections import Counter
+from typing import Any
 
 import pytest
 
@@ -24,17 +25,26 @@ from tests.integration.test_pipeline_e2e import assert_end_state, build_workload
 pytestmark = pytest.mark.integration
 
 
-def assert_change_chain(env: PipelineEnv) -> None:
-    """Each change's quantity_before is its supplier's previous quantity_after, and its
-    total_available the sum over the platform SKU's ACTIVE suppliers after it."""
+def assert_change_chain(env: PipelineEnv) -> list[dict[str, Any]]:
+    """Each supplier change's quantity_before is its supplier's previous quantity_after, and
+    its total_available the sum over the platform SKU's ACTIVE suppliers after it; a
+    RESERVATION change repeats a supplier's entry unchanged. Returns those."""
     entries: dict[str, dict[str, tuple[int, str]]] = {}
+    reservations = []
     for _, c in env.read_topic("inventory.changes", "InventoryChange", idle_s=3.0):
+        if c["cause"] == "RESERVATION":
+            # (The entry it repeats is the one the reservation agent saw, possibly of a
+            # supplier change still in the other loop's open transaction.)
+            assert c["quantity_after"] == c["quantity_before"], c
+            reservations.append(c)
+            continue
         suppliers = entries.setdefault(c["platform_sku"], {})
         before = suppliers.get(c["supplier_id"], (0, "ACTIVE"))[0]
         assert c["quantity_before"] == before, c
         suppliers[c["supplier_id"]] = (c["quantity_after"], c["status"])
         total = sum(q for q, status in suppliers.values() if status == "ACTIVE")
         assert c["total_available"] == total, c
+    return reservations
 
 
 def send_holds(env: PipelineEnv, run: str, first: int, count: int) -> list[str]:
@@ -105,7 +115,7 @@ def test_partitions_move_between_live_workers_under_load(kafka_only_env: Pipelin
                        300, "A to consume everything")
         assert a.proc is not None and a.proc.poll() is None, a.text()
         assert_end_state(env, valid, malformed)
-        assert_change_chain(env)
+        reservation_changes = assert_change_chain(env)
         dead = env.read_topic("inventory.deadletter", "DeadLetter", idle_s=2.0)
         sources = Counter((d["source_partition"], d["source_offset"]) for _, d in dead)
         assert max(sources.values()) == 1  # no dead letter written twice
@@ -117,6 +127,10 @@ def test_partitions_move_between_live_workers_under_load(kafka_only_env: Pipelin
         assert max(per_command.values()) == 1  # ... none decided twice
         granted = [d["reservation_id"] for d in decisions if d["outcome"] == "GRANTED"]
         assert granted and len(granted) == len(set(granted))
+        # Every grant is one InventoryChange too, none lost or written twice by the kill.
+        assert sorted(c["reservation_id"] for c in reservation_changes
+                      if c["reservation_outcome"] == "GRANTED"
+                      and c["reservation_id"].startswith(run)) == sorted(granted)
         lane = [e for w in (a, b) for e in w.events("lane.partitions_assigned")]
         assert lane, "the commands were not read by the reservation lane"
     finally:

@@ -377,6 +377,20 @@ def test_confirmed_sale_counts_until_a_later_snapshot_reflects_it(stack: Stack) 
               if v["platform_sku"] == sku]
     assert [(o["order_id"], o["supplier_id"], o["quantity"]) for o in orders] == [
         (kept["reservation_id"], "s1", 2)]
+    # Every change of available-to-promise is an InventoryChange on inventory.changes too,
+    # in decision order: the model's value after each step above.
+    changes = [c for k, c in stack.env.read_topic("inventory.changes", "InventoryChange",
+                                                  idle_s=2)
+               if k == sku.encode() and c["cause"] == "RESERVATION"]
+    assert [(c["reservation_outcome"], c["reservation_id"], c["available_to_promise"])
+            for c in changes] == [
+        ("GRANTED", short["reservation_id"], 4), ("GRANTED", kept["reservation_id"], 2),
+        ("GRANTED", gone["reservation_id"], 1), ("RELEASED", gone["reservation_id"], 2),
+        ("EXPIRED", short["reservation_id"], 3), ("CONFIRMED", kept["reservation_id"], 3),
+        ("REFLECTED", kept["reservation_id"], 3)]
+    assert [c["reservation_sequence"] for c in changes] == sorted(
+        c["reservation_sequence"] for c in changes)
+    assert changes[-1]["total_available"] == 3 and changes[-2]["total_available"] == 5
 
 
 async def read_events(base: str, sku: str, n: int, last_event_id: str | None = None,

@@ -91,6 +91,9 @@ def test_first_update_creates_availability_and_change() -> None:
         "produced_at": NOW - 300,
         "changed_at": NOW,
         "lead_time_days": 3,
+        # A supplier change: the reservation side is not set (RESERVATION changes only).
+        "available_to_promise": None, "held": None, "confirmed_pending": None,
+        "reservation_sequence": None, "reservation_id": None, "reservation_outcome": None,
     }
     roundtrip("Availability", avail)
     assert change is not None

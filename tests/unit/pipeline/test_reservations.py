@@ -22,6 +22,7 @@ from pipeline.reservations import (
     available,
     decide,
     next_deadline,
+    reservation_change,
     reservation_id,
     sku_of_reservation,
 )
@@ -150,6 +151,35 @@ def test_reservation_id_names_its_sku() -> None:
         assert rid == reservation_id(sku, "client:key") != reservation_id(sku, "client:other")
     assert sku_of_reservation("garbage") is None
     assert sku_of_reservation("!!!." + "0" * 24) is None
+
+
+def test_only_a_change_of_held_or_confirmed_units_is_an_inventory_change() -> None:
+    state, out = run(None, cmd("HOLD", 1, rid="r1", quantity=2, key="k1"), T0, supplier(2))
+    state, more = run(state, cmd("HOLD", 2, rid="r2", quantity=1, key="k2"), T0 + 1,
+                      supplier(2))
+    state, again = run(state, cmd("HOLD", 3, rid="r1", quantity=2, key="k1"), T0 + 2,
+                       supplier(2))
+    granted, sold_out, replayed = out.decisions[0], more.decisions[0], again.decisions[0]
+    assert (sold_out["outcome"], replayed["replayed"]) == (SOLD_OUT, True)
+    assert reservation_change(sold_out, None, T0) is None
+    assert reservation_change(replayed, None, T0) is None
+    codec = codec_for("InventoryChange")
+    # No supplier entry at all: empty supplier fields, version 0.
+    bare = reservation_change(granted, None, T0 + 9)
+    assert bare is not None and codec.decode(codec.encode(bare)) == bare
+    assert (bare["supplier_id"], bare["sku"], bare["version"], bare["cause"]) == (
+        "", "", 0, "RESERVATION")
+    # With suppliers: the best one's entry, or the first by id when none is best (total 0).
+    entry = {"sku": "A-9", "quantity": 0, "version": 4, "status": "ACTIVE",
+             "lead_time_days": None, "updated_at": T0, "snapshot_at": None}
+    avail = {"platform_sku": SKU, "total": 0, "best_supplier": None,
+             "suppliers": {"s2": {**entry, "version": 5}, "s1": entry}}
+    change = reservation_change(granted, avail, T0 + 9)
+    assert change is not None
+    assert (change["supplier_id"], change["version"], change["quantity_before"],
+            change["quantity_after"]) == ("s1", 4, 0, 0)
+    assert (change["available_to_promise"], change["held"], change["reservation_sequence"],
+            change["reservation_outcome"], change["changed_at"]) == (0, 2, 1, GRANTED, T0 + 9)
 
 
 # -- the model -------------------------------------------------------------------------------
