@@ -418,3 +418,18 @@ def test_quix_venv_that_cannot_be_built_gives_the_reason_and_no_venv(
     assert got.reason.startswith(f"could not build {tmp_path / 'quix'} (no network?)")
     assert "quixstreams" in got.reason
     assert not (tmp_path / "quix").exists()  # no half-built venv taken for a finished one
+
+
+def test_reservation_step_bench_times_new_holds_on_a_sku_of_the_given_size() -> None:
+    from bench import reservation_step
+    from pipeline.reservations import ReservationOutputs, ReservationRules, SupplierView, decide
+
+    row = reservation_step.measure(50, 10, 40)
+    assert row["holds_and_answers"] == 50 and row["us_per_command"] > 0
+    # The state it encodes is the one with the 50 holds (each with its answer).
+    state = decide(None, reservation_step.SKU,
+                   [(reservation_step._hold(n), reservation_step.T0 + n) for n in range(50)],
+                   SupplierView(total=10**9), ReservationRules(), ReservationOutputs())
+    assert len(state["holds"]) == len(state["answers"]) == 50
+    from schemas.codec import codec_for
+    assert row["state_bytes"] == len(codec_for("ReservationState").encode(state))
