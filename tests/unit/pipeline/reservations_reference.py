@@ -4,118 +4,40 @@
 command sequence exactly as this one did: a log written by the earlier worker replays to the
 same decisions, orders and state. Do not edit: it is the yardstick, not the code.
 """
+
 # ruff: noqa
 from __future__ import annotations
 
-import base64
-import hashlib
 from collections.abc import Iterable
-from dataclasses import dataclass, field
 from typing import Any
 
-HOLD, CONFIRM, RELEASE, TICK = "HOLD", "CONFIRM", "RELEASE", "TICK"
-EXPIRE, REFLECT = "EXPIRE", "REFLECT"
-GRANTED, SOLD_OUT, CONFIRMED, RELEASED, EXPIRED = (
-    "GRANTED", "SOLD_OUT", "CONFIRMED", "RELEASED", "EXPIRED")
-REFLECTED, NOT_FOUND, ALREADY_CONFIRMED, INVALID = (
-    "REFLECTED", "NOT_FOUND", "ALREADY_CONFIRMED", "INVALID")
-
-MAX_QUANTITY = 1_000_000
-
-
-@dataclass(frozen=True, slots=True)
-class ReservationRules:
-    """The knobs of the rule (from settings): TTLs, the reflection bound, what is remembered."""
-
-    default_ttl_ms: int = 15 * 60 * 1000
-    max_ttl_ms: int = 24 * 3600 * 1000
-    reflect_bound_ms: int = 30 * 60 * 1000  # a confirmed sale counts at most this long
-    answer_ttl_ms: int = 24 * 3600 * 1000  # idempotency keys and ended reservations
-    max_answers: int = 10_000  # per SKU: bounds the state an untrusted client can grow
-
-
-@dataclass(frozen=True, slots=True)
-class SupplierView:
-    """What the decision needs of the SKU's availability across suppliers."""
-
-    total: int = 0
-    best_supplier: str | None = None
-    best_sku: str | None = None
-    snapshot_at: dict[str, int | None] = field(default_factory=dict)
-
-    @classmethod
-    def of(cls, availability: dict[str, Any] | None) -> SupplierView:
-        """The view of an Availability (schemas/availability.avsc); None: no supplier yet."""
-        if availability is None:
-            return cls()
-        suppliers = availability["suppliers"]
-        best = availability.get("best_supplier")
-        return cls(total=max(0, int(availability["total"])), best_supplier=best,
-                   best_sku=suppliers[best]["sku"] if best in suppliers else None,
-                   snapshot_at={s: e.get("snapshot_at") for s, e in suppliers.items()})
-
-
-@dataclass(slots=True)
-class ReservationOutputs:
-    """What a run of decisions emits, in decision order."""
-
-    decisions: list[dict[str, Any]] = field(default_factory=list)  # ReservationDecision
-    orders: list[dict[str, Any]] = field(default_factory=list)  # Order
-
-
-def reservation_id(platform_sku: str, scope: str) -> str:
-    """The id a hold gets: the SKU (so a confirm or release finds its partition) and a digest
-    of what makes the request unique (the client and its idempotency key)."""
-    sku = base64.urlsafe_b64encode(platform_sku.encode()).decode().rstrip("=")
-    digest = hashlib.sha256(f"{platform_sku}\0{scope}".encode()).hexdigest()[:24]
-    return f"{sku}.{digest}"
-
-
-def sku_of_reservation(reservation: str) -> str | None:
-    """The platform SKU a reservation id names, or None when it is not one of ours."""
-    head, dot, digest = reservation.partition(".")
-    if not dot or len(digest) != 24 or not head or len(head) > 200:
-        return None
-    if any(c not in "0123456789abcdef" for c in digest):
-        return None
-    try:
-        sku = base64.b64decode(head + "=" * (-len(head) % 4), altchars=b"-_",
-                               validate=True).decode()
-    except (ValueError, UnicodeDecodeError):
-        return None
-    return sku or None
-
-
-def empty_state(platform_sku: str) -> dict[str, Any]:
-    """The ReservationState of a SKU nobody has reserved yet."""
-    return {"platform_sku": platform_sku, "clock": 0, "sequence": 0, "holds": {},
-            "confirmed": {}, "answers": {}, "closed": {}, "deadlines": {}}
-
-
-def held(state: dict[str, Any]) -> int:
-    return sum(h["quantity"] for h in state["holds"].values())
-
-
-def confirmed_pending(state: dict[str, Any]) -> int:
-    return sum(c["quantity"] for c in state["confirmed"].values())
-
-
-def available(state: dict[str, Any], supplier: SupplierView) -> int:
-    """Available-to-promise: total - held - confirmed not yet reflected (0 at least)."""
-    return max(0, supplier.total - held(state) - confirmed_pending(state))
-
-
-def next_deadline(state: dict[str, Any]) -> int | None:
-    """When the clock next changes something by itself (an expiry or a reflection bound)."""
-    times = [h["expires_at"] for h in state["holds"].values()]
-    times += [c["release_at"] for c in state["confirmed"].values()]
-    return min(times) if times else None
-
-
-def _copy(state: dict[str, Any]) -> dict[str, Any]:
-    # The maps are replaced, never their records mutated: one level of copying suffices.
-    return {**state, "holds": dict(state["holds"]), "confirmed": dict(state["confirmed"]),
-            "answers": dict(state["answers"]), "closed": dict(state["closed"])}
+# What the change left as it was is shared; the algorithm below is the one it replaced.
+from pipeline.reservations import (
+    ALREADY_CONFIRMED,
+    CONFIRM,
+    CONFIRMED,
+    EXPIRE,
+    EXPIRED,
+    GRANTED,
+    HOLD,
+    INVALID,
+    MAX_QUANTITY,
+    NOT_FOUND,
+    REFLECT,
+    REFLECTED,
+    RELEASE,
+    RELEASED,
+    SOLD_OUT,
+    ReservationOutputs,
+    ReservationRules,
+    SupplierView,
+    _copy,
+    available,
+    confirmed_pending,
+    empty_state,
+    held,
+    next_deadline,
+)
 
 
 def _emit(state: dict[str, Any], supplier: SupplierView, out: ReservationOutputs, *,
