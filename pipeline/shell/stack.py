@@ -622,14 +622,17 @@ def _probe_kafka(settings: Settings, port: int = KAFKA_PORT) -> str | None:
 
 
 def _probe_cassandra() -> str | None:
-    from cassandra.cluster import Cluster
+    from cassandra.cluster import EXEC_PROFILE_DEFAULT, Cluster, ExecutionProfile
     from cassandra.policies import RoundRobinPolicy
 
     if not port_open(CASSANDRA_PORT):
         return None
+    # Protocol v4, as the sink's default (STOCKFLOW_CASSANDRA_PROTOCOL_VERSION); the policy in
+    # an execution profile (the driver warns that the Cluster's own parameters are legacy).
+    profile = ExecutionProfile(load_balancing_policy=RoundRobinPolicy(), request_timeout=5)
     cluster = Cluster(["127.0.0.1"], port=CASSANDRA_PORT, connect_timeout=3,
-                      control_connection_timeout=3, protocol_version=5,
-                      load_balancing_policy=RoundRobinPolicy())
+                      control_connection_timeout=3, protocol_version=4,
+                      execution_profiles={EXEC_PROFILE_DEFAULT: profile})
     try:
         session = cluster.connect()
         row = session.execute("SELECT release_version FROM system.local", timeout=5).one()
