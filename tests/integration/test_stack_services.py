@@ -72,11 +72,12 @@ async def test_aiokafka_round_trip(unique: str) -> None:
 
 
 def test_cassandra_write_and_read(unique: str) -> None:
-    from cassandra.cluster import Cluster
+    from cassandra.cluster import EXEC_PROFILE_DEFAULT, Cluster, ExecutionProfile
     from cassandra.policies import RoundRobinPolicy
 
+    profile = ExecutionProfile(load_balancing_policy=RoundRobinPolicy())
     cluster = Cluster(["127.0.0.1"], protocol_version=5,
-                      load_balancing_policy=RoundRobinPolicy())
+                      execution_profiles={EXEC_PROFILE_DEFAULT: profile})
     session = cluster.connect()
     try:
         session.execute(f"CREATE KEYSPACE {unique} WITH replication = "
