@@ -131,8 +131,8 @@ def _copy(state: dict[str, Any]) -> dict[str, Any]:
 class Book:
     """One SKU's ReservationState while commands are decided: a private copy of the state
     and what makes a command's cost independent of how many holds, sales and answers the SKU
-    has. Copied once (per batch, in the agent), then every command is O(1) but for the
-    holds and sales it ends:
+    has. Copied once (per batch, in the agent); then a command costs O(log n) at most (a
+    heap push), plus the holds and sales it ends:
 
     - the units held and the confirmed units pending, kept as running sums;
     - the holds' expiries in a heap (entries of ended holds are skipped when they surface);
