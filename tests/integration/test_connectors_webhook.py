@@ -161,7 +161,10 @@ async def test_forged_or_expired_signatures_get_401_and_produce_nothing(
 async def test_webhook_is_not_acknowledged_when_kafka_does_not_acknowledge(
         topics: Topics) -> None:
     # A broker nobody listens on: the produce times out, so the supplier must redeliver.
-    unreachable = {"bootstrap.servers": "127.0.0.1:1", "message.timeout.ms": 1500}
+    # Its producer is never closed: log_level 2 keeps its background thread's connection
+    # failures out of later tests' output.
+    unreachable = {"bootstrap.servers": "127.0.0.1:1", "message.timeout.ms": 1500,
+                   "log_level": 2}
     emitter = KafkaEmitter.create(unreachable, deltas_topic=topics.deltas,
                                   dead_letter_topic=topics.dead)
     receiver = receiver_for(emitter)
