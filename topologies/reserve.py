@@ -134,25 +134,26 @@ class _Books:
                 sku, Book(reservations.get_in(partition, key), sku))
         book = entry[1]
         first = len(out.decisions)
-        book.apply(command, at_ms, self._view(partition, key), RULES, out)
+        record, view = self._view(partition, key)
+        book.apply(command, at_ms, view, RULES, out)
         self.deadlines.note(partition, sku, book.next_deadline())
         if len(out.decisions) > first:
-            record = self.views[(partition, key)][0]
             for decision in out.decisions[first:]:
                 change = reservation_change(decision, record, self.now_ms)
                 if change is not None:
                     self.changes.append(change)
 
-    def _view(self, partition: int, key: bytes) -> SupplierView:
+    def _view(self, partition: int, key: bytes) -> tuple[Any, SupplierView]:
+        """The SKU's Availability record and the view of it a decision needs."""
         # A batch is decided without an await, so no other agent changes the table meanwhile;
         # the aggregate sets a new record when it changes one (fold_updates), never mutates it.
         record = availability.get_in(partition, key)
         cached = self.views.get((partition, key))
         if cached is not None and cached[0] is record:
-            return cached[1]
-        view = SupplierView.of(record)
-        self.views[(partition, key)] = (record, view)
-        return view
+            return cached
+        pair = (record, SupplierView.of(record))
+        self.views[(partition, key)] = pair
+        return pair
 
     def write(self) -> None:
         for (partition, key), (_sku, book) in self.books.items():
