@@ -228,17 +228,7 @@ class LocalStack:
             f"-Dlog4j2.configurationFile={log4j}", "-cp", f"{libs}/*",
         ]
         if not (data / "meta.properties").exists():
-            cluster_id_file = sdir / "cluster.id"
-            if not cluster_id_file.exists():
-                cluster_id_file.write_text(_kafka_cluster_id())
-            fmt = subprocess.run(
-                [*java, "kafka.tools.StorageTool", "format", "-t",
-                 cluster_id_file.read_text().strip(), "-c", str(props), "--ignore-formatted"],
-                capture_output=True, text=True, check=False,
-            )
-            if fmt.returncode != 0:
-                tail = (fmt.stdout + fmt.stderr)[-3000:]
-                raise StackError(f"kafka storage format failed:\n{tail}")
+            _format_kafka_storage(java, sdir / "cluster.id", props, "kafka")
         # The stack folder on the command line marks the process as ours for read_pid/down.
         return self._spawn("kafka", [*java, f"-Dstockflow.stack={self.root}", "kafka.Kafka",
                                      str(props)], sdir)
@@ -477,17 +467,8 @@ class KafkaCluster:
             voters=voters, replicas=min(3, self.brokers)))
         (conf / "log4j2.properties").write_text(_stack_file("kafka-log4j2.properties"))
         if not (data / "meta.properties").exists():
-            cluster_id_file = self.root / "cluster.id"
-            if not cluster_id_file.exists():
-                self.root.mkdir(parents=True, exist_ok=True)
-                cluster_id_file.write_text(_kafka_cluster_id())
-            fmt = subprocess.run(
-                [*self._java(node), "kafka.tools.StorageTool", "format", "-t",
-                 cluster_id_file.read_text().strip(), "-c", str(props), "--ignore-formatted"],
-                capture_output=True, text=True, check=False)
-            if fmt.returncode != 0:
-                raise StackError(f"kafka node {node} storage format failed:\n"
-                                 f"{(fmt.stdout + fmt.stderr)[-3000:]}")
+            _format_kafka_storage(self._java(node), self.root / "cluster.id", props,
+                                  f"kafka node {node}")
         return props
 
     def start_broker(self, node: int) -> int:
@@ -712,9 +693,36 @@ def _java_major(java: str) -> int | None:
 
 
 def _kafka_cluster_id() -> str:
+    """A random cluster id as Kafka writes one: 22 URL-safe base64 characters.
+
+    URL-safe base64 includes '-', and an id that begins with it reads as an option on the
+    command line; Kafka's own generator draws again in that case, and so does this one.
+    """
     import base64
 
-    return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+    while True:
+        cid = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        if not cid.startswith("-"):
+            return cid
+
+
+def _format_kafka_storage(java: list[str], cluster_id_file: Path, props: Path,
+                          what: str) -> None:
+    """Format a KRaft node's log dirs with the stack's cluster id (made once, then kept).
+
+    The id is passed as `--cluster-id=<id>`, one argument, so no id can be taken for an
+    option, including one a stack written before ids were drawn without a leading '-' kept.
+    """
+    if not cluster_id_file.exists():
+        cluster_id_file.parent.mkdir(parents=True, exist_ok=True)
+        cluster_id_file.write_text(_kafka_cluster_id())
+    fmt = subprocess.run(
+        [*java, "kafka.tools.StorageTool", "format",
+         f"--cluster-id={cluster_id_file.read_text().strip()}", "-c", str(props),
+         "--ignore-formatted"],
+        capture_output=True, text=True, check=False)
+    if fmt.returncode != 0:
+        raise StackError(f"{what} storage format failed:\n{(fmt.stdout + fmt.stderr)[-3000:]}")
 
 
 # ------------------------------------------------------------------------- configs

@@ -146,3 +146,21 @@ def test_stack_up_is_idempotent_and_status_reports_all() -> None:
     assert after == before
     assert time.monotonic() - t0 < 30
     wait_for(lambda: all(s.state == "up" for s in stack.status()), 10, message="all up")
+
+
+def test_kafka_storage_formats_with_a_cluster_id_that_begins_with_a_dash(tmp_path: Path) -> None:
+    """A URL-safe base64 id may begin with '-'; the format step must not read it as an option.
+
+    One in 64 random ids did, and `stack up` then failed on a fresh machine.
+    """
+    from pipeline.shell import stack as stack_mod
+
+    libs = LocalStack(Settings()).resolve_jars("kafka")  # already resolved by the running stack
+    props = tmp_path / "server.properties"
+    props.write_text(stack_mod._kafka_properties(tmp_path / "data"))
+    cluster_id = "-" + stack_mod._kafka_cluster_id()[1:]
+    (tmp_path / "cluster.id").write_text(cluster_id)
+    stack_mod._format_kafka_storage(["java", "-Xmx128m", "-cp", f"{libs}/*"],
+                                    tmp_path / "cluster.id", props, "kafka")
+    meta = (tmp_path / "data" / "meta.properties").read_text()
+    assert f"cluster.id={cluster_id}\n" in meta

@@ -62,3 +62,20 @@ def test_pom_pins_versions() -> None:
     pom = stack_mod._pom("kafka", stack_mod._KAFKA_DEPS)
     assert f"<version>{stack_mod.KAFKA_VERSION}</version>" in pom
     assert "<packaging>pom</packaging>" in pom
+
+
+def test_cluster_ids_are_kafka_uuids_that_never_begin_with_a_dash(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import base64
+    import uuid
+
+    # The first draw encodes to an id beginning with '-' (0xf8 -> '-' in URL-safe base64).
+    draws = iter([uuid.UUID(bytes=b"\xf8" + bytes(15)), uuid.UUID(bytes=b"\x01" * 16)])
+    monkeypatch.setattr(stack_mod.uuid, "uuid4", lambda: next(draws))
+    cid = stack_mod._kafka_cluster_id()
+    assert cid == base64.urlsafe_b64encode(b"\x01" * 16).decode().rstrip("=")
+    monkeypatch.undo()
+    for _ in range(500):
+        cid = stack_mod._kafka_cluster_id()
+        assert len(cid) == 22 and not cid.startswith("-")
+        assert len(base64.urlsafe_b64decode(cid + "==")) == 16

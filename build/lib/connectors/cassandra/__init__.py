@@ -1,0 +1,1 @@
+"""Cassandra: the cluster connection, the schema migrations, the availability sink and reads."""

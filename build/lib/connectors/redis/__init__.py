@@ -1,0 +1,1 @@
+"""Redis: the availability cache (a Lua compare-and-set per batch) and its reads."""

@@ -1,0 +1,1 @@
+"""A supplier simulator: real local REST, GraphQL, webhook, FTP and SFTP endpoints with faults."""

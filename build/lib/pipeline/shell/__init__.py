@@ -1,0 +1,1 @@
+"""The shell: the `stockflow` command line, its commands and the local dev stack."""
