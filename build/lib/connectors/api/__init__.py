@@ -1,1 +1,0 @@
-"""The storefront's HTTP edge (`stockflow api`): inventory reads, reservations and a live stream."""

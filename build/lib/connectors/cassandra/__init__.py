@@ -1,1 +1,0 @@
-"""Cassandra: the cluster connection, the schema migrations, the availability sink and reads."""

@@ -1,1 +1,0 @@
-"""Redis: the availability cache (a Lua compare-and-set per batch) and its reads."""

@@ -1,1 +1,0 @@
-"""Supplier sources: one adapter per feed kind (REST, webhook, FTP/SFTP CSV, GraphQL)."""
