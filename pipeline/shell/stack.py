@@ -710,8 +710,8 @@ def _format_kafka_storage(java: list[str], cluster_id_file: Path, props: Path,
                           what: str) -> None:
     """Format a KRaft node's log dirs with the stack's cluster id (made once, then kept).
 
-    The id is passed as `--cluster-id=<id>`, one argument, so no id can be taken for an
-    option, including one a stack written before ids were drawn without a leading '-' kept.
+    The id is passed as `--cluster-id=<id>`, one argument, so it is never taken for an
+    option, even when an older stack's kept `cluster.id` begins with '-'.
     """
     if not cluster_id_file.exists():
         cluster_id_file.parent.mkdir(parents=True, exist_ok=True)
